@@ -2,10 +2,12 @@
 // SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL uses it: no channel binding
 // ("n,," / "biws"), username taken from the startup packet (the SCRAM "n=" is ignored).
 // Both sides are sans-io: they consume a message and produce the next one.
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace sluice::auth {
@@ -38,7 +40,14 @@ public:
     // secret: a SCRAM verifier, or a plaintext password (a verifier is derived from it).
     // A missing user still runs the exchange with a made-up secret so that the reply does
     // not reveal which users exist; pass nullopt for that.
-    scram_server(std::optional<std::string> secret, int iterations = 4096);
+    // user: only seeds the made-up salt for a missing user (as PostgreSQL's mock salt), so
+    // that asking twice for the same unknown user gives the same salt, like a real one.
+    scram_server(std::optional<std::string> secret, int iterations = 4096,
+                 std::string_view user = {});
+
+    // Tests only: fixes the server's half of the nonce (normally 18 random bytes, base64).
+    // Must be called before client_first.
+    void set_nonce_for_test(std::string server_nonce) { test_nonce_ = std::move(server_nonce); }
 
     // Returns server-first-message, or nullopt if client-first is malformed.
     std::optional<std::string> client_first(std::string_view message);
@@ -51,9 +60,12 @@ public:
     const scram_secret& secret() const { return secret_; }
 
 private:
+    enum class state { initial, sent_server_first, done };
+    state state_ = state::initial;
     scram_secret secret_;
     bool user_known_ = true;
-    std::string client_first_bare_, server_first_, nonce_;
+    std::string gs2_header_;  // "n,," or "y,,": c= in client-final must be its base64
+    std::string client_first_bare_, server_first_, nonce_, test_nonce_;
     std::vector<std::uint8_t> client_key_;
 };
 
@@ -66,6 +78,12 @@ public:
     static scram_client with_keys(std::vector<std::uint8_t> client_key,
                                   std::vector<std::uint8_t> server_key);
 
+    // The SCRAM "n=" name. PostgreSQL ignores it and libpq leaves it empty (the default);
+    // RFC test vectors need it because it is part of AuthMessage. Escaped per RFC 5802.
+    void set_username(std::string_view user);
+    // Tests only: fixes the client nonce (normally 18 random bytes, base64).
+    void set_nonce_for_test(std::string nonce) { nonce_ = std::move(nonce); }
+
     std::string client_first();  // SASLInitialResponse data ("n,,n=,r=<nonce>")
     // Returns client-final-message, or nullopt if server-first is malformed or iterations
     // are absurd.
@@ -74,6 +92,9 @@ public:
     bool server_final(std::string_view message);
 
 private:
+    enum class state { initial, sent_client_first, sent_client_final, done };
+    state state_ = state::initial;
+    std::string username_;  // already escaped
     std::string password_;
     std::vector<std::uint8_t> client_key_, server_key_;
     bool have_keys_ = false;

@@ -17,7 +17,7 @@ enum class pool_mode { session, transaction, statement };
 enum class auth_type { trust, plain, md5, scram_sha_256, hba, cert, any };
 
 const char* to_string(pool_mode m);
-const char* to_string(auth_type a);
+const char* to_string(auth_type a);  // PgBouncer's spelling: "scram-sha-256", ...
 
 // [pgbouncer] section, named `sluice:` in YAML.
 struct general {
@@ -98,11 +98,13 @@ struct general {
     int tcp_keepcnt = 0, tcp_keepidle = 0, tcp_keepintvl = 0, tcp_user_timeout = 0;
 
     std::string metrics_listen;  // "host:port"; empty = off
+
+    bool operator==(const general&) const = default;
 };
 
 // One [databases] entry. Optional fields fall back to the general section.
 struct database {
-    std::string name;  // the name clients connect to; "*" = fallback
+    std::string name;                            // the name clients connect to; "*" = fallback
     std::vector<std::string> host{"127.0.0.1"};  // a path starting with '/' = unix socket dir
     int port = 5432;
     std::string dbname;  // empty = same as name
@@ -114,6 +116,8 @@ struct database {
     std::optional<pool_mode> mode;
     std::optional<duration> server_lifetime;
     std::string connect_query, client_encoding, datestyle, timezone, application_name;
+
+    bool operator==(const database&) const = default;
 };
 
 // One [users] entry.
@@ -123,11 +127,17 @@ struct user {
         max_user_client_connections;
     std::optional<pool_mode> mode;
     std::optional<duration> query_timeout, idle_transaction_timeout, client_idle_timeout;
+
+    bool operator==(const user&) const = default;
 };
 
 enum class rl_action { reject, delay };
 enum class rl_backend { local, redis };
 enum class rl_failure_policy { local, open, closed };
+
+const char* to_string(rl_action a);
+const char* to_string(rl_backend b);
+const char* to_string(rl_failure_policy p);
 
 // One limit set (rate_limits.default or a tenant override). 0 = unlimited.
 struct rate_limit {
@@ -141,19 +151,23 @@ struct rate_limit {
     rl_action action = rl_action::reject;
     duration max_delay = std::chrono::seconds(1);
     bool shadow = false;
+
+    bool operator==(const rate_limit&) const = default;
 };
 
 struct rate_limits {
     bool enabled = false;  // true when the section is present with any limit
     rl_backend backend = rl_backend::local;
-    std::string redis_url;  // redis://[:password@]host:port/db or rediss://
+    std::string redis_url;            // redis://[:password@]host:port/db or rediss://
     std::string tenant_key = "user";  // user | database | application_name | startup:<param>
     rl_failure_policy on_redis_failure = rl_failure_policy::local;
     int expected_instances = 1;
     duration redis_timeout = std::chrono::milliseconds(50);
     int lease_size = 0;  // tokens leased per Redis round trip; 0 = derived from the rate
     rate_limit defaults;
-    std::map<std::string, rate_limit> tenants;
+    std::map<std::string, rate_limit> tenants;  // each starts as a copy of `defaults`
+
+    bool operator==(const rate_limits&) const = default;
 };
 
 struct config {
@@ -169,6 +183,9 @@ struct config {
     int pool_size_for(const database* db, const user* u) const;
     const database* find_database(const std::string& name) const;  // falls back to "*"
     const user* find_user(const std::string& name) const;
+
+    // Compares every setting (path included); a reload uses it to tell what changed.
+    bool operator==(const config&) const = default;
 };
 
 }  // namespace sluice::config

@@ -32,4 +32,16 @@ load_result load_string(const std::string& text, const std::string& path);
 // (us, ms, s, m, h, d). Returns nullopt on a malformed or negative value.
 std::optional<duration> parse_duration(const std::string& text);
 
+// rate_limits.redis_url taken apart: redis[s]://[[user]:password@]host[:port][/db].
+// The loader validates with this, and the Redis client connects with it.
+struct redis_endpoint {
+    bool tls = false;      // rediss://
+    std::string username;  // empty = the default user (AUTH with the password only)
+    std::string password;  // empty = no AUTH
+    std::string host;      // brackets of an IPv6 literal removed
+    int port = 6379;
+    int db = 0;
+};
+std::optional<redis_endpoint> parse_redis_url(const std::string& url);
+
 }  // namespace sluice::config

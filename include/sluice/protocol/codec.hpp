@@ -159,6 +159,32 @@ struct sasl_initial_response {
 std::optional<sasl_initial_response> decode_sasl_initial_response(
     std::span<const std::uint8_t> body);
 
+// Decoders for the backend messages Sluice itself writes (console results, protocol
+// negotiation); used by tests and by anything that reads a console reply.
+struct negotiate_protocol_version_message {
+    std::uint32_t newest_minor = 0;
+    std::vector<std::string> unsupported_options;
+};
+std::optional<negotiate_protocol_version_message> decode_negotiate_protocol_version(
+    std::span<const std::uint8_t> body);
+struct row_description_message {
+    struct field {
+        std::string_view name;
+        std::uint32_t table_oid = 0;
+        std::uint16_t column_attnum = 0;
+        std::uint32_t type_oid = 0;
+        std::int16_t type_length = 0;
+        std::int32_t type_modifier = 0;
+        std::uint16_t format = 0;
+    };
+    std::vector<field> fields;
+};
+std::optional<row_description_message> decode_row_description(
+    std::span<const std::uint8_t> body);
+// DataRow values point into `body`; nullopt elements are SQL NULLs.
+std::optional<std::vector<std::optional<std::string_view>>> decode_data_row(
+    std::span<const std::uint8_t> body);
+
 // ---------------------------------------------------------------------------------------
 // Writers: append one whole message to `out`.
 

@@ -1,0 +1,95 @@
+#pragma once
+// Common Asio vocabulary for the I/O modules. Only net, proxy, pool, admin, redis and the
+// I/O halves of ratelimit include this.
+#include <boost/asio.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+namespace sluice {
+namespace asio = boost::asio;
+using stream_socket = asio::generic::stream_protocol::socket;
+using stream_acceptor = asio::basic_socket_acceptor<asio::generic::stream_protocol>;
+using error_code = boost::system::error_code;  // what Asio reports; protocol code uses std::
+using steady_clock = std::chrono::steady_clock;
+
+// Awaitable completion that reports errors as values: peers misbehaving is normal, not
+// exceptional.
+inline constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
+
+// A growable byte buffer with a read cursor: [begin, end) holds unread bytes. Memory is
+// not zero-filled, and blocks of the standard size are recycled per thread, so a
+// connection can drop its buffer whenever it goes idle at almost no cost.
+class byte_buffer {
+public:
+    static constexpr std::size_t standard_size = 16384;
+
+    byte_buffer() = default;
+    byte_buffer(byte_buffer&&) = default;
+    byte_buffer& operator=(byte_buffer&&) = default;
+    ~byte_buffer() { release(); }
+
+    std::size_t size() const { return end - begin; }
+    bool empty() const { return begin == end; }
+    std::size_t capacity() const { return capacity_; }
+    const std::uint8_t* readable() const { return data_.get() + begin; }
+    std::uint8_t* raw() { return data_.get(); }
+    void consume(std::size_t n) {
+        begin += n;
+        if (begin == end) begin = end = 0;
+    }
+    // Makes room for at least `n` more bytes after `end`, moving unread bytes to the front.
+    void reserve_tail(std::size_t n) {
+        if (capacity_ - end >= n) return;
+        if (begin > 0) {
+            std::memmove(data_.get(), data_.get() + begin, end - begin);
+            end -= begin;
+            begin = 0;
+        }
+        if (capacity_ - end >= n) return;
+        std::size_t want = std::max(standard_size, end + n);
+        if (want > standard_size) want = std::max(want, capacity_ * 2);
+        auto fresh = allocate(want);
+        if (end > 0) std::memcpy(fresh.get(), data_.get(), end);
+        release();
+        data_ = std::move(fresh);
+        capacity_ = want;
+    }
+    asio::mutable_buffer writable() { return asio::buffer(data_.get() + end, capacity_ - end); }
+    void commit(std::size_t n) { end += n; }
+    // Gives the memory back when nothing is unread (idle connections cost almost nothing).
+    void shrink_if_empty() {
+        if (empty()) release();
+    }
+
+    std::size_t begin = 0, end = 0;
+
+private:
+    using block = std::unique_ptr<std::uint8_t[]>;
+    static std::vector<block>& cache() {
+        static thread_local std::vector<block> blocks;
+        return blocks;
+    }
+    static block allocate(std::size_t n) {
+        auto& c = cache();
+        if (n == standard_size && !c.empty()) {
+            block b = std::move(c.back());
+            c.pop_back();
+            return b;
+        }
+        return std::make_unique_for_overwrite<std::uint8_t[]>(n);
+    }
+    void release() {
+        if (data_ && capacity_ == standard_size && cache().size() < 256)
+            cache().push_back(std::move(data_));
+        data_.reset();
+        capacity_ = 0;
+        begin = end = 0;
+    }
+    block data_;
+    std::size_t capacity_ = 0;
+};
+
+}  // namespace sluice

@@ -1,0 +1,46 @@
+#pragma once
+// The process: worker threads (one io_context each), listeners, signals, the periodic
+// janitor (idle timeouts, shutdown conditions). The only module that knows threads.
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "sluice/net/io.hpp"
+#include "sluice/proxy/runtime.hpp"
+
+namespace sluice::net {
+
+class server {
+public:
+    explicit server(proxy::runtime& rt);
+    ~server();
+    // Opens the listeners and runs until shutdown. Returns the process exit code.
+    int run();
+
+    // Shutdown modes, as PgBouncer's signals and SHUTDOWN commands.
+    void shutdown_now();
+    void shutdown_when_clients_gone();   // SIGTERM, SHUTDOWN WAIT_FOR_CLIENTS
+    void shutdown_when_servers_idle();   // SIGINT, SHUTDOWN WAIT_FOR_SERVERS
+
+private:
+    bool open_listeners();
+    void close_listeners();
+    asio::awaitable<void> accept_loop(stream_acceptor& acceptor);
+    asio::awaitable<void> signal_loop();
+    asio::awaitable<void> janitor_loop();
+    void check_shutdown();
+
+    proxy::runtime& rt_;
+    asio::io_context main_;
+    std::vector<std::unique_ptr<asio::io_context>> workers_;
+    std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards_;
+    std::vector<std::thread> threads_;
+    std::vector<std::unique_ptr<stream_acceptor>> acceptors_;
+    asio::signal_set signals_;
+    std::string unix_socket_path_;
+    unsigned next_worker_ = 0;
+    enum class stop_mode { none, clients_gone, servers_idle, now } stop_ = stop_mode::none;
+    int exit_code_ = 0;
+};
+
+}  // namespace sluice::net

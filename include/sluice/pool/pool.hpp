@@ -1,0 +1,161 @@
+#pragma once
+// Per (database, user) server pools. Pool limits are global: one pool object is shared by
+// every worker thread, guarded by a mutex held only for list operations (never across
+// I/O). Servers live on the worker that created them and move to a client's worker when
+// handed to it (server_connection::migrate).
+//
+// Flow of acquire():
+//   idle server available (prefer this worker's) -> health check -> hand out
+//   else room under pool_size / max_db_connections / max_user_connections -> connect
+//   else wait in FIFO order until a release hands a server over, a slot frees up, or
+//   query_wait_timeout expires (reserve_pool_size adds room after reserve_pool_timeout).
+#include <atomic>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "sluice/config/config.hpp"
+#include "sluice/pool/server_connection.hpp"
+
+namespace sluice::pool {
+
+// Counters kept per pool, read by SHOW STATS and /metrics. Times are microseconds.
+struct pool_stats {
+    std::atomic<std::uint64_t> server_assignment_count{0}, xact_count{0}, query_count{0},
+        bytes_received{0}, bytes_sent{0}, xact_time_us{0}, query_time_us{0}, wait_time_us{0},
+        client_parse_count{0}, server_parse_count{0}, bind_count{0}, client_login_count{0},
+        errors_login{0}, errors_server{0}, errors_wait_timeout{0}, errors_client{0};
+};
+
+struct acquire_result {
+    server_ptr server;
+    std::string sqlstate;  // set on failure
+    std::string message;
+    steady_clock::duration waited{};
+};
+
+class pool_manager;
+
+class pool {
+public:
+    pool(pool_manager& manager, std::string database, std::string user);
+
+    const std::string& database() const { return database_; }
+    const std::string& user() const { return user_; }
+
+    // Gets a server for a client running on executor `ex` (worker `worker`).
+    asio::awaitable<acquire_result> acquire(asio::any_io_executor ex, int worker);
+    // Gives back a server that is idle and clean. Any thread.
+    void release(server_ptr s);
+    // Drops a server that must not be reused (dirty, broken, close_needed). Any thread.
+    void discard(server_ptr s);
+
+    // Settings derived from the configuration; refreshed on RELOAD.
+    struct settings {
+        config::pool_mode mode = config::pool_mode::session;
+        int pool_size = 20;
+        int min_pool_size = 0;
+        int reserve_pool_size = 0;
+        steady_clock::duration reserve_pool_timeout = std::chrono::seconds(5);
+        steady_clock::duration query_wait_timeout = std::chrono::seconds(120);
+        steady_clock::duration server_lifetime = std::chrono::seconds(3600);
+        steady_clock::duration server_idle_timeout = std::chrono::seconds(600);
+        steady_clock::duration server_login_retry = std::chrono::seconds(15);
+        login_params login;
+    };
+    settings current_settings() const;
+    void update_settings(settings s);
+
+    // The ParameterStatus values a fresh server reports, for welcoming clients without a
+    // server round trip. Empty until the first server login.
+    std::map<std::string, std::string> welcome_parameters() const;
+    // SCRAM keys learnt from a client's login (pass-through when only a verifier is known).
+    void learn_scram_keys(std::vector<std::uint8_t> client_key,
+                          std::vector<std::uint8_t> server_key);
+    bool has_scram_keys() const;
+
+    // Closes idle servers past server_idle_timeout / server_lifetime, and (if
+    // `close_all_idle`) every idle one. Called periodically from any thread.
+    void maintain(bool close_all_idle = false);
+    // Marks every server to be closed when released (RECONNECT, reload of the address).
+    void mark_all_close_needed();
+
+    // Snapshot for SHOW POOLS / SERVERS.
+    struct snapshot {
+        int cl_waiting = 0;
+        int sv_active = 0, sv_idle = 0, sv_used = 0, sv_login = 0, sv_tested = 0;
+        steady_clock::duration maxwait{};
+        std::vector<server_ptr> servers;
+    };
+    snapshot take_snapshot() const;
+
+    std::atomic<int> clients{0};         // clients logged in to this pool
+    std::atomic<int> active_clients{0};  // clients linked to a server right now
+    std::atomic<bool> paused{false};
+    pool_stats stats;
+
+private:
+    struct waiter {
+        explicit waiter(asio::any_io_executor ex) : timer(ex), executor(ex) {}
+        asio::steady_timer timer;
+        asio::any_io_executor executor;
+        steady_clock::time_point since = steady_clock::now();
+        server_ptr server;        // handed over by release()
+        bool may_connect = false;  // a slot freed up: open a new connection
+        bool done = false;
+    };
+    bool room_locked(bool reserve) const;
+    void wake_locked(const std::shared_ptr<waiter>& w);
+    void server_gone_locked();
+    asio::awaitable<acquire_result> open_server(asio::any_io_executor ex, int worker);
+
+    pool_manager& manager_;
+    std::string database_, user_;
+    mutable std::mutex mutex_;
+    settings settings_;
+    std::vector<server_ptr> idle_;          // LIFO: the most recently used is warmest
+    std::vector<server_ptr> all_;           // every open or connecting server
+    std::deque<std::shared_ptr<waiter>> waiters_;
+    int total_ = 0;                         // servers counted against the limits
+    std::map<std::string, std::string> welcome_;
+    std::vector<std::uint8_t> scram_client_key_, scram_server_key_;
+    steady_clock::time_point login_failed_at_{};
+    std::string login_failed_error_, login_failed_sqlstate_;
+};
+
+// Owns every pool and the global counters behind max_db_connections and
+// max_user_connections.
+class pool_manager {
+public:
+    using settings_fn = std::function<pool::settings(const std::string& db, const std::string& user)>;
+    explicit pool_manager(settings_fn make_settings) : make_settings_(std::move(make_settings)) {}
+
+    pool& get(const std::string& database, const std::string& user);
+    std::vector<pool*> all() const;
+    void refresh_settings();  // after RELOAD
+
+    std::uint64_t next_server_id() { return ++server_ids_; }
+    std::atomic<int> total_servers{0};
+
+    // Limits shared by the pools of one database / one user (0 = none). Guarded by the
+    // pools' own mutexes only loosely: counts are atomics, checked before opening.
+    int db_limit(const std::string& db) const;
+    int user_limit(const std::string& user) const;
+    std::atomic<int>& db_count(const std::string& db);
+    std::atomic<int>& user_count(const std::string& user);
+    void set_limits(std::map<std::string, int> db_limits, std::map<std::string, int> user_limits);
+
+private:
+    settings_fn make_settings_;
+    mutable std::mutex mutex_;         // pools_; taken before a pool's own mutex
+    mutable std::mutex limits_mutex_;  // the maps below; taken after a pool's mutex
+    std::map<std::pair<std::string, std::string>, std::unique_ptr<pool>> pools_;
+    std::map<std::string, std::unique_ptr<std::atomic<int>>> db_counts_, user_counts_;
+    std::map<std::string, int> db_limits_, user_limits_;
+    std::atomic<std::uint64_t> server_ids_{0};
+};
+
+}  // namespace sluice::pool

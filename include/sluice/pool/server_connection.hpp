@@ -1,0 +1,91 @@
+#pragma once
+// One connection from Sluice to PostgreSQL: connect, log in, and the state the pooler keeps
+// about it (parameters, cancel key, transaction status, prepared statements).
+#include <atomic>
+#include <list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "sluice/net/io.hpp"
+#include "sluice/protocol/codec.hpp"
+
+namespace sluice::pool {
+
+class pool;
+
+// What a server login needs. The secret is a plaintext password or an md5 secret; for a
+// SCRAM-only secret Sluice uses the keys it learnt from a client's own SCRAM exchange.
+struct login_params {
+    std::vector<std::string> hosts;  // tried in order; '/'-prefixed = unix socket directory
+    int port = 5432;
+    std::string user, database;
+    std::optional<std::string> password;
+    std::vector<std::uint8_t> scram_client_key, scram_server_key;
+    std::vector<std::pair<std::string, std::string>> startup_parameters;  // extra ones
+    std::chrono::milliseconds connect_timeout{15000};
+    std::size_t max_packet_size = 1 << 30;
+};
+
+enum class server_state { login, idle, active, tested, used };
+
+class server_connection {
+public:
+    server_connection(asio::any_io_executor ex, std::uint64_t id);
+    server_connection(const server_connection&) = delete;
+
+    // Connects and performs the startup/authentication exchange up to the first
+    // ReadyForQuery. On failure `error` holds a message (and error_fields from the server,
+    // if it sent any) for the client.
+    asio::awaitable<bool> connect(login_params params);
+
+    // Runs one simple query and discards its results, up to ReadyForQuery. Used for the
+    // reset query, parameter synchronisation and health checks. ParameterStatus messages
+    // update `parameters`. Returns false if the server failed or answered with an error.
+    asio::awaitable<bool> run_internal_query(std::string sql, std::size_t max_packet_size);
+
+    // Moves the socket to another worker's executor. Only when no operation is pending.
+    void migrate(asio::any_io_executor ex);
+    // True if the peer closed or sent unexpected bytes while the connection sat idle.
+    bool broken_while_idle();
+    void close();
+
+    stream_socket socket;
+    byte_buffer buffer;  // bytes read from the server and not yet handled
+    std::uint64_t id;
+    pool* owner = nullptr;
+    int worker = 0;
+
+    std::string host;  // where it is connected (for cancel requests)
+    int port = 0;
+    protocol::cancel_request backend_key{};
+    std::map<std::string, std::string> parameters;  // last ParameterStatus values
+    char transaction_status = 'I';
+    server_state state = server_state::login;
+    bool close_needed = false;  // RECONNECT, reload or an error: close when released
+    steady_clock::time_point connect_time, last_used, request_time;
+    std::string last_error;
+    std::optional<protocol::error_fields> last_error_fields;
+
+    // Cancel requests forwarded to this server and not finished yet: the server is not
+    // handed to another client until they are (a late cancel must not hit its query).
+    std::atomic<int> cancels_in_flight{0};
+
+    // Protocol-level prepared statements that exist on this server (server-side names),
+    // most recently used at the front.
+    std::list<std::string> prepared_lru;
+    std::unordered_map<std::string, std::list<std::string>::iterator> prepared;
+
+    std::uint64_t link_client_id = 0;  // for SHOW SERVERS
+};
+
+using server_ptr = std::shared_ptr<server_connection>;
+
+// Connects `socket` to a PostgreSQL address: a '/'-prefixed host is a unix socket
+// directory (".s.PGSQL.<port>" inside it), anything else a TCP host name or address.
+asio::awaitable<bool> connect_socket(stream_socket& socket, const std::string& host, int port,
+                                     std::string& error);
+
+}  // namespace sluice::pool

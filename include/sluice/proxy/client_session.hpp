@@ -1,0 +1,113 @@
+#pragma once
+// One client connection, from the startup packet to Terminate.
+//
+//   startup: SSLRequest/GSSENCRequest -> 'N'; CancelRequest -> forward; StartupMessage
+//   -> authenticate -> welcome (AuthenticationOk, ParameterStatus..., BackendKeyData,
+//   ReadyForQuery) -> relay.
+//
+// The relay has two halves on the session's worker thread:
+//   client_loop   reads the client, counts the requests that will each end in a
+//                 ReadyForQuery (Query, Sync, FunctionCall), links a server when a
+//                 request starts and none is linked, and forwards the bytes unchanged.
+//   server_loop   runs while a server is linked; forwards the server's bytes to the
+//                 client and, at ReadyForQuery 'I' with nothing outstanding, gives the
+//                 server back (transaction/statement mode).
+// Only type bytes and lengths are looked at; bodies are decoded only for the few
+// messages the pooler acts on.
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "sluice/net/io.hpp"
+#include "sluice/pool/pool.hpp"
+#include "sluice/protocol/codec.hpp"
+
+namespace sluice::proxy {
+
+class runtime;
+
+enum class client_state { login, idle, active, waiting };
+
+class client_session : public std::enable_shared_from_this<client_session> {
+public:
+    client_session(runtime& rt, stream_socket socket, int worker, std::uint64_t id);
+    ~client_session();
+
+    asio::awaitable<void> run();
+
+    // Cancels the query this client is running, if any. Runs on the session's executor.
+    static asio::awaitable<void> forward_cancel(std::shared_ptr<client_session> self);
+    // Closes the client connection (KILL, shutdown). Any thread.
+    void kill(std::string sqlstate, std::string message);
+
+    asio::any_io_executor executor() { return socket_.get_executor(); }
+
+    const std::uint64_t id;
+    protocol::cancel_request cancel_key{};  // the key Sluice handed to the client
+    std::string user, database, application_name;
+    std::string addr;
+    int port = 0;
+    std::string local_addr;
+    int local_port = 0;
+    steady_clock::time_point connect_time = steady_clock::now();
+    std::atomic<steady_clock::time_point> request_time{steady_clock::now()};
+    std::atomic<client_state> state{client_state::login};
+    std::atomic<std::uint64_t> linked_server_id{0};
+    pool::pool* pool_ = nullptr;
+    // Set by the listener when the client must be refused (max_client_conn, shutdown):
+    // the startup packet is still read so that the client gets a proper ErrorResponse.
+    std::string refuse_sqlstate, refuse_message;
+
+private:
+    // startup and authentication
+    asio::awaitable<bool> startup();
+    asio::awaitable<bool> read_startup_packet(protocol::startup_packet& out);
+    asio::awaitable<bool> authenticate(const std::optional<std::string>& secret, bool known);
+    asio::awaitable<bool> read_client_message(protocol::message_view& out);
+    asio::awaitable<bool> send_welcome();
+    asio::awaitable<void> handle_cancel_request(protocol::cancel_request req);
+
+    // relay
+    asio::awaitable<void> client_loop();
+    asio::awaitable<void> server_loop(pool::server_ptr server);
+    asio::awaitable<bool> link_server();
+    asio::awaitable<bool> sync_parameters(pool::server_connection& s);
+    void server_loop_done();
+    asio::awaitable<void> finish_server();
+    void release_server(pool::server_ptr s, bool clean);
+
+    // writing to the client: server_loop and client_loop may both want to, one at a time
+    asio::awaitable<bool> write_client(std::span<const asio::const_buffer> buffers);
+    asio::awaitable<bool> write_client(const std::string& bytes);
+    // Parameters by value: coroutine arguments must own their data (gcc 12).
+    asio::awaitable<void> send_error(std::string sqlstate, std::string message,
+                                     std::string hint = {}, bool fatal = true);
+
+    runtime& rt_;
+    stream_socket socket_;
+    int worker_;
+    byte_buffer in_;  // client bytes not yet forwarded
+    std::size_t max_packet_ = 0;
+
+    // tracked parameters: what this client believes its session has
+    std::map<std::string, std::string, std::less<>> wanted_params_;
+    config::pool_mode mode_ = config::pool_mode::session;
+
+    // relay state
+    pool::server_ptr server_;          // linked server, if any
+    bool server_loop_running_ = false;
+    asio::steady_timer server_loop_done_;
+    bool client_gone_ = false;
+    bool fatal_ = false;               // the session is being torn down
+    int outstanding_ = 0;              // requests whose ReadyForQuery has not arrived
+    bool unsynced_extended_ = false;   // extended-protocol messages sent since the last Sync
+    std::uint32_t passthrough_ = 0;    // bytes of the current client message still to forward
+    char transaction_status_ = 'I';
+    steady_clock::time_point query_start_{}, xact_start_{};
+
+    bool writing_client_ = false;
+    std::deque<asio::steady_timer*> write_waiters_;
+};
+
+}  // namespace sluice::proxy

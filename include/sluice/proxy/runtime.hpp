@@ -1,0 +1,75 @@
+#pragma once
+// Process-wide state shared by every worker: the running configuration and auth file
+// (swapped atomically on RELOAD), the pools, the registry of client sessions (for cancel
+// requests and SHOW CLIENTS), and the process state (paused, shutting down).
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "sluice/auth/userlist.hpp"
+#include "sluice/config/config.hpp"
+#include "sluice/net/io.hpp"
+#include "sluice/pool/pool.hpp"
+
+namespace sluice::proxy {
+
+class client_session;
+
+// Sessions by the cancel key Sluice handed out, and by id. A hash map: cancel lookup is
+// O(1) whatever the number of clients (PgBouncer scans a list).
+class session_registry {
+public:
+    void add(const std::shared_ptr<client_session>& s);
+    void remove(const client_session& s);
+    std::shared_ptr<client_session> find_by_key(std::uint32_t pid, std::uint32_t key) const;
+    std::shared_ptr<client_session> find_by_id(std::uint64_t id) const;
+    std::vector<std::shared_ptr<client_session>> all() const;
+    std::size_t size() const;
+
+private:
+    static std::uint64_t key_of(std::uint32_t pid, std::uint32_t key) {
+        return (std::uint64_t(pid) << 32) | key;
+    }
+    mutable std::mutex mutex_;
+    std::unordered_map<std::uint64_t, std::weak_ptr<client_session>> by_key_;
+    std::unordered_map<std::uint64_t, std::weak_ptr<client_session>> by_id_;
+};
+
+class runtime {
+public:
+    runtime(config::config cfg, auth::userlist users);
+
+    std::shared_ptr<const config::config> cfg() const;
+    std::shared_ptr<const auth::userlist> users() const;
+    // Reads the configuration file and auth file again. On any error the running
+    // configuration stays and `errors` says why.
+    bool reload(std::string& errors);
+
+    pool::pool_manager pools;
+    session_registry sessions;
+
+    std::vector<asio::any_io_executor> workers;
+    std::atomic<int> client_count{0};
+    std::atomic<bool> accepting{true};
+    std::atomic<bool> paused{false};      // PAUSE / SUSPEND: no new server assignments
+    std::atomic<std::uint64_t> next_client_id{0};
+    steady_clock::time_point started = steady_clock::now();
+
+    // Called when the last client leaves or the last server is released (shutdown modes).
+    std::function<void()> on_client_gone;
+
+    pool::pool::settings pool_settings(const std::string& db, const std::string& user) const;
+
+private:
+    void apply_limits(const config::config& c);
+    mutable std::shared_mutex mutex_;
+    std::shared_ptr<const config::config> cfg_;
+    std::shared_ptr<const auth::userlist> users_;
+};
+
+}  // namespace sluice::proxy

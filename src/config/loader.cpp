@@ -1,0 +1,1202 @@
+// Configuration loader: YAML (native) and PgBouncer .ini, into one model.
+//
+// Flow: the text is first turned into a small format-neutral tree (`node`: null, scalar,
+// sequence or map, each with its 1-based line:column), from yaml-cpp for YAML and from a
+// hand-written line parser for .ini. One validator then walks that tree with per-section
+// field tables. Having a single validator is what makes both formats yield the same model
+// and the same messages, and keeping positions on every node is what lets every error name
+// its line and column. Errors are collected, never thrown; any error means no model, so a
+// bad file (or a bad RELOAD) never takes effect half-way.
+#include "sluice/config/loader.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <set>
+#include <sstream>
+#include <tuple>
+#include <utility>
+
+namespace sluice::config {
+
+std::string diagnostic::to_string() const {
+    // A problem not tied to a line (e.g. an unreadable file) has no position to print.
+    if (line <= 0) return file + ": " + message;
+    return file + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " + message;
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Small string helpers
+
+std::string trim(std::string_view s) {
+    std::size_t b = 0, e = s.size();
+    while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+    while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+    return std::string(s.substr(b, e - b));
+}
+
+std::string lower(std::string s) {
+    for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+}
+
+bool ends_with_ci(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && lower(s.substr(s.size() - suffix.size())) == suffix;
+}
+
+bool parse_port(std::string_view text, int& port) {
+    long long v = 0;
+    auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec != std::errc{} || p != text.data() + text.size() || text.empty()) return false;
+    if (v < 1 || v > 65535) return false;
+    port = static_cast<int>(v);
+    return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// The format-neutral tree
+
+struct pos {
+    int line = 0;  // 1-based
+    int col = 0;   // 1-based
+};
+
+struct node {
+    enum class kind { null, scalar, sequence, map };
+    kind k = kind::null;
+    pos at;
+    std::string text;         // scalar
+    bool quoted = false;      // a quoted YAML scalar: its text starts one column after `at`
+    std::vector<node> items;  // sequence
+    std::vector<std::pair<node, node>> entries;  // map, in file order; keys are scalars
+};
+
+const char* kind_name(const node& n) {
+    switch (n.k) {
+        case node::kind::null:
+            return "nothing";
+        case node::kind::scalar:
+            return "a single value";
+        case node::kind::sequence:
+            return "a list";
+        case node::kind::map:
+            return "a mapping";
+    }
+    return "?";
+}
+
+class context {
+  public:
+    std::string file;
+    std::filesystem::path base_dir;  // relative paths in the file are relative to this
+    std::vector<diagnostic> errors;
+
+    void error(pos p, std::string message) {
+        errors.push_back(diagnostic{file, p.line, p.col, std::move(message)});
+    }
+};
+
+// ---------------------------------------------------------------------------------------
+// YAML -> node
+
+constexpr int max_depth = 64;  // deeper nesting is a mistake (or an alias cycle), not config
+
+pos pos_of(const YAML::Mark& m, pos fallback) {
+    if (m.line < 0 || m.column < 0) return fallback;
+    return pos{m.line + 1, m.column + 1};  // yaml-cpp's marks are 0-based
+}
+
+node from_yaml(context& ctx, const YAML::Node& y, pos fallback, int depth) {
+    node n;
+    if (depth > max_depth) {
+        ctx.error(fallback, "nesting is too deep");
+        return n;
+    }
+    switch (y.Type()) {
+        case YAML::NodeType::Undefined:
+        case YAML::NodeType::Null:
+            // An empty value's mark points at the next token, so a null takes its key's
+            // position, which is where a reader looks anyway.
+            n.at = fallback;
+            return n;
+        case YAML::NodeType::Scalar:
+            n.k = node::kind::scalar;
+            n.at = pos_of(y.Mark(), fallback);
+            n.text = y.Scalar();
+            n.quoted = y.Tag() == "!";  // yaml-cpp tags quoted scalars "!" and plain ones "?"
+            return n;
+        case YAML::NodeType::Sequence:
+            n.k = node::kind::sequence;
+            n.at = pos_of(y.Mark(), fallback);
+            for (const auto& item : y) n.items.push_back(from_yaml(ctx, item, n.at, depth + 1));
+            return n;
+        case YAML::NodeType::Map: {
+            n.k = node::kind::map;
+            n.at = pos_of(y.Mark(), fallback);
+            std::map<std::string, pos> seen;
+            for (auto it = y.begin(); it != y.end(); ++it) {
+                node key = from_yaml(ctx, it->first, n.at, depth + 1);
+                if (key.k != node::kind::scalar) {
+                    ctx.error(key.at, "a key must be a single value");
+                    continue;
+                }
+                if (auto [s, fresh] = seen.emplace(key.text, key.at); !fresh) {
+                    ctx.error(key.at, "duplicate key '" + key.text + "' (first given at line " +
+                                          std::to_string(s->second.line) + ")");
+                    continue;
+                }
+                node value = from_yaml(ctx, it->second, key.at, depth + 1);
+                n.entries.emplace_back(std::move(key), std::move(value));
+            }
+            return n;
+        }
+    }
+    return n;
+}
+
+// ---------------------------------------------------------------------------------------
+// PgBouncer .ini -> node
+//
+// PgBouncer's format: `[section]` headers, `key = value` lines, whole-line comments starting
+// with ';' or '#'. Values run to the end of the line (a password may contain '#'), so there
+// are no trailing comments. Setting names are case-insensitive, database and user names not.
+
+node from_ini(context& ctx, const std::string& text) {
+    node root;
+    root.k = node::kind::map;
+    root.at = pos{1, 1};
+    node* section = nullptr;  // null before the first header or inside an unknown section
+    bool in_unknown_section = false;
+    std::string section_name;
+    std::map<std::string, std::map<std::string, pos>> seen;  // per section: key -> first pos
+
+    std::istringstream in(text);
+    std::string raw;
+    int line_no = 0;
+    while (std::getline(in, raw)) {
+        ++line_no;
+        if (!raw.empty() && raw.back() == '\r') raw.pop_back();
+        std::size_t first = raw.find_first_not_of(" \t");
+        if (first == std::string::npos) continue;
+        char c = raw[first];
+        if (c == ';' || c == '#') continue;
+        pos line_pos{line_no, static_cast<int>(first) + 1};
+
+        if (c == '[') {
+            std::size_t close = raw.find(']', first);
+            if (close == std::string::npos || !trim(raw.substr(close + 1)).empty()) {
+                ctx.error(line_pos, "malformed section header");
+                section = nullptr;
+                in_unknown_section = true;
+                continue;
+            }
+            section_name = lower(trim(raw.substr(first + 1, close - first - 1)));
+            // [pgbouncer] is the YAML `sluice:` section; the others keep their names.
+            std::string target = section_name == "pgbouncer" ? "sluice" : section_name;
+            if (target != "sluice" && target != "databases" && target != "users") {
+                ctx.error(line_pos, "unknown section [" + section_name +
+                                        "] (expected pgbouncer, databases or users)");
+                section = nullptr;
+                in_unknown_section = true;
+                continue;
+            }
+            in_unknown_section = false;
+            section = nullptr;
+            for (auto& [k, v] : root.entries)
+                if (k.text == target) section = &v;  // a repeated header continues the section
+            if (!section) {
+                node key;
+                key.k = node::kind::scalar;
+                key.at = line_pos;
+                key.text = target;
+                node value;
+                value.k = node::kind::map;
+                value.at = line_pos;
+                root.entries.emplace_back(std::move(key), std::move(value));
+                section = &root.entries.back().second;
+            }
+            continue;
+        }
+        if (c == '%') {
+            ctx.error(line_pos, "%include is not supported; put the settings in this file");
+            continue;
+        }
+        if (in_unknown_section) continue;  // already reported at its header
+        std::size_t eq = raw.find('=', first);
+        if (eq == std::string::npos) {
+            ctx.error(line_pos, "expected 'key = value'");
+            continue;
+        }
+        if (!section) {
+            ctx.error(line_pos, "setting outside any section (add [pgbouncer] above it)");
+            continue;
+        }
+        node key;
+        key.k = node::kind::scalar;
+        key.at = line_pos;
+        key.text = trim(raw.substr(first, eq - first));
+        if (section_name == "pgbouncer") key.text = lower(key.text);
+        if (key.text.empty()) {
+            ctx.error(line_pos, "missing name before '='");
+            continue;
+        }
+        auto& seen_here = seen[section_name == "pgbouncer" ? "sluice" : section_name];
+        if (auto [s, fresh] = seen_here.emplace(key.text, key.at); !fresh) {
+            ctx.error(key.at, "duplicate key '" + key.text + "' (first given at line " +
+                                  std::to_string(s->second.line) + ")");
+            continue;
+        }
+        node value;
+        value.k = node::kind::scalar;
+        std::size_t vstart = raw.find_first_not_of(" \t", eq + 1);
+        if (vstart == std::string::npos) vstart = raw.size();
+        value.at = pos{line_no, static_cast<int>(vstart) + 1};
+        value.text = trim(raw.substr(vstart));
+        section->entries.emplace_back(std::move(key), std::move(value));
+    }
+    return root;
+}
+
+// ---------------------------------------------------------------------------------------
+// libpq-style connection strings: `host=127.0.0.1 port=5432 dbname='my db'`, as PgBouncer's
+// [databases] and [users] values. Parsed into a map node so that the same field tables
+// validate them; each key keeps its own column.
+
+node parse_connstring(context& ctx, const node& scalar, const std::string& label) {
+    node out;
+    out.k = node::kind::map;
+    out.at = scalar.at;
+    const std::string& s = scalar.text;
+    const int col0 = scalar.at.col + (scalar.quoted ? 1 : 0);
+    auto at = [&](std::size_t i) { return pos{scalar.at.line, col0 + static_cast<int>(i)}; };
+    std::map<std::string, pos> seen;
+    std::size_t i = 0;
+    auto skip_ws = [&] {
+        while (i < s.size() && std::isspace(static_cast<unsigned char>(s[i]))) ++i;
+    };
+    while (true) {
+        skip_ws();
+        if (i >= s.size()) break;
+        std::size_t kstart = i;
+        while (i < s.size() && s[i] != '=' && !std::isspace(static_cast<unsigned char>(s[i]))) ++i;
+        std::string key = lower(s.substr(kstart, i - kstart));
+        skip_ws();
+        if (key.empty() || i >= s.size() || s[i] != '=') {
+            ctx.error(at(kstart), label + ": expected key=value in '" + s + "'");
+            return out;
+        }
+        ++i;  // '='
+        skip_ws();
+        std::size_t vstart = i;
+        std::string value;
+        if (i < s.size() && s[i] == '\'') {
+            // libpq quoting: single quotes, with \' and \\ as escapes.
+            ++i;
+            bool closed = false;
+            while (i < s.size()) {
+                if (s[i] == '\\' && i + 1 < s.size()) {
+                    value += s[i + 1];
+                    i += 2;
+                } else if (s[i] == '\'') {
+                    ++i;
+                    closed = true;
+                    break;
+                } else {
+                    value += s[i++];
+                }
+            }
+            if (!closed) {
+                ctx.error(at(vstart), label + ": unterminated quoted value for '" + key + "'");
+                return out;
+            }
+        } else {
+            while (i < s.size() && !std::isspace(static_cast<unsigned char>(s[i]))) value += s[i++];
+        }
+        node k;
+        k.k = node::kind::scalar;
+        k.at = at(kstart);
+        k.text = key;
+        if (auto [p, fresh] = seen.emplace(key, k.at); !fresh) {
+            ctx.error(k.at, label + ": '" + key + "' given twice");
+            continue;
+        }
+        node v;
+        v.k = node::kind::scalar;
+        v.at = at(vstart);
+        v.text = value;
+        out.entries.emplace_back(std::move(k), std::move(v));
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Value converters. Each takes (context, label, node), reports a problem at the node and
+// returns nullopt, or returns the value. `label` is the setting's path, e.g.
+// "databases.app.port", so the message reads the same whichever format the file uses.
+
+std::optional<std::string> scalar_text(context& ctx, const std::string& label, const node& n) {
+    if (n.k == node::kind::null) return std::string();
+    if (n.k != node::kind::scalar) {
+        ctx.error(n.at, label + ": expected a single value, got " + kind_name(n));
+        return std::nullopt;
+    }
+    return n.text;
+}
+
+auto string_value() {
+    return [](context& ctx, const std::string& label, const node& n) {
+        return scalar_text(ctx, label, n);
+    };
+}
+
+template <class Int>
+auto int_value(Int min, Int max) {
+    return [min, max](context& ctx, const std::string& label, const node& n) -> std::optional<Int> {
+        auto text = scalar_text(ctx, label, n);
+        if (!text) return std::nullopt;
+        std::string t = trim(*text);
+        long long v = 0;
+        auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+        if (t.empty() || ec == std::errc::invalid_argument || p != t.data() + t.size()) {
+            ctx.error(n.at, label + ": expected an integer, got '" + *text + "'");
+            return std::nullopt;
+        }
+        if (ec == std::errc::result_out_of_range || v < static_cast<long long>(min) ||
+            v > static_cast<long long>(max)) {
+            if (v < 0 && min == 0 && ec == std::errc{})
+                ctx.error(n.at, label + ": must not be negative (got " + t + ")");
+            else
+                ctx.error(n.at, label + ": " + t + " is out of range " + std::to_string(min) +
+                                    ".." + std::to_string(max));
+            return std::nullopt;
+        }
+        return static_cast<Int>(v);
+    };
+}
+
+constexpr int int_max = std::numeric_limits<int>::max();
+
+auto non_negative() {
+    return int_value<int>(0, int_max);
+}
+auto port_value() {
+    return int_value<int>(1, 65535);
+}
+
+auto double_value() {
+    return [](context& ctx, const std::string& label, const node& n) -> std::optional<double> {
+        auto text = scalar_text(ctx, label, n);
+        if (!text) return std::nullopt;
+        std::string t = trim(*text);
+        double v = 0;
+        auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+        if (t.empty() || ec != std::errc{} || p != t.data() + t.size() || !std::isfinite(v)) {
+            ctx.error(n.at, label + ": expected a number, got '" + *text + "'");
+            return std::nullopt;
+        }
+        if (v < 0) {
+            ctx.error(n.at, label + ": must not be negative (got " + t + ")");
+            return std::nullopt;
+        }
+        return v;
+    };
+}
+
+auto bool_value() {
+    return [](context& ctx, const std::string& label, const node& n) -> std::optional<bool> {
+        auto text = scalar_text(ctx, label, n);
+        if (!text) return std::nullopt;
+        std::string t = lower(trim(*text));
+        if (t == "true" || t == "yes" || t == "on" || t == "1") return true;
+        if (t == "false" || t == "no" || t == "off" || t == "0") return false;
+        ctx.error(n.at, label + ": expected a boolean (true/false, yes/no, on/off, 1/0), got '" +
+                            *text + "'");
+        return std::nullopt;
+    };
+}
+
+auto duration_value() {
+    return [](context& ctx, const std::string& label, const node& n) -> std::optional<duration> {
+        auto text = scalar_text(ctx, label, n);
+        if (!text) return std::nullopt;
+        if (auto d = parse_duration(*text)) return d;
+        ctx.error(n.at, label +
+                            ": expected a duration (seconds, or a number with a unit: us, ms, "
+                            "s, m, h, d), got '" +
+                            *text + "'");
+        return std::nullopt;
+    };
+}
+
+// A list, or a comma-separated string (PgBouncer's form). Empty items are dropped, so ""
+// is the empty list (listen_addr: "" = unix socket only).
+auto list_value() {
+    return [](context& ctx, const std::string& label,
+              const node& n) -> std::optional<std::vector<std::string>> {
+        std::vector<std::string> out;
+        if (n.k == node::kind::null) return out;
+        if (n.k == node::kind::scalar) {
+            std::string_view s = n.text;
+            std::size_t start = 0;
+            while (start <= s.size()) {
+                std::size_t comma = s.find(',', start);
+                if (comma == std::string_view::npos) comma = s.size();
+                std::string item = trim(s.substr(start, comma - start));
+                if (!item.empty()) out.push_back(std::move(item));
+                start = comma + 1;
+            }
+            return out;
+        }
+        if (n.k == node::kind::sequence) {
+            bool ok = true;
+            for (const auto& item : n.items) {
+                if (item.k != node::kind::scalar || trim(item.text).empty()) {
+                    ctx.error(item.at, label + ": each item must be a non-empty single value");
+                    ok = false;
+                    continue;
+                }
+                out.push_back(trim(item.text));
+            }
+            if (!ok) return std::nullopt;
+            return out;
+        }
+        ctx.error(n.at,
+                  label + ": expected a list or a comma-separated string, got " + kind_name(n));
+        return std::nullopt;
+    };
+}
+
+auto host_list_value() {
+    return [](context& ctx, const std::string& label,
+              const node& n) -> std::optional<std::vector<std::string>> {
+        auto hosts = list_value()(ctx, label, n);
+        if (hosts && hosts->empty()) {
+            ctx.error(n.at, label + ": must name at least one host");
+            return std::nullopt;
+        }
+        return hosts;
+    };
+}
+
+// An enumeration given as one of a fixed set of words.
+template <class E>
+auto enum_value(std::vector<std::pair<const char*, E>> words) {
+    return [words = std::move(words)](context& ctx, const std::string& label,
+                                      const node& n) -> std::optional<E> {
+        auto text = scalar_text(ctx, label, n);
+        if (!text) return std::nullopt;
+        std::string t = lower(trim(*text));
+        std::string allowed;
+        for (const auto& [w, e] : words) {
+            if (t == w) return e;
+            allowed += allowed.empty() ? "" : ", ";
+            allowed += w;
+        }
+        ctx.error(n.at, label + ": '" + *text + "' is not one of " + allowed);
+        return std::nullopt;
+    };
+}
+
+auto pool_mode_value() {
+    return enum_value<pool_mode>({{"session", pool_mode::session},
+                                  {"transaction", pool_mode::transaction},
+                                  {"statement", pool_mode::statement}});
+}
+
+auto auth_type_value() {
+    return enum_value<auth_type>({{"trust", auth_type::trust},
+                                  {"plain", auth_type::plain},
+                                  {"md5", auth_type::md5},
+                                  {"scram-sha-256", auth_type::scram_sha_256},
+                                  {"hba", auth_type::hba},
+                                  {"cert", auth_type::cert},
+                                  {"any", auth_type::any}});
+}
+
+// TLS modes are kept as strings in the model, but only libpq's words are valid.
+auto sslmode_value() {
+    return [](context& ctx, const std::string& label, const node& n) -> std::optional<std::string> {
+        static const char* const modes[] = {"disable", "allow",     "prefer",
+                                            "require", "verify-ca", "verify-full"};
+        auto text = scalar_text(ctx, label, n);
+        if (!text) return std::nullopt;
+        std::string t = lower(trim(*text));
+        for (const char* m : modes)
+            if (t == m) return t;
+        ctx.error(n.at, label + ": '" + *text +
+                            "' is not one of disable, allow, prefer, require, verify-ca, "
+                            "verify-full");
+        return std::nullopt;
+    };
+}
+
+// File permissions, always octal as in PgBouncer ("0777", 0777, "777", YAML 1.2's 0o777).
+auto octal_mode_value() {
+    return [](context& ctx, const std::string& label, const node& n) -> std::optional<int> {
+        auto text = scalar_text(ctx, label, n);
+        if (!text) return std::nullopt;
+        std::string t = trim(*text);
+        std::string digits =
+            t.size() > 2 && (t[1] == 'o' || t[1] == 'O') && t[0] == '0' ? t.substr(2) : t;
+        int v = 0;
+        auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v, 8);
+        if (digits.empty() || ec != std::errc{} || p != digits.data() + digits.size() || v < 0 ||
+            v > 07777) {
+            ctx.error(n.at,
+                      label + ": expected an octal file mode such as 0777, got '" + *text + "'");
+            return std::nullopt;
+        }
+        return v;
+    };
+}
+
+// "host:port" ("[::1]:9127" for IPv6); "" = off.
+auto host_port_value() {
+    return [](context& ctx, const std::string& label, const node& n) -> std::optional<std::string> {
+        auto text = scalar_text(ctx, label, n);
+        if (!text) return std::nullopt;
+        std::string t = trim(*text);
+        if (t.empty()) return t;
+        std::string host, port;
+        bool ok = false;
+        if (t[0] == '[') {
+            std::size_t close = t.find(']');
+            if (close != std::string::npos && close + 1 < t.size() && t[close + 1] == ':') {
+                host = t.substr(1, close - 1);
+                port = t.substr(close + 2);
+                ok = true;
+            }
+        } else if (std::size_t colon = t.rfind(':'); colon != std::string::npos) {
+            host = t.substr(0, colon);
+            port = t.substr(colon + 1);
+            ok = host.find(':') == std::string::npos;  // a bare IPv6 literal needs brackets
+        }
+        int p = 0;
+        if (!ok || host.empty() || !parse_port(port, p)) {
+            ctx.error(n.at,
+                      label + ": expected host:port with a port in 1..65535, got '" + *text + "'");
+            return std::nullopt;
+        }
+        return t;
+    };
+}
+
+auto tenant_key_value() {
+    return [](context& ctx, const std::string& label, const node& n) -> std::optional<std::string> {
+        auto text = scalar_text(ctx, label, n);
+        if (!text) return std::nullopt;
+        std::string t = trim(*text);
+        if (t == "user" || t == "database" || t == "application_name") return t;
+        if (t.rfind("startup:", 0) == 0) {
+            std::string param = t.substr(8);
+            bool ok = !param.empty() && std::all_of(param.begin(), param.end(), [](char c) {
+                return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' ||
+                       c == '-';
+            });
+            if (ok) return t;
+        }
+        ctx.error(n.at, label + ": '" + *text +
+                            "' is not one of user, database, application_name, "
+                            "startup:<parameter>");
+        return std::nullopt;
+    };
+}
+
+auto redis_url_value() {
+    return [](context& ctx, const std::string& label, const node& n) -> std::optional<std::string> {
+        auto text = scalar_text(ctx, label, n);
+        if (!text) return std::nullopt;
+        std::string t = trim(*text);
+        if (t.empty() || parse_redis_url(t)) return t;
+        // The URL may hold a password, so it is not echoed back.
+        ctx.error(n.at, label +
+                            ": expected redis://[[user]:password@]host[:port][/db] (or "
+                            "rediss://)");
+        return std::nullopt;
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// Field tables
+
+template <class S>
+struct field {
+    const char* name;
+    std::function<void(context&, const std::string& label, const node&, S&)> apply;
+};
+
+// Binds a converter to a member: the member is assigned only when the value is valid.
+template <class S, class M, class Conv>
+field<S> bind(const char* name, M S::*member, Conv conv) {
+    return field<S>{name,
+                    [member, conv](context& ctx, const std::string& label, const node& n, S& s) {
+                        if (auto v = conv(ctx, label, n)) s.*member = std::move(*v);
+                    }};
+}
+
+const std::vector<field<general>>& general_fields() {
+    using g = general;
+    static const std::vector<field<general>> fields = {
+        bind("listen_addr", &g::listen_addr, list_value()),
+        bind("listen_port", &g::listen_port, port_value()),
+        bind("unix_socket_dir", &g::unix_socket_dir, string_value()),
+        bind("unix_socket_mode", &g::unix_socket_mode, octal_mode_value()),
+        bind("listen_backlog", &g::listen_backlog, int_value<int>(1, int_max)),
+        bind("so_reuseport", &g::so_reuseport, bool_value()),
+        bind("workers", &g::workers, int_value<int>(0, 1024)),
+
+        bind("pool_mode", &g::pool_mode_, pool_mode_value()),
+        bind("default_pool_size", &g::default_pool_size, non_negative()),
+        bind("min_pool_size", &g::min_pool_size, non_negative()),
+        bind("reserve_pool_size", &g::reserve_pool_size, non_negative()),
+        bind("reserve_pool_timeout", &g::reserve_pool_timeout, duration_value()),
+        bind("max_client_conn", &g::max_client_conn, int_value<int>(1, int_max)),
+        bind("max_db_connections", &g::max_db_connections, non_negative()),
+        bind("max_db_client_connections", &g::max_db_client_connections, non_negative()),
+        bind("max_user_connections", &g::max_user_connections, non_negative()),
+        bind("max_user_client_connections", &g::max_user_client_connections, non_negative()),
+        bind("server_round_robin", &g::server_round_robin, bool_value()),
+        bind("max_prepared_statements", &g::max_prepared_statements, non_negative()),
+        bind("track_extra_parameters", &g::track_extra_parameters, list_value()),
+        bind("ignore_startup_parameters", &g::ignore_startup_parameters, list_value()),
+        bind("server_reset_query", &g::server_reset_query, string_value()),
+        bind("server_reset_query_always", &g::server_reset_query_always, bool_value()),
+        bind("server_check_query", &g::server_check_query, string_value()),
+        bind("server_check_delay", &g::server_check_delay, duration_value()),
+        bind("server_fast_close", &g::server_fast_close, bool_value()),
+        bind("application_name_add_host", &g::application_name_add_host, bool_value()),
+        bind("autodb_idle_timeout", &g::autodb_idle_timeout, duration_value()),
+        bind("pool_idle_timeout", &g::pool_idle_timeout, duration_value()),
+        bind("stats_period", &g::stats_period, duration_value()),
+        bind("scram_iterations", &g::scram_iterations, int_value<int>(1, int_max)),
+        bind("query_wait_notify", &g::query_wait_notify, duration_value()),
+        // A PostgreSQL message length is an int32 that counts itself.
+        bind("max_packet_size", &g::max_packet_size,
+             int_value<std::int64_t>(5, std::numeric_limits<std::int32_t>::max())),
+        bind("pkt_buf", &g::pkt_buf, int_value<int>(512, 1 << 30)),
+
+        bind("server_lifetime", &g::server_lifetime, duration_value()),
+        bind("server_idle_timeout", &g::server_idle_timeout, duration_value()),
+        bind("server_connect_timeout", &g::server_connect_timeout, duration_value()),
+        bind("server_login_retry", &g::server_login_retry, duration_value()),
+        bind("client_login_timeout", &g::client_login_timeout, duration_value()),
+        bind("query_timeout", &g::query_timeout, duration_value()),
+        bind("query_wait_timeout", &g::query_wait_timeout, duration_value()),
+        bind("cancel_wait_timeout", &g::cancel_wait_timeout, duration_value()),
+        bind("client_idle_timeout", &g::client_idle_timeout, duration_value()),
+        bind("idle_transaction_timeout", &g::idle_transaction_timeout, duration_value()),
+        bind("transaction_timeout", &g::transaction_timeout, duration_value()),
+        bind("suspend_timeout", &g::suspend_timeout, duration_value()),
+
+        bind("auth_type", &g::auth_type_, auth_type_value()),
+        bind("auth_file", &g::auth_file, string_value()),
+        bind("auth_hba_file", &g::auth_hba_file, string_value()),
+        bind("auth_user", &g::auth_user, string_value()),
+        bind("auth_query", &g::auth_query, string_value()),
+        bind("auth_dbname", &g::auth_dbname, string_value()),
+
+        bind("client_tls_sslmode", &g::client_tls_sslmode, sslmode_value()),
+        bind("client_tls_key_file", &g::client_tls_key_file, string_value()),
+        bind("client_tls_cert_file", &g::client_tls_cert_file, string_value()),
+        bind("client_tls_ca_file", &g::client_tls_ca_file, string_value()),
+        bind("client_tls_protocols", &g::client_tls_protocols, string_value()),
+        bind("client_tls_ciphers", &g::client_tls_ciphers, string_value()),
+        bind("server_tls_sslmode", &g::server_tls_sslmode, sslmode_value()),
+        bind("server_tls_ca_file", &g::server_tls_ca_file, string_value()),
+        bind("server_tls_key_file", &g::server_tls_key_file, string_value()),
+        bind("server_tls_cert_file", &g::server_tls_cert_file, string_value()),
+        bind("server_tls_protocols", &g::server_tls_protocols, string_value()),
+
+        bind("logfile", &g::logfile, string_value()),
+        bind("pidfile", &g::pidfile, string_value()),
+        bind("syslog", &g::syslog, bool_value()),
+        bind("log_connections", &g::log_connections, bool_value()),
+        bind("log_disconnections", &g::log_disconnections, bool_value()),
+        bind("log_pooler_errors", &g::log_pooler_errors, bool_value()),
+        bind("log_stats", &g::log_stats, bool_value()),
+        bind("verbose", &g::verbose, non_negative()),
+
+        bind("admin_users", &g::admin_users, list_value()),
+        bind("stats_users", &g::stats_users, list_value()),
+
+        bind("tcp_keepalive", &g::tcp_keepalive, bool_value()),
+        bind("tcp_keepcnt", &g::tcp_keepcnt, non_negative()),
+        bind("tcp_keepidle", &g::tcp_keepidle, non_negative()),
+        bind("tcp_keepintvl", &g::tcp_keepintvl, non_negative()),
+        bind("tcp_user_timeout", &g::tcp_user_timeout, non_negative()),
+
+        bind("metrics_listen", &g::metrics_listen, host_port_value()),
+    };
+    return fields;
+}
+
+// PgBouncer settings Sluice has no use for (process management, DNS cache, socket tuning,
+// peering). Accepted and ignored so that an existing pgbouncer.ini loads unchanged.
+const std::set<std::string>& ignored_general_keys() {
+    static const std::set<std::string> keys = {
+        "user",
+        "syslog_ident",
+        "syslog_facility",
+        "auth_ident_file",
+        "unix_socket_group",
+        "disable_pqexec",
+        "conffile",
+        "service_name",
+        "job_name",
+        "tcp_defer_accept",
+        "tcp_socket_buffer",
+        "sbuf_loopcnt",
+        "peer_id",
+        "client_tls_ecdhcurve",
+        "client_tls_dheparams",
+        "client_tls13_ciphers",
+        "server_tls_ciphers",
+        "server_tls13_ciphers",
+        "dns_max_ttl",
+        "dns_nxdomain_ttl",
+        "dns_zone_check_period",
+        "resolv_conf",
+        "stats_users_prefix",
+        "max_prepared_statements_cache",
+    };
+    return keys;
+}
+
+const std::vector<field<database>>& database_fields() {
+    using d = database;
+    static const std::vector<field<database>> fields = {
+        bind("host", &d::host, host_list_value()),
+        bind("port", &d::port, port_value()),
+        bind("dbname", &d::dbname, string_value()),
+        bind("user", &d::user, string_value()),
+        bind("password", &d::password, string_value()),
+        bind("auth_user", &d::auth_user, string_value()),
+        bind("pool_size", &d::pool_size, non_negative()),
+        bind("min_pool_size", &d::min_pool_size, non_negative()),
+        bind("reserve_pool_size", &d::reserve_pool_size, non_negative()),
+        bind("max_db_connections", &d::max_db_connections, non_negative()),
+        bind("max_db_client_connections", &d::max_db_client_connections, non_negative()),
+        bind("pool_mode", &d::mode, pool_mode_value()),
+        bind("server_lifetime", &d::server_lifetime, duration_value()),
+        bind("connect_query", &d::connect_query, string_value()),
+        bind("client_encoding", &d::client_encoding, string_value()),
+        bind("datestyle", &d::datestyle, string_value()),
+        bind("timezone", &d::timezone, string_value()),
+        bind("application_name", &d::application_name, string_value()),
+    };
+    return fields;
+}
+
+const std::set<std::string>& ignored_database_keys() {
+    static const std::set<std::string> keys = {"load_balance_hosts", "auth_dbname", "auth_query"};
+    return keys;
+}
+
+const std::vector<field<user>>& user_fields() {
+    using u = user;
+    static const std::vector<field<user>> fields = {
+        bind("pool_size", &u::pool_size, non_negative()),
+        bind("reserve_pool_size", &u::reserve_pool_size, non_negative()),
+        bind("max_user_connections", &u::max_user_connections, non_negative()),
+        bind("max_user_client_connections", &u::max_user_client_connections, non_negative()),
+        bind("pool_mode", &u::mode, pool_mode_value()),
+        bind("query_timeout", &u::query_timeout, duration_value()),
+        bind("idle_transaction_timeout", &u::idle_transaction_timeout, duration_value()),
+        bind("client_idle_timeout", &u::client_idle_timeout, duration_value()),
+    };
+    return fields;
+}
+
+const std::vector<field<rate_limit>>& rate_limit_fields() {
+    using r = rate_limit;
+    static const std::vector<field<rate_limit>> fields = {
+        bind("queries_per_second", &r::queries_per_second, double_value()),
+        bind("query_burst", &r::query_burst, double_value()),
+        bind("transactions_per_second", &r::transactions_per_second, double_value()),
+        bind("transaction_burst", &r::transaction_burst, double_value()),
+        bind("connections_per_second", &r::connections_per_second, double_value()),
+        bind("connection_burst", &r::connection_burst, double_value()),
+        bind("max_connections", &r::max_connections, non_negative()),
+        bind("action", &r::action,
+             enum_value<rl_action>({{"reject", rl_action::reject}, {"delay", rl_action::delay}})),
+        bind("max_delay", &r::max_delay, duration_value()),
+        bind("shadow", &r::shadow, bool_value()),
+    };
+    return fields;
+}
+
+const std::vector<field<rate_limits>>& rate_limits_fields() {
+    using r = rate_limits;
+    static const std::vector<field<rate_limits>> fields = {
+        bind("enabled", &r::enabled, bool_value()),
+        bind("backend", &r::backend,
+             enum_value<rl_backend>({{"local", rl_backend::local}, {"redis", rl_backend::redis}})),
+        bind("redis_url", &r::redis_url, redis_url_value()),
+        bind("tenant_key", &r::tenant_key, tenant_key_value()),
+        bind("on_redis_failure", &r::on_redis_failure,
+             enum_value<rl_failure_policy>({{"local", rl_failure_policy::local},
+                                            {"open", rl_failure_policy::open},
+                                            {"closed", rl_failure_policy::closed}})),
+        bind("expected_instances", &r::expected_instances, int_value<int>(1, 100000)),
+        bind("redis_timeout", &r::redis_timeout, duration_value()),
+        bind("lease_size", &r::lease_size, non_negative()),
+    };
+    return fields;
+}
+
+// ---------------------------------------------------------------------------------------
+// Section walkers
+
+// A section must be a mapping; an empty one (`users:`) is allowed.
+bool expect_map(context& ctx, const std::string& label, const node& n) {
+    if (n.k == node::kind::map || n.k == node::kind::null) return true;
+    ctx.error(n.at, label + ": expected a mapping of settings, got " + kind_name(n));
+    return false;
+}
+
+// Applies every entry of a map through a field table. `skip` names keys the caller handles
+// itself; `ignored` names keys accepted without effect. Records where each key was seen.
+template <class S>
+void apply_fields(context& ctx, const node& map, S& s, const std::vector<field<S>>& fields,
+                  const std::string& prefix, const std::string& section,
+                  const std::set<std::string>* ignored = nullptr,
+                  std::map<std::string, pos>* seen = nullptr,
+                  const std::set<std::string>& skip = {}) {
+    for (const auto& [key, value] : map.entries) {
+        if (skip.count(key.text)) continue;
+        auto f = std::find_if(fields.begin(), fields.end(),
+                              [&](const auto& fl) { return key.text == fl.name; });
+        if (f != fields.end()) {
+            if (seen) (*seen)[key.text] = value.at;
+            f->apply(ctx, prefix + key.text, value, s);
+        } else if (!(ignored && ignored->count(key.text))) {
+            ctx.error(key.at, "unknown setting '" + key.text + "' in " + section);
+        }
+    }
+}
+
+// A [databases]/[users] entry is a mapping (YAML) or a connection string (PgBouncer).
+std::optional<node> entry_settings(context& ctx, const std::string& label, const node& n) {
+    if (n.k == node::kind::null) return node{node::kind::map, n.at, {}, false, {}, {}};
+    if (n.k == node::kind::map) return n;
+    if (n.k == node::kind::scalar) return parse_connstring(ctx, n, label);
+    ctx.error(n.at, label + ": expected a mapping or a connection string, got " + kind_name(n));
+    return std::nullopt;
+}
+
+void read_databases(context& ctx, const node& section, config& cfg) {
+    if (!expect_map(ctx, "databases", section)) return;
+    for (const auto& [key, value] : section.entries) {
+        std::string label = "databases." + key.text;
+        if (key.text.empty()) {
+            ctx.error(key.at, "databases: a database name must not be empty");
+            continue;
+        }
+        auto settings = entry_settings(ctx, label, value);
+        if (!settings) continue;
+        database db;
+        db.name = key.text;
+        apply_fields(ctx, *settings, db, database_fields(), label + ".",
+                     "database '" + key.text + "'", &ignored_database_keys());
+        cfg.databases[key.text] = std::move(db);
+    }
+}
+
+void read_users(context& ctx, const node& section, config& cfg) {
+    if (!expect_map(ctx, "users", section)) return;
+    for (const auto& [key, value] : section.entries) {
+        std::string label = "users." + key.text;
+        if (key.text.empty()) {
+            ctx.error(key.at, "users: a user name must not be empty");
+            continue;
+        }
+        auto settings = entry_settings(ctx, label, value);
+        if (!settings) continue;
+        user u;
+        u.name = key.text;
+        apply_fields(ctx, *settings, u, user_fields(), label + ".", "user '" + key.text + "'");
+        cfg.users[key.text] = std::move(u);
+    }
+}
+
+void read_rate_limits(context& ctx, const node& section, rate_limits& rl,
+                      std::map<std::string, pos>& seen) {
+    rl.enabled = true;  // the section's presence turns the limiter on
+    if (!expect_map(ctx, "rate_limits", section)) return;
+    // `default` first: each tenant starts as a copy of it, whatever the order in the file.
+    for (const auto& [key, value] : section.entries) {
+        if (key.text != "default") continue;
+        if (expect_map(ctx, "rate_limits.default", value))
+            apply_fields(ctx, value, rl.defaults, rate_limit_fields(), "rate_limits.default.",
+                         "rate_limits.default");
+    }
+    apply_fields(ctx, section, rl, rate_limits_fields(), "rate_limits.", "rate_limits", nullptr,
+                 &seen, {"default", "tenants"});
+    for (const auto& [key, value] : section.entries) {
+        if (key.text != "tenants") continue;
+        if (!expect_map(ctx, "rate_limits.tenants", value)) continue;
+        for (const auto& [tkey, tvalue] : value.entries) {
+            std::string label = "rate_limits.tenants." + tkey.text;
+            if (!expect_map(ctx, label, tvalue)) continue;
+            rate_limit limit = rl.defaults;
+            apply_fields(ctx, tvalue, limit, rate_limit_fields(), label + ".",
+                         "tenant '" + tkey.text + "'");
+            rl.tenants[tkey.text] = limit;
+        }
+    }
+}
+
+void resolve_path(const context& ctx, std::string& p) {
+    if (p.empty()) return;
+    std::filesystem::path path(p);
+    if (path.is_relative() && !ctx.base_dir.empty())
+        p = (ctx.base_dir / path).lexically_normal().string();
+}
+
+void read_config(context& ctx, const node& root, config& cfg) {
+    if (root.k == node::kind::null) return;  // an empty file: all defaults
+    if (root.k != node::kind::map) {
+        ctx.error(root.at,
+                  "expected a mapping with the sections sluice, databases, users, rate_limits");
+        return;
+    }
+    std::map<std::string, pos> general_seen, limits_seen;
+    pos sluice_at{}, limits_at{};
+    for (const auto& [key, value] : root.entries) {
+        if (key.text == "sluice") {
+            sluice_at = key.at;
+            if (expect_map(ctx, "sluice", value))
+                apply_fields(ctx, value, cfg.sluice, general_fields(), "", "section sluice",
+                             &ignored_general_keys(), &general_seen);
+        } else if (key.text == "databases") {
+            read_databases(ctx, value, cfg);
+        } else if (key.text == "users") {
+            read_users(ctx, value, cfg);
+        } else if (key.text == "rate_limits") {
+            limits_at = key.at;
+            read_rate_limits(ctx, value, cfg.limits, limits_seen);
+        } else if (key.text == "pgbouncer") {
+            ctx.error(key.at, "unknown section 'pgbouncer': in YAML it is named 'sluice'");
+        } else {
+            ctx.error(key.at, "unknown section '" + key.text +
+                                  "' (expected sluice, databases, users or rate_limits)");
+        }
+    }
+
+    // Checks that span settings. Each points at the setting a reader would change.
+    auto at_or = [](const std::map<std::string, pos>& seen, const char* key, pos fallback) {
+        auto it = seen.find(key);
+        return it == seen.end() ? fallback : it->second;
+    };
+    general& g = cfg.sluice;
+    if (g.listen_addr.empty() && g.unix_socket_dir.empty())
+        ctx.error(at_or(general_seen, "listen_addr", sluice_at),
+                  "listen_addr and unix_socket_dir are both empty: nothing to listen on");
+    if (g.auth_type_ == auth_type::hba && g.auth_hba_file.empty())
+        ctx.error(at_or(general_seen, "auth_type", sluice_at),
+                  "auth_type is hba but auth_hba_file is not set");
+    // A redis_url that was given but invalid has its own error already.
+    if (cfg.limits.backend == rl_backend::redis && cfg.limits.redis_url.empty() &&
+        !limits_seen.count("redis_url"))
+        ctx.error(at_or(limits_seen, "backend", limits_at),
+                  "rate_limits.backend is redis but redis_url is not set");
+
+    resolve_path(ctx, g.auth_file);
+    resolve_path(ctx, g.auth_hba_file);
+    resolve_path(ctx, g.logfile);
+    resolve_path(ctx, g.pidfile);
+}
+
+std::string percent_decode(std::string_view s, bool& ok) {
+    std::string out;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] != '%') {
+            out += s[i];
+            continue;
+        }
+        int v = 0;
+        if (i + 2 >= s.size()) {
+            ok = false;
+            return out;
+        }
+        auto [p, ec] = std::from_chars(s.data() + i + 1, s.data() + i + 3, v, 16);
+        if (ec != std::errc{} || p != s.data() + i + 3) {
+            ok = false;
+            return out;
+        }
+        out += static_cast<char>(v);
+        i += 2;
+    }
+    return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Public functions
+
+std::optional<duration> parse_duration(const std::string& text) {
+    std::string t = trim(text);
+    std::size_t i = 0;
+    std::size_t digits = 0;
+    while (i < t.size() && std::isdigit(static_cast<unsigned char>(t[i]))) ++i, ++digits;
+    if (i < t.size() && t[i] == '.') {
+        ++i;
+        while (i < t.size() && std::isdigit(static_cast<unsigned char>(t[i]))) ++i, ++digits;
+    }
+    if (digits == 0) return std::nullopt;  // also rejects a sign: durations are never negative
+    double value = 0;
+    auto [p, ec] = std::from_chars(t.data(), t.data() + i, value);
+    if (ec != std::errc{} || p != t.data() + i) return std::nullopt;
+
+    std::string unit = lower(trim(std::string_view(t).substr(i)));
+    double micros_per_unit = 0;
+    if (unit.empty() || unit == "s")
+        micros_per_unit = 1e6;  // PgBouncer's unit: seconds
+    else if (unit == "us")
+        micros_per_unit = 1;
+    else if (unit == "ms")
+        micros_per_unit = 1e3;
+    else if (unit == "m" || unit == "min")
+        micros_per_unit = 60e6;
+    else if (unit == "h")
+        micros_per_unit = 3600e6;
+    else if (unit == "d")
+        micros_per_unit = 86400e6;
+    else
+        return std::nullopt;
+
+    double micros = std::round(value * micros_per_unit);
+    if (!std::isfinite(micros) || micros > 1e18) return std::nullopt;  // > 30000 years
+    return duration{static_cast<duration::rep>(micros)};
+}
+
+std::optional<redis_endpoint> parse_redis_url(const std::string& url) {
+    redis_endpoint ep;
+    std::string_view rest = url;
+    if (rest.rfind("rediss://", 0) == 0) {
+        ep.tls = true;
+        rest.remove_prefix(9);
+    } else if (rest.rfind("redis://", 0) == 0) {
+        rest.remove_prefix(8);
+    } else {
+        return std::nullopt;
+    }
+    std::size_t slash = rest.find('/');
+    std::string_view authority = rest.substr(0, slash);
+    std::string_view path = slash == std::string_view::npos ? "" : rest.substr(slash + 1);
+
+    // The last '@' ends the credentials: an unescaped '@' in a password still works.
+    if (std::size_t at = authority.rfind('@'); at != std::string_view::npos) {
+        std::string_view userinfo = authority.substr(0, at);
+        authority = authority.substr(at + 1);
+        std::size_t colon = userinfo.find(':');
+        if (colon == std::string_view::npos) return std::nullopt;  // :password@ or user:password@
+        bool ok = true;
+        ep.username = percent_decode(userinfo.substr(0, colon), ok);
+        ep.password = percent_decode(userinfo.substr(colon + 1), ok);
+        if (!ok) return std::nullopt;
+    }
+
+    std::string_view port;
+    if (!authority.empty() && authority[0] == '[') {
+        std::size_t close = authority.find(']');
+        if (close == std::string_view::npos) return std::nullopt;
+        ep.host = std::string(authority.substr(1, close - 1));
+        std::string_view after = authority.substr(close + 1);
+        if (!after.empty()) {
+            if (after[0] != ':') return std::nullopt;
+            port = after.substr(1);
+            if (port.empty()) return std::nullopt;
+        }
+        if (ep.host.empty()) return std::nullopt;
+    } else {
+        std::size_t colon = authority.find(':');
+        ep.host = std::string(authority.substr(0, colon));
+        if (colon != std::string_view::npos) {
+            port = authority.substr(colon + 1);
+            if (port.empty()) return std::nullopt;
+        }
+        if (ep.host.empty()) return std::nullopt;
+        for (char c : ep.host)
+            if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_')
+                return std::nullopt;
+    }
+    if (!port.empty() && !parse_port(port, ep.port)) return std::nullopt;
+
+    if (!path.empty()) {
+        auto [p, ec] = std::from_chars(path.data(), path.data() + path.size(), ep.db);
+        if (ec != std::errc{} || p != path.data() + path.size() || ep.db < 0) return std::nullopt;
+    }
+    return ep;
+}
+
+load_result load_string(const std::string& text, const std::string& path) {
+    load_result result;
+    context ctx;
+    ctx.file = path;
+    {
+        std::error_code ec;
+        auto abs = std::filesystem::absolute(std::filesystem::path(path), ec);
+        ctx.base_dir = ec ? std::filesystem::path(path).parent_path() : abs.parent_path();
+    }
+    config cfg;
+    cfg.path = path;
+    try {
+        node root;
+        if (ends_with_ci(path, ".ini")) {
+            root = from_ini(ctx, text);
+        } else {
+            YAML::Node doc = YAML::Load(text);
+            root = from_yaml(ctx, doc, pos{1, 1}, 0);
+        }
+        read_config(ctx, root, cfg);
+    } catch (const YAML::Exception& e) {
+        // Syntax errors: yaml-cpp's mark is 0-based; -1 when it has no position.
+        ctx.error(pos_of(e.mark, pos{}), e.msg.empty() ? std::string(e.what()) : e.msg);
+    } catch (const std::exception& e) {
+        ctx.error(pos{}, std::string("cannot read configuration: ") + e.what());
+    } catch (...) {
+        ctx.error(pos{}, "cannot read configuration: unknown error");
+    }
+    std::stable_sort(ctx.errors.begin(), ctx.errors.end(),
+                     [](const diagnostic& a, const diagnostic& b) {
+                         return std::tie(a.line, a.column) < std::tie(b.line, b.column);
+                     });
+    result.errors = std::move(ctx.errors);
+    if (result.errors.empty()) result.cfg = std::move(cfg);
+    return result;
+}
+
+load_result load_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        int err = errno;
+        load_result result;
+        result.errors.push_back(diagnostic{
+            path, 0, 0,
+            std::string("cannot open configuration file: ") + std::strerror(err ? err : ENOENT)});
+        return result;
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (in.bad()) {
+        load_result result;
+        result.errors.push_back(diagnostic{path, 0, 0, "cannot read configuration file"});
+        return result;
+    }
+    return load_string(text.str(), path);
+}
+
+}  // namespace sluice::config

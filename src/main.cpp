@@ -1,0 +1,129 @@
+// sluice CONFIG | sluice --check CONFIG | sluice --version
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <string>
+
+#include "sluice/auth/userlist.hpp"
+#include "sluice/config/loader.hpp"
+#include "sluice/net/server.hpp"
+#include "sluice/proxy/runtime.hpp"
+#include "sluice/version.hpp"
+
+namespace {
+
+void usage(std::ostream& os) {
+    os << "Usage: sluice [OPTIONS] CONFIG\n"
+          "  CONFIG is YAML (.yaml/.yml) or a PgBouncer .ini file.\n"
+          "Options:\n"
+          "  --check       validate CONFIG and exit (0 = valid, 1 = errors)\n"
+          "  -q, --quiet   log warnings and errors only\n"
+          "  -v, --verbose more logging (repeat for more)\n"
+          "  -V, --version print the version and exit\n"
+          "  -h, --help    this help\n";
+}
+
+bool check_userlist(const sluice::config::config& cfg, bool print) {
+    if (cfg.sluice.auth_file.empty()) return true;
+    auto ul = sluice::auth::load_userlist(cfg.sluice.auth_file);
+    for (auto& e : ul.errors)
+        std::cerr << cfg.sluice.auth_file << ":" << e.line << ":" << e.column << ": " << e.message
+                  << "\n";
+    (void)print;
+    return ul.errors.empty();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    bool check = false;
+    int verbosity = 0;
+    bool quiet = false;
+    std::string path;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a == "--check") check = true;
+        else if (a == "-q" || a == "--quiet") quiet = true;
+        else if (a == "-v" || a == "--verbose") verbosity++;
+        else if (a.size() > 2 && a[0] == '-' && a.find_first_not_of('v', 1) == std::string::npos)
+            verbosity += int(a.size()) - 1;  // -vv
+        else if (a == "-V" || a == "--version") {
+            std::cout << "Sluice " << SLUICE_VERSION << "\n"
+                      << "PostgreSQL connection pooler (PgBouncer-compatible)\n";
+            return 0;
+        } else if (a == "-h" || a == "--help") {
+            usage(std::cout);
+            return 0;
+        } else if (!a.empty() && a[0] == '-') {
+            std::cerr << "sluice: unknown option " << a << "\n";
+            usage(std::cerr);
+            return 1;
+        } else if (path.empty()) {
+            path = a;
+        } else {
+            std::cerr << "sluice: only one CONFIG may be given\n";
+            return 1;
+        }
+    }
+    if (path.empty()) {
+        usage(std::cerr);
+        return 1;
+    }
+
+    auto loaded = sluice::config::load_file(path);
+    if (!loaded.ok()) {
+        for (auto& d : loaded.errors) std::cerr << d.to_string() << "\n";
+        return 1;
+    }
+    auto cfg = std::move(*loaded.cfg);
+    if (check) {
+        bool ok = check_userlist(cfg, true);
+        if (ok) std::cout << path << ": configuration is valid\n";
+        return ok ? 0 : 1;
+    }
+
+    // Logging: stderr, plus logfile when configured.
+    std::vector<spdlog::sink_ptr> sinks{std::make_shared<spdlog::sinks::stderr_color_sink_mt>()};
+    if (!cfg.sluice.logfile.empty()) {
+        try {
+            sinks.push_back(
+                std::make_shared<spdlog::sinks::basic_file_sink_mt>(cfg.sluice.logfile));
+        } catch (const std::exception& e) {
+            std::cerr << "sluice: cannot open logfile " << cfg.sluice.logfile << ": " << e.what()
+                      << "\n";
+            return 1;
+        }
+    }
+    auto logger = std::make_shared<spdlog::logger>("sluice", sinks.begin(), sinks.end());
+    spdlog::set_default_logger(logger);
+    spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ [%t] %v");
+    verbosity += cfg.sluice.verbose;
+    spdlog::set_level(quiet ? spdlog::level::warn
+                      : verbosity >= 2 ? spdlog::level::trace
+                      : verbosity == 1 ? spdlog::level::debug
+                                       : spdlog::level::info);
+    spdlog::flush_on(spdlog::level::info);
+
+    sluice::auth::userlist users;
+    if (!cfg.sluice.auth_file.empty()) {
+        users = sluice::auth::load_userlist(cfg.sluice.auth_file);
+        for (auto& e : users.errors)
+            spdlog::warn("{}:{}:{}: {}", cfg.sluice.auth_file, e.line, e.column, e.message);
+    }
+    std::string pidfile = cfg.sluice.pidfile;
+    if (!pidfile.empty()) std::ofstream(pidfile) << ::getpid() << "\n";
+
+    int rc;
+    {
+        sluice::proxy::runtime rt(std::move(cfg), std::move(users));
+        sluice::net::server srv(rt);
+        rc = srv.run();
+    }
+    if (!pidfile.empty()) std::remove(pidfile.c_str());
+    return rc;
+}

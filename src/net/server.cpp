@@ -1,0 +1,272 @@
+#include "sluice/net/server.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <filesystem>
+
+#include "sluice/proxy/client_session.hpp"
+
+namespace sluice::net {
+
+using namespace std::chrono_literals;
+using acceptor_t = stream_acceptor;
+
+server::server(proxy::runtime& rt) : rt_(rt), signals_(main_) {
+    int n = rt_.cfg()->sluice.workers;
+    if (n <= 0) n = int(std::max(1u, std::thread::hardware_concurrency()));
+    for (int i = 0; i < n; ++i) {
+        // One thread per io_context: sessions and their servers need no locks.
+        workers_.push_back(std::make_unique<asio::io_context>(1));
+        guards_.push_back(asio::make_work_guard(*workers_.back()));
+        rt_.workers.push_back(workers_.back()->get_executor());
+    }
+}
+
+server::~server() {
+    for (auto& g : guards_) g.reset();
+    for (auto& w : workers_) w->stop();
+    for (auto& t : threads_)
+        if (t.joinable()) t.join();
+}
+
+bool server::open_listeners() {
+    auto cfg = rt_.cfg();
+    const auto& g = cfg->sluice;
+    bool ok = true;
+    auto listen = [&](asio::generic::stream_protocol::endpoint ep, const std::string& what) {
+        auto acc = std::make_unique<acceptor_t>(main_);
+        error_code ec;
+        acc->open(ep.protocol(), ec);
+        if (!ec && ep.protocol().family() != AF_UNIX)
+            acc->set_option(asio::socket_base::reuse_address(true), ec);
+        if (!ec && g.so_reuseport) {
+            int one = 1;
+            ::setsockopt(acc->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+        }
+        if (!ec) acc->bind(ep, ec);
+        if (!ec) acc->listen(g.listen_backlog, ec);
+        if (ec) {
+            spdlog::error("cannot listen on {}: {}", what, ec.message());
+            ok = false;
+            return;
+        }
+        spdlog::info("listening on {}", what);
+        acceptors_.push_back(std::move(acc));
+    };
+    for (const auto& a : g.listen_addr) {
+        std::vector<asio::ip::address> addrs;
+        if (a == "*") {
+            addrs = {asio::ip::address_v4::any()};
+        } else {
+            error_code ec;
+            auto addr = asio::ip::make_address(a, ec);
+            if (ec) {
+                asio::ip::tcp::resolver r(main_);
+                auto res = r.resolve(a, std::to_string(g.listen_port), ec);
+                if (ec) {
+                    spdlog::error("cannot resolve listen_addr {}: {}", a, ec.message());
+                    ok = false;
+                    continue;
+                }
+                for (auto& e : res) addrs.push_back(e.endpoint().address());
+            } else {
+                addrs.push_back(addr);
+            }
+        }
+        for (auto& addr : addrs) {
+            asio::ip::tcp::endpoint ep(addr, std::uint16_t(g.listen_port));
+            listen({ep.data(), ep.size()}, ep.address().to_string() + ":" + std::to_string(g.listen_port));
+        }
+    }
+    if (!g.unix_socket_dir.empty()) {
+        unix_socket_path_ = g.unix_socket_dir + "/.s.PGSQL." + std::to_string(g.listen_port);
+        std::error_code fs_ec;
+        std::filesystem::remove(unix_socket_path_, fs_ec);  // stale socket of a dead process
+        asio::local::stream_protocol::endpoint ep(unix_socket_path_);
+        listen({ep.data(), ep.size()}, unix_socket_path_);
+        ::chmod(unix_socket_path_.c_str(), mode_t(g.unix_socket_mode));
+    }
+    return ok && !acceptors_.empty();
+}
+
+void server::close_listeners() {
+    if (acceptors_.empty()) return;
+    rt_.accepting = false;
+    for (auto& a : acceptors_) {
+        error_code ignored;
+        a->close(ignored);
+    }
+    acceptors_.clear();
+    if (!unix_socket_path_.empty()) {
+        error_code ignored;
+        std::filesystem::remove(unix_socket_path_, ignored);
+    }
+    spdlog::info("listeners closed: no new connections");
+}
+
+asio::awaitable<void> server::accept_loop(acceptor_t& acceptor) {
+    for (;;) {
+        unsigned w = next_worker_++ % workers_.size();
+        auto [ec, socket] =
+            co_await acceptor.async_accept(workers_[w]->get_executor(), use_nothrow);
+        if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+        if (ec) {
+            // Out of file descriptors and the like: back off instead of spinning.
+            spdlog::warn("accept failed: {}", ec.message());
+            asio::steady_timer t(main_, 100ms);
+            co_await t.async_wait(use_nothrow);
+            continue;
+        }
+        auto session = std::make_shared<proxy::client_session>(rt_, std::move(socket), int(w),
+                                                               ++rt_.next_client_id);
+        int max_clients = rt_.cfg()->sluice.max_client_conn;
+        if (rt_.client_count.load() >= max_clients) {
+            session->refuse_sqlstate = "53300";
+            session->refuse_message = "no more connections allowed (max_client_conn)";
+        } else if (!rt_.accepting.load()) {
+            session->refuse_sqlstate = "57P01";
+            session->refuse_message = "Sluice is shutting down";
+        }
+        rt_.client_count++;
+        asio::co_spawn(workers_[w]->get_executor(), session->run(),
+                       [this, session](std::exception_ptr e) {
+                           if (e) {
+                               try {
+                                   std::rethrow_exception(e);
+                               } catch (const std::exception& ex) {
+                                   spdlog::error("client {} failed: {}", session->id, ex.what());
+                               }
+                           }
+                           if (--rt_.client_count == 0)
+                               asio::post(main_, [this] { check_shutdown(); });
+                       });
+    }
+}
+
+asio::awaitable<void> server::signal_loop() {
+    signals_.add(SIGHUP);
+    signals_.add(SIGTERM);
+    signals_.add(SIGINT);
+    signals_.add(SIGQUIT);
+    signals_.add(SIGUSR1);
+    signals_.add(SIGUSR2);
+    for (;;) {
+        auto [ec, sig] = co_await signals_.async_wait(use_nothrow);
+        if (ec) co_return;
+        switch (sig) {
+            case SIGHUP: {
+                std::string errors;
+                if (!rt_.reload(errors))
+                    spdlog::error("RELOAD failed, keeping the running configuration:\n{}", errors);
+                break;
+            }
+            case SIGTERM:
+                if (stop_ == stop_mode::clients_gone) {
+                    spdlog::info("second SIGTERM: exiting now");
+                    shutdown_now();
+                } else {
+                    spdlog::info("SIGTERM: waiting for clients to leave");
+                    shutdown_when_clients_gone();
+                }
+                break;
+            case SIGINT:
+                spdlog::info("SIGINT: waiting for servers to be released");
+                shutdown_when_servers_idle();
+                break;
+            case SIGQUIT:
+                spdlog::info("SIGQUIT: exiting now");
+                shutdown_now();
+                break;
+            case SIGUSR1:
+                spdlog::info("SIGUSR1: PAUSE");
+                rt_.paused = true;
+                for (auto* p : rt_.pools.all()) p->paused = true;
+                break;
+            case SIGUSR2:
+                spdlog::info("SIGUSR2: RESUME");
+                rt_.paused = false;
+                for (auto* p : rt_.pools.all()) {
+                    p->paused = false;
+                    p->maintain();
+                }
+                break;
+        }
+    }
+}
+
+asio::awaitable<void> server::janitor_loop() {
+    asio::steady_timer t(main_);
+    int tick = 0;
+    for (;;) {
+        t.expires_after(200ms);
+        auto [ec] = co_await t.async_wait(use_nothrow);
+        if (ec) co_return;
+        if (++tick % 5 == 0)
+            for (auto* p : rt_.pools.all()) p->maintain();
+        check_shutdown();
+    }
+}
+
+void server::shutdown_now() {
+    stop_ = stop_mode::now;
+    close_listeners();
+    main_.stop();
+}
+
+void server::shutdown_when_clients_gone() {
+    stop_ = stop_mode::clients_gone;
+    close_listeners();
+    check_shutdown();
+}
+
+void server::shutdown_when_servers_idle() {
+    stop_ = stop_mode::servers_idle;
+    close_listeners();
+    check_shutdown();
+}
+
+void server::check_shutdown() {
+    switch (stop_) {
+        case stop_mode::none:
+        case stop_mode::now:
+            return;
+        case stop_mode::clients_gone:
+            if (rt_.client_count.load() == 0) main_.stop();
+            return;
+        case stop_mode::servers_idle: {
+            int busy = 0;
+            for (auto* p : rt_.pools.all()) {
+                auto snap = p->take_snapshot();
+                busy += snap.sv_active + snap.sv_used + snap.sv_login;
+            }
+            if (busy == 0) main_.stop();
+            return;
+        }
+    }
+}
+
+int server::run() {
+    if (!open_listeners()) {
+        close_listeners();
+        return 1;
+    }
+    for (auto& w : workers_) threads_.emplace_back([ctx = w.get()] { ctx->run(); });
+    for (auto& a : acceptors_)
+        asio::co_spawn(main_, accept_loop(*a), asio::detached);
+    asio::co_spawn(main_, signal_loop(), asio::detached);
+    asio::co_spawn(main_, janitor_loop(), asio::detached);
+    spdlog::info("Sluice started with {} workers", workers_.size());
+    main_.run();
+    close_listeners();
+    spdlog::info("Sluice stopped");
+    for (auto& g : guards_) g.reset();
+    for (auto& w : workers_) w->stop();
+    for (auto& t : threads_)
+        if (t.joinable()) t.join();
+    return exit_code_;
+}
+
+}  // namespace sluice::net

@@ -1,0 +1,284 @@
+#include "sluice/pool/server_connection.hpp"
+
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include "sluice/auth/md5.hpp"
+#include "sluice/auth/scram.hpp"
+
+namespace sluice::pool {
+
+namespace proto = sluice::protocol;
+
+server_connection::server_connection(asio::any_io_executor ex, std::uint64_t id_)
+    : socket(std::move(ex)), id(id_) {}
+
+namespace {
+
+// Reads until one whole message is buffered; returns it (valid until the buffer is next
+// touched) and consumes it. False on I/O error or a malformed frame.
+asio::awaitable<bool> read_message(stream_socket& socket, byte_buffer& buf, std::size_t max,
+                                   proto::message_view& out, std::string& error) {
+    for (;;) {
+        std::size_t consumed = 0;
+        std::error_code ec;
+        auto st = proto::next_message({buf.readable(), buf.size()}, max, out, consumed, ec);
+        if (st == proto::scan_status::complete) {
+            buf.begin += consumed;  // the view stays valid: no compaction until next read
+            co_return true;
+        }
+        if (st == proto::scan_status::error) {
+            error = "invalid message from server: " + ec.message();
+            co_return false;
+        }
+        if (buf.begin == buf.end) buf.begin = buf.end = 0;
+        buf.reserve_tail(8192);
+        auto [rec, n] = co_await socket.async_read_some(buf.writable(), use_nothrow);
+        if (rec) {
+            error = rec == asio::error::eof ? "server closed the connection" : rec.message();
+            co_return false;
+        }
+        buf.commit(n);
+    }
+}
+
+asio::awaitable<bool> write_all(stream_socket& socket, const std::string& data,
+                                std::string& error) {
+    auto [ec, n] = co_await asio::async_write(socket, asio::buffer(data), use_nothrow);
+    if (ec) error = ec.message();
+    co_return !ec;
+}
+
+void set_tcp_options(stream_socket& s) {
+    int one = 1;
+    ::setsockopt(s.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    ::setsockopt(s.native_handle(), SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+}
+
+}  // namespace
+
+asio::awaitable<bool> connect_socket(stream_socket& socket, const std::string& host, int port,
+                                     std::string& error) {
+    if (!host.empty() && host[0] == '/') {
+        std::string path = host + "/.s.PGSQL." + std::to_string(port);
+        asio::local::stream_protocol::endpoint ep(path);
+        asio::generic::stream_protocol::endpoint gep(ep.data(), ep.size());
+        auto [ec] = co_await socket.async_connect(gep, use_nothrow);
+        if (!ec) co_return true;
+        error = "could not connect to " + path + ": " + ec.message();
+        socket.close(ec);
+        co_return false;
+    }
+    asio::ip::tcp::resolver resolver(socket.get_executor());
+    auto [rec, results] = co_await resolver.async_resolve(host, std::to_string(port), use_nothrow);
+    if (rec) {
+        error = "could not resolve " + host + ": " + rec.message();
+        co_return false;
+    }
+    for (const auto& entry : results) {
+        asio::generic::stream_protocol::endpoint gep(entry.endpoint().data(),
+                                                     entry.endpoint().size());
+        auto [ec] = co_await socket.async_connect(gep, use_nothrow);
+        if (!ec) {
+            set_tcp_options(socket);
+            co_return true;
+        }
+        error = "could not connect to server " + host + ":" + std::to_string(port) + ": " +
+                ec.message();
+        socket.close(ec);
+    }
+    co_return false;
+}
+
+asio::awaitable<bool> server_connection::connect(login_params p) {
+    connect_time = last_used = steady_clock::now();
+    state = server_state::login;
+
+    // A watchdog rather than a timeout per operation: one timer for the whole login.
+    auto timed_out = std::make_shared<bool>(false);
+    asio::steady_timer watchdog(socket.get_executor(), p.connect_timeout);
+    watchdog.async_wait([this, timed_out](error_code ec) {
+        if (ec) return;
+        *timed_out = true;
+        error_code ignored;
+        socket.cancel(ignored);
+        socket.close(ignored);
+    });
+    struct cancel_on_exit {
+        asio::steady_timer& t;
+        ~cancel_on_exit() { t.cancel(); }
+    } guard{watchdog};
+
+    auto fail = [&](std::string why) {
+        if (*timed_out) why = "server_connect_timeout: no answer from the server in time";
+        last_error = std::move(why);
+        error_code ignored;
+        socket.close(ignored);
+        return false;
+    };
+
+    bool connected = false;
+    for (const auto& h : p.hosts) {
+        if (co_await connect_socket(socket, h, p.port, last_error)) {
+            host = h;
+            port = p.port;
+            connected = true;
+            break;
+        }
+    }
+    if (!connected) co_return fail(last_error);
+
+    std::string out;
+    proto::writer w(out);
+    std::vector<std::pair<std::string, std::string>> params{{"user", p.user},
+                                                            {"database", p.database}};
+    for (auto& kv : p.startup_parameters) params.push_back(kv);
+    w.startup(params);
+    std::string err;
+    if (!co_await write_all(socket, out, err)) co_return fail(err);
+
+    std::optional<auth::scram_client> scram;
+    proto::message_view m;
+    for (;;) {
+        if (!co_await read_message(socket, buffer, p.max_packet_size, m, err))
+            co_return fail(err);
+        switch (m.type) {
+            case proto::msg::authentication: {
+                auto req = proto::decode_authentication(m.body);
+                if (!req) co_return fail("malformed authentication request from server");
+                out.clear();
+                switch (req->code) {
+                    case 0:
+                        continue;
+                    case 3:  // cleartext
+                        if (!p.password || auth::is_md5_secret(*p.password) ||
+                            auth::is_scram_secret(*p.password))
+                            co_return fail("server asks for a cleartext password, which "
+                                           "Sluice does not have for user " + p.user);
+                        w.password(*p.password);
+                        break;
+                    case 5:  // md5
+                        if (!p.password || auth::is_scram_secret(*p.password))
+                            co_return fail("server asks for md5 authentication, which needs "
+                                           "a plaintext or md5 password for user " + p.user);
+                        w.password(auth::md5_response(*p.password, p.user, req->md5_salt));
+                        break;
+                    case 10: {  // SASL
+                        bool offered = false;
+                        for (auto& mech : req->sasl_mechanisms)
+                            offered |= mech == "SCRAM-SHA-256";
+                        if (!offered) co_return fail("server offers no SASL mechanism Sluice knows");
+                        if (p.password && !auth::is_md5_secret(*p.password) &&
+                            !auth::is_scram_secret(*p.password)) {
+                            scram = auth::scram_client::with_password(*p.password);
+                        } else if (!p.scram_client_key.empty()) {
+                            scram = auth::scram_client::with_keys(p.scram_client_key,
+                                                                  p.scram_server_key);
+                        } else {
+                            co_return fail("server asks for SCRAM authentication; Sluice needs "
+                                           "a plaintext password or a client's SCRAM login "
+                                           "for user " + p.user);
+                        }
+                        w.sasl_initial_response("SCRAM-SHA-256", scram->client_first());
+                        break;
+                    }
+                    case 11: {
+                        if (!scram) co_return fail("unexpected SASL continue from server");
+                        auto final_msg = scram->server_first(req->sasl_data);
+                        if (!final_msg) co_return fail("malformed SCRAM message from server");
+                        w.sasl_response(*final_msg);
+                        break;
+                    }
+                    case 12:
+                        if (!scram || !scram->server_final(req->sasl_data))
+                            co_return fail("server's SCRAM signature does not verify");
+                        continue;
+                    default:
+                        co_return fail("unsupported authentication method " +
+                                       std::to_string(req->code) + " requested by server");
+                }
+                if (!co_await write_all(socket, out, err)) co_return fail(err);
+                break;
+            }
+            case proto::msg::error_response: {
+                last_error_fields = proto::decode_error(m.body);
+                co_return fail(last_error_fields ? last_error_fields->message
+                                                 : "server refused the login");
+            }
+            case proto::msg::parameter_status:
+                if (auto ps = proto::decode_parameter_status(m.body)) parameters[ps->first] = ps->second;
+                break;
+            case proto::msg::backend_key_data:
+                if (auto k = proto::decode_backend_key_data(m.body)) backend_key = *k;
+                break;
+            case proto::msg::ready_for_query:
+                transaction_status = proto::decode_ready_for_query(m.body).value_or('I');
+                state = server_state::idle;
+                buffer.shrink_if_empty();
+                co_return true;
+            default:  // NoticeResponse, NegotiateProtocolVersion: nothing to do
+                break;
+        }
+    }
+}
+
+asio::awaitable<bool> server_connection::run_internal_query(std::string sql,
+                                                            std::size_t max_packet_size) {
+    std::string out;
+    proto::writer(out).query(sql);
+    std::string err;
+    if (!co_await write_all(socket, out, err)) {
+        last_error = err;
+        co_return false;
+    }
+    bool ok = true;
+    proto::message_view m;
+    for (;;) {
+        if (!co_await read_message(socket, buffer, max_packet_size, m, err)) {
+            last_error = err;
+            co_return false;
+        }
+        if (m.type == proto::msg::error_response) {
+            ok = false;
+            last_error_fields = proto::decode_error(m.body);
+            last_error = last_error_fields ? last_error_fields->message : "error";
+        } else if (m.type == proto::msg::parameter_status) {
+            if (auto ps = proto::decode_parameter_status(m.body)) parameters[ps->first] = ps->second;
+        } else if (m.type == proto::msg::ready_for_query) {
+            transaction_status = proto::decode_ready_for_query(m.body).value_or('I');
+            buffer.shrink_if_empty();
+            co_return ok && transaction_status == 'I';
+        }
+    }
+}
+
+void server_connection::migrate(asio::any_io_executor ex) {
+    if (socket.get_executor() == ex) return;
+    auto protocol = socket.local_endpoint().protocol();
+    int fd = socket.release();
+    socket = stream_socket(ex);
+    error_code ec;
+    socket.assign(protocol, fd, ec);
+    if (ec) {
+        ::close(fd);
+        close_needed = true;
+    }
+}
+
+bool server_connection::broken_while_idle() {
+    if (!socket.is_open()) return true;
+    pollfd pfd{socket.native_handle(), POLLIN, 0};
+    int r = ::poll(&pfd, 1, 0);
+    // An idle server has nothing to say: readable means EOF, an error, or a stray message
+    // (e.g. a FATAL from an administrator's pg_terminate_backend).
+    return r != 0;
+}
+
+void server_connection::close() {
+    error_code ignored;
+    socket.close(ignored);
+}
+
+}  // namespace sluice::pool

@@ -1,0 +1,65 @@
+#include "sluice/proxy/parameters.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+
+namespace sluice::proxy {
+
+namespace {
+constexpr std::array<std::string_view, 8> always_tracked{
+    "client_encoding",  "DateStyle",   "TimeZone",    "IntervalStyle",
+    "standard_conforming_strings", "application_name", "search_path",
+    "default_transaction_read_only"};
+constexpr std::array<std::string_view, 9> reported{
+    "client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "standard_conforming_strings",
+    "application_name", "default_transaction_read_only", "integer_datetimes",
+    "server_encoding"};
+}  // namespace
+
+bool iequals(std::string_view a, std::string_view b) {
+    return a.size() == b.size() &&
+           std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+               return std::tolower(static_cast<unsigned char>(x)) ==
+                      std::tolower(static_cast<unsigned char>(y));
+           });
+}
+
+std::optional<std::string> tracked_parameter_name(std::string_view name,
+                                                  const std::vector<std::string>& extra) {
+    for (auto k : always_tracked)
+        if (iequals(k, name)) return std::string(k);
+    for (auto& k : extra)
+        if (iequals(k, name)) return k;
+    return std::nullopt;
+}
+
+bool is_tracked(std::string_view name, const std::vector<std::string>& extra) {
+    return tracked_parameter_name(name, extra).has_value();
+}
+
+bool reported_by_server(std::string_view name) {
+    return std::any_of(reported.begin(), reported.end(),
+                       [&](std::string_view k) { return iequals(k, name); });
+}
+
+std::string quote_identifier(std::string_view name) {
+    std::string out = "\"";
+    for (char c : name) {
+        if (c == '"') out += '"';
+        out += c;
+    }
+    return out + "\"";
+}
+
+std::string quote_literal(std::string_view value) {
+    // E'' so that the result means the same whatever standard_conforming_strings says.
+    std::string out = "E'";
+    for (char c : value) {
+        if (c == '\'' || c == '\\') out += c;
+        out += c;
+    }
+    return out + "'";
+}
+
+}  // namespace sluice::proxy

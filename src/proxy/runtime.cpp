@@ -1,0 +1,158 @@
+#include "sluice/proxy/runtime.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "sluice/config/loader.hpp"
+#include "sluice/proxy/client_session.hpp"
+
+namespace sluice::proxy {
+
+void session_registry::add(const std::shared_ptr<client_session>& s) {
+    std::lock_guard lk(mutex_);
+    by_key_[key_of(s->cancel_key.process_id, s->cancel_key.secret_key)] = s;
+    by_id_[s->id] = s;
+}
+
+void session_registry::remove(const client_session& s) {
+    std::lock_guard lk(mutex_);
+    by_key_.erase(key_of(s.cancel_key.process_id, s.cancel_key.secret_key));
+    by_id_.erase(s.id);
+}
+
+std::shared_ptr<client_session> session_registry::find_by_key(std::uint32_t pid,
+                                                              std::uint32_t key) const {
+    std::lock_guard lk(mutex_);
+    auto it = by_key_.find(key_of(pid, key));
+    return it == by_key_.end() ? nullptr : it->second.lock();
+}
+
+std::shared_ptr<client_session> session_registry::find_by_id(std::uint64_t id) const {
+    std::lock_guard lk(mutex_);
+    auto it = by_id_.find(id);
+    return it == by_id_.end() ? nullptr : it->second.lock();
+}
+
+std::vector<std::shared_ptr<client_session>> session_registry::all() const {
+    std::lock_guard lk(mutex_);
+    std::vector<std::shared_ptr<client_session>> out;
+    out.reserve(by_id_.size());
+    for (auto& [id, w] : by_id_)
+        if (auto s = w.lock()) out.push_back(std::move(s));
+    return out;
+}
+
+std::size_t session_registry::size() const {
+    std::lock_guard lk(mutex_);
+    return by_id_.size();
+}
+
+runtime::runtime(config::config cfg, auth::userlist users)
+    : pools([this](const std::string& db, const std::string& user) {
+          return pool_settings(db, user);
+      }),
+      cfg_(std::make_shared<const config::config>(std::move(cfg))),
+      users_(std::make_shared<const auth::userlist>(std::move(users))) {
+    apply_limits(*cfg_);
+}
+
+std::shared_ptr<const config::config> runtime::cfg() const {
+    std::shared_lock lk(mutex_);
+    return cfg_;
+}
+
+std::shared_ptr<const auth::userlist> runtime::users() const {
+    std::shared_lock lk(mutex_);
+    return users_;
+}
+
+void runtime::apply_limits(const config::config& c) {
+    std::map<std::string, int> db_limits, user_limits;
+    for (auto& [name, db] : c.databases) {
+        int limit = db.max_db_connections.value_or(c.sluice.max_db_connections);
+        if (limit > 0) db_limits[name] = limit;
+    }
+    for (auto& [name, u] : c.users) {
+        int limit = u.max_user_connections.value_or(c.sluice.max_user_connections);
+        if (limit > 0) user_limits[name] = limit;
+    }
+    pools.set_limits(std::move(db_limits), std::move(user_limits));
+}
+
+bool runtime::reload(std::string& errors) {
+    auto current = cfg();
+    auto loaded = config::load_file(current->path);
+    if (!loaded.ok()) {
+        for (auto& d : loaded.errors) errors += d.to_string() + "\n";
+        return false;
+    }
+    auth::userlist ul;
+    if (!loaded.cfg->sluice.auth_file.empty()) {
+        ul = auth::load_userlist(loaded.cfg->sluice.auth_file);
+        if (ul.secrets.empty() && !ul.errors.empty()) {
+            for (auto& e : ul.errors)
+                errors += loaded.cfg->sluice.auth_file + ":" + std::to_string(e.line) + ":" +
+                          std::to_string(e.column) + ": " + e.message + "\n";
+            return false;
+        }
+    }
+    {
+        std::unique_lock lk(mutex_);
+        cfg_ = std::make_shared<const config::config>(std::move(*loaded.cfg));
+        users_ = std::make_shared<const auth::userlist>(std::move(ul));
+    }
+    apply_limits(*cfg());
+    pools.refresh_settings();
+    spdlog::info("configuration reloaded from {}", current->path);
+    return true;
+}
+
+pool::pool::settings runtime::pool_settings(const std::string& db_name,
+                                            const std::string& user_name) const {
+    auto c = cfg();
+    auto users = this->users();
+    const auto& g = c->sluice;
+    const config::database* db = c->find_database(db_name);
+    pool::pool::settings s;
+    // The user a pool logs in as: the database's forced user, else the pool's own.
+    const config::user* u = c->find_user(user_name);
+    s.mode = c->mode_for(db, u);
+    s.pool_size = c->pool_size_for(db, u);
+    s.min_pool_size = db && db->min_pool_size ? *db->min_pool_size : g.min_pool_size;
+    s.reserve_pool_size = db && db->reserve_pool_size ? *db->reserve_pool_size : g.reserve_pool_size;
+    if (u && u->reserve_pool_size) s.reserve_pool_size = *u->reserve_pool_size;
+    s.reserve_pool_timeout = g.reserve_pool_timeout;
+    s.query_wait_timeout = g.query_wait_timeout.count() > 0
+                               ? steady_clock::duration(g.query_wait_timeout)
+                               : steady_clock::duration(std::chrono::hours(24 * 365));
+    s.server_lifetime = db && db->server_lifetime ? *db->server_lifetime : g.server_lifetime;
+    s.server_idle_timeout = g.server_idle_timeout;
+    s.server_login_retry = g.server_login_retry;
+    if (db) {
+        s.login.hosts = db->host;
+        s.login.port = db->port;
+        s.login.database = db->dbname.empty() ? db_name : db->dbname;
+    } else {
+        s.login.database = db_name;
+    }
+    s.login.user = user_name;
+    if (db && !db->password.empty() && (db->user.empty() || db->user == user_name)) {
+        s.login.password = db->password;
+    } else if (auto secret = users->find(user_name)) {
+        s.login.password = *secret;
+    }
+    s.login.connect_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
+        g.server_connect_timeout.count() > 0 ? g.server_connect_timeout
+                                             : config::duration(std::chrono::hours(1)));
+    s.login.max_packet_size = std::size_t(g.max_packet_size);
+    if (db) {
+        if (!db->client_encoding.empty())
+            s.login.startup_parameters.emplace_back("client_encoding", db->client_encoding);
+        if (!db->datestyle.empty()) s.login.startup_parameters.emplace_back("DateStyle", db->datestyle);
+        if (!db->timezone.empty()) s.login.startup_parameters.emplace_back("TimeZone", db->timezone);
+        if (!db->application_name.empty())
+            s.login.startup_parameters.emplace_back("application_name", db->application_name);
+    }
+    return s;
+}
+
+}  // namespace sluice::proxy

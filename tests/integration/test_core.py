@@ -1,0 +1,615 @@
+"""Issue 2: core pooling behaviour against real PostgreSQL 15 and real clients.
+
+Each test asserts the exact outcome it names (SQLSTATE, exit code, no dirty server).
+"""
+from __future__ import annotations
+
+import random
+import re
+import signal
+import struct
+import subprocess
+import threading
+import time
+
+import psycopg
+import psycopg.errors
+import pytest
+
+import harness
+from harness import PgError, RawPg, message, parse_error_fields, startup_packet
+from conftest import APP_PW, MD5_PW
+
+PSQL = str(harness.PG_BIN / "psql")
+
+
+def connect(s, user="app", password=None, db="app", **kw):
+    return psycopg.connect(s.dsn(user, password, db), autocommit=True, **kw)
+
+
+def one(conn, sql, params=None):
+    return conn.execute(sql, params).fetchone()[0]
+
+
+def run_threads(fn, n, timeout):
+    """Runs fn(i) in n daemon threads; returns (results, errors) lists by index."""
+    results = [None] * n
+    errors = [None] * n
+
+    def wrap(i):
+        try:
+            results[i] = fn(i)
+        except BaseException as e:  # noqa: BLE001
+            errors[i] = e
+
+    threads = [threading.Thread(target=wrap, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    hung = [i for i, t in enumerate(threads) if t.is_alive()]
+    assert not hung, f"threads {hung} still running after {timeout}s"
+    return results, errors
+
+
+def login_error(s, user, password, db="app") -> PgError:
+    c = RawPg("127.0.0.1", s.port)
+    try:
+        with pytest.raises(PgError) as ei:
+            c.login(user, password, db)
+        return ei.value
+    finally:
+        c.close()
+
+
+def assert_usable(s, user="app", db="app"):
+    with connect(s, user, db=db) as c:
+        assert one(c, "SELECT 41 + 1") == 42
+
+
+# ---------------------------------------------------------------------------------------
+# Authentication
+
+
+@pytest.mark.parametrize("auth_type", ["scram-sha-256", "md5"])
+@pytest.mark.parametrize("user,password", [("app", APP_PW), ("md5user", MD5_PW)])
+def test_psql_login(make_sluice, auth_type, user, password):
+    s = make_sluice(auth_type=auth_type)
+    # No sslmode in the conninfo: libpq's default 'prefer' sends SSLRequest first.
+    conninfo = f"host=127.0.0.1 port={s.port} user={user} dbname=app"
+    r = subprocess.run([PSQL, "-X", "-At", "-v", "ON_ERROR_STOP=1", conninfo,
+                        "-c", "SELECT 1", "-c", "SELECT current_user"],
+                       capture_output=True, text=True, timeout=30,
+                       env=harness.client_env(password))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", user]
+
+
+@pytest.mark.parametrize("auth_type", ["scram-sha-256", "md5"])
+def test_psycopg_login(make_sluice, auth_type):
+    s = make_sluice(auth_type=auth_type)
+    for user, pw in (("app", APP_PW), ("md5user", MD5_PW)):
+        with connect(s, user, pw) as c:
+            assert one(c, "SELECT 1") == 1
+            assert one(c, "SELECT current_user") == user
+
+
+def test_raw_client_sees_requested_auth_method(make_sluice):
+    """auth_type decides what the client is asked for: SASL for scram, md5 salt for md5."""
+    for auth_type, code in (("scram-sha-256", 10), ("md5", 5)):
+        s = make_sluice(auth_type=auth_type)
+        c = RawPg("127.0.0.1", s.port)
+        try:
+            c.send(startup_packet("app", "app"))
+            kind, body = c.read_msg()
+            assert kind == b"R", (kind, body)
+            assert struct.unpack("!I", body[:4])[0] == code
+        finally:
+            c.close()
+        s.stop()
+
+
+def test_userlist_with_scram_verifier(pg, make_sluice):
+    secret = pg.role_secret("app")
+    assert secret.startswith("SCRAM-SHA-256$")
+    s = make_sluice(userlist=f'"app" "{secret}"\n', auth_type="scram-sha-256")
+    with connect(s, "app", APP_PW) as c:
+        assert one(c, "SELECT current_user") == "app"
+    # A second, fresh login (no cached client key) must also work.
+    with connect(s, "app", APP_PW) as c:
+        assert one(c, "SELECT 1") == 1
+    assert login_error(s, "app", "wrong").sqlstate == "28P01"
+
+
+def test_userlist_with_md5_secret(pg, make_sluice):
+    import hashlib
+    md5_secret = "md5" + hashlib.md5((MD5_PW + "md5user").encode()).hexdigest()
+    s = make_sluice(userlist=f'"md5user" "{md5_secret}"\n', auth_type="md5")
+    with connect(s, "md5user", MD5_PW) as c:
+        assert one(c, "SELECT current_user") == "md5user"
+
+
+@pytest.mark.parametrize("auth_type", ["scram-sha-256", "md5"])
+def test_wrong_password_unknown_user_unknown_db(make_sluice, auth_type):
+    s = make_sluice(auth_type=auth_type)
+    wrong = login_error(s, "app", "not-the-password")
+    assert wrong.sqlstate == "28P01", wrong.fields
+    unknown = login_error(s, "nosuchuser", "whatever")
+    assert unknown.sqlstate == "28P01", unknown.fields
+    # No user enumeration: same message once the user name is taken out.
+    assert unknown.message.replace("nosuchuser", "USER") == wrong.message.replace("app", "USER")
+    assert unknown.fields.get("S") == wrong.fields.get("S")
+    nodb = login_error(s, "app", APP_PW, db="nosuchdb")
+    assert nodb.sqlstate == "3D000", nodb.fields
+    # Sluice still serves.
+    assert_usable(s)
+    # psql reports the failure too (exit code 2 = connection failure).
+    r = s.psql("SELECT 1", password="bad")
+    assert r.returncode == 2
+    assert "password authentication failed" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# Load
+
+
+@pytest.mark.timeout(120)
+def test_pgbench_session_mode(pgbench_db, make_sluice):
+    # Session mode: each of the 20 pgbench clients holds a server for its whole session.
+    s = make_sluice(pool_mode="session", default_pool_size=25)
+    r = harness.pgbench(["-c", "20", "-j", "2", "-T", "10", "-n"], "127.0.0.1", s.port, "app",
+                        APP_PW, "app", timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = harness.parse_pgbench(r.stdout)
+    assert "failed" in res, r.stdout
+    assert res["failed"] == 0, r.stdout
+    assert res.get("processed", 0) > 0, r.stdout
+
+
+def test_forty_short_sessions_on_pool_of_five(make_sluice):
+    s = make_sluice(pool_mode="session", default_pool_size=5)
+
+    def session(i):
+        with connect(s) as c:
+            pid = one(c, "SELECT pg_backend_pid()")
+            c.execute("SELECT pg_sleep(0.05)")
+            return pid
+
+    results, errors = run_threads(session, 40, timeout=60)
+    assert all(e is None for e in errors), [repr(e) for e in errors if e]
+    pids = set(results)
+    assert 1 <= len(pids) <= 5, pids
+
+
+@pytest.mark.timeout(90)
+def test_pgbench_transaction_mode(pgbench_db, make_sluice):
+    """20 pgbench clients share 5 server connections in transaction mode."""
+    s = make_sluice(pool_mode="transaction", default_pool_size=5)
+    r = harness.pgbench(["-c", "20", "-j", "2", "-T", "5", "-n"], "127.0.0.1", s.port, "app",
+                        APP_PW, "app", timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = harness.parse_pgbench(r.stdout)
+    assert res.get("failed") == 0, r.stdout
+    assert res.get("processed", 0) > 0, r.stdout
+
+
+def test_transaction_mode_multiplexing(make_sluice):
+    """20 clients connected at once on a pool of 2: every transaction runs, on <= 2 backends,
+    and a transaction keeps one backend from BEGIN to COMMIT."""
+    s = make_sluice(pool_mode="transaction", default_pool_size=2)
+    # No protocol-level prepared statements here (see the test below for those).
+    conns = [connect(s, prepare_threshold=None) for _ in range(20)]
+    try:
+        def work(i):
+            c = conns[i]
+            pids = set()
+            for _ in range(5):
+                with c.transaction():
+                    p1 = one(c, "SELECT pg_backend_pid()")
+                    c.execute("SELECT pg_sleep(0.01)")
+                    p2 = one(c, "SELECT pg_backend_pid()")
+                    assert p1 == p2
+                    pids.add(p1)
+                pids.add(one(c, "SELECT pg_backend_pid()"))
+            return pids
+
+        results, errors = run_threads(work, 20, timeout=60)
+        assert all(e is None for e in errors), [repr(e) for e in errors if e]
+        all_pids = set().union(*results)
+        assert 1 <= len(all_pids) <= 2, all_pids
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_transaction_mode_named_prepared_statements(make_sluice):
+    """psycopg prepares named statements (_pg3_N) on its own; in transaction mode those
+    clients land on shared servers, where the names must not collide (DESIGN 2)."""
+    s = make_sluice(pool_mode="transaction", default_pool_size=2)
+    conns = [connect(s, prepare_threshold=0) for _ in range(8)]
+    try:
+        def work(i):
+            c = conns[i]
+            for k in range(10):
+                assert one(c, "SELECT %s::int + 1", (k,)) == k + 1
+                assert one(c, "SELECT %s::text || 'x'", (str(i),)) == f"{i}x"
+            return True
+
+        results, errors = run_threads(work, 8, timeout=60)
+        assert all(e is None for e in errors), [repr(e) for e in errors if e]
+    finally:
+        for c in conns:
+            c.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Cancel
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_cancel_request(make_sluice, mode):
+    s = make_sluice(pool_mode=mode)
+    with connect(s) as c:
+        assert one(c, "SELECT 1") == 1
+        timer = threading.Timer(0.5, c.cancel)
+        timer.daemon = True
+        t0 = time.monotonic()
+        timer.start()
+        with pytest.raises(psycopg.errors.QueryCanceled) as ei:
+            c.execute("SELECT pg_sleep(30)")
+        elapsed = time.monotonic() - t0
+        timer.cancel()
+        assert ei.value.sqlstate == "57014"
+        assert elapsed < 2.5, f"cancel took {elapsed:.2f}s"
+        assert one(c, "SELECT 2") == 2
+
+
+# ---------------------------------------------------------------------------------------
+# Dirty server
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_vanished_client_leaves_no_dirty_server(make_sluice, mode):
+    s = make_sluice(pool_mode=mode, default_pool_size=1)
+    a = RawPg("127.0.0.1", s.port)
+    a.login("app", APP_PW, "app")
+    for sql in ("BEGIN", "CREATE TEMP TABLE t(x int)", "SET statement_timeout = '1234'"):
+        _, err = a.query(sql)
+        assert err is None, err
+    assert a.txn_status == "T"
+    a.abort()  # no Terminate, RST
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with connect(s) as b:
+                assert b.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                assert one(b, "SELECT to_regclass('pg_temp.t')::text") is None
+                assert one(b, "SHOW statement_timeout") == "0"
+                assert one(b, "SELECT now() = statement_timestamp()") is True  # not in a txn
+                assert b.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            break
+        except psycopg.OperationalError:
+            # pool of 1: the old server may still be closing
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_session_state_reset_between_clients(make_sluice):
+    """Clean disconnect in session mode: server_reset_query (DISCARD ALL) wipes state."""
+    s = make_sluice(pool_mode="session", default_pool_size=1)
+    with connect(s) as a:
+        a.execute("SET statement_timeout = '4321'")
+        a.execute("CREATE TEMP TABLE keep_me(x int)")
+        pid_a = one(a, "SELECT pg_backend_pid()")
+    with connect(s) as b:
+        assert one(b, "SHOW statement_timeout") == "0"
+        assert one(b, "SELECT to_regclass('pg_temp.keep_me')::text") is None
+        pid_b = one(b, "SELECT pg_backend_pid()")
+    assert pid_a == pid_b  # reused, not merely replaced
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input
+
+
+def _expect_error_or_close(s, payload: bytes, sqlstates, timeout=5.0):
+    c = RawPg("127.0.0.1", s.port)
+    try:
+        try:
+            c.send(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            return None
+        msgs = c.read_until_close(timeout=timeout)
+    finally:
+        c.close()
+    if not msgs:
+        return None  # closed without a word: allowed
+    kind, body = msgs[0]
+    if kind == b"E2":  # protocol-2 error text, as PostgreSQL answers a 2.0 startup
+        assert body, msgs
+        return {"M": body.decode(errors="replace")}
+    assert kind == b"E", msgs
+    fields = parse_error_fields(body)
+    assert fields.get("C") in sqlstates, fields
+    assert fields.get("M"), fields
+    return fields
+
+
+def test_malformed_startup_packets(make_sluice):
+    s = make_sluice()
+    rnd = random.Random(1234)
+    cases = {
+        "length 3": (struct.pack("!I", 3), {"08P01"}),
+        "length 20000": (struct.pack("!II", 20000, harness.PROTOCOL_3) + b"x" * 19992,
+                         {"08P01"}),
+        "protocol 2.0": (startup_packet("app", "app", protocol=0x00020000), {"0A000", "08P01"}),
+        "http": (b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", {"08P01"}),
+        "garbage": (b"\xde\xad\xbe\xef" + bytes(rnd.randrange(256) for _ in range(60)),
+                    {"08P01"}),
+        "no user": (struct.pack("!II", 9, harness.PROTOCOL_3) + b"\0", {"08P01", "28000"}),
+        "unterminated params": (struct.pack("!II", 16, harness.PROTOCOL_3) + b"user\0app",
+                                {"08P01"}),
+    }
+    seen = {}
+    with connect(s) as bystander:
+        for name, (payload, states) in cases.items():
+            seen[name] = _expect_error_or_close(s, payload, states)
+            assert s.alive(), f"sluice died on {name}:\n{s.log_tail()}"
+            assert one(bystander, "SELECT 1") == 1, name
+            assert_usable(s)
+    # Protocol 2.0 deserves a clear message, as PostgreSQL gives one.
+    if seen["protocol 2.0"] is not None:
+        assert re.search(r"protocol|version", seen["protocol 2.0"]["M"], re.I), seen
+
+
+def test_half_sent_startup_does_not_block_others(make_sluice):
+    s = make_sluice(client_login_timeout=2)
+    c = RawPg("127.0.0.1", s.port)
+    c.send(struct.pack("!I", 100))  # promise 100 bytes, send 4
+    try:
+        assert_usable(s)
+        msgs = c.read_until_close(timeout=6)  # client_login_timeout closes it
+        assert all(k == b"E" for k, _ in msgs), msgs
+    finally:
+        c.close()
+
+
+def test_ssl_and_gss_requests_get_n(make_sluice):
+    s = make_sluice()
+    c = RawPg("127.0.0.1", s.port)
+    try:
+        assert c.ssl_request() == b"N"
+        c.login("app", APP_PW, "app")
+        rows, err = c.query("SELECT current_user")
+        assert err is None and rows == [["app"]]
+    finally:
+        c.terminate()
+    c = RawPg("127.0.0.1", s.port)
+    try:
+        c.send(struct.pack("!II", 8, harness.GSSENC_REQUEST))
+        assert c.read_byte() == b"N"
+        c.login("app", APP_PW, "app")
+        rows, err = c.query("SELECT 1")
+        assert err is None and rows == [["1"]]
+    finally:
+        c.terminate()
+
+
+def test_oversized_message_after_login(make_sluice):
+    s = make_sluice(max_packet_size=65536)
+    with connect(s) as bystander:
+        c = RawPg("127.0.0.1", s.port)
+        try:
+            c.login("app", APP_PW, "app")
+            big = "SELECT '" + "x" * 100_000 + "'"
+            try:
+                c.send(message(b"Q", big.encode() + b"\0"))
+                msgs = c.read_until_close(timeout=5)
+            except (BrokenPipeError, ConnectionResetError):
+                msgs = []
+        finally:
+            c.close()
+        # Either an ErrorResponse (protocol violation) and close, or just close; never a
+        # result for the query.
+        kinds = [k for k, _ in msgs]
+        assert b"D" not in kinds and b"C" not in kinds, msgs
+        errors = [parse_error_fields(b) for k, b in msgs if k == b"E"]
+        for e in errors:
+            assert e.get("C") in {"08P01", "54000"}, e
+        assert s.alive()
+        assert one(bystander, "SELECT 1") == 1
+        assert_usable(s)
+
+
+def test_unknown_message_type_after_login(make_sluice):
+    s = make_sluice(pool_mode="transaction")
+    c = RawPg("127.0.0.1", s.port)
+    try:
+        c.login("app", APP_PW, "app")
+        try:
+            c.send(message(b"\x01", b"junk"))
+            msgs = c.read_until_close(timeout=5)
+        except (BrokenPipeError, ConnectionResetError):
+            msgs = []
+    finally:
+        c.close()
+    for k, b in msgs:
+        if k == b"E":
+            assert parse_error_fields(b).get("C") == "08P01"
+    assert s.alive()
+    assert_usable(s)
+
+
+# ---------------------------------------------------------------------------------------
+# Server faults
+
+
+@pytest.mark.timeout(120)
+def test_postgres_restart_under_sluice(pg, make_sluice):
+    s = make_sluice()
+    old = connect(s)
+    assert one(old, "SELECT 1") == 1
+    pg.restart("fast")
+    try:
+        with pytest.raises(psycopg.OperationalError) as ei:
+            old.execute("SELECT 1")
+            old.execute("SELECT 1")  # a first call may race the server's FATAL
+        st = getattr(ei.value, "sqlstate", None)
+        assert st in (None, "08006", "57P01", "08003", "08000"), (st, ei.value)
+    finally:
+        old.close()
+    deadline = time.monotonic() + 20
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            with connect(s) as c:
+                assert one(c, "SELECT 1") == 1
+                break
+        except psycopg.OperationalError as e:
+            last = e
+            time.sleep(0.25)
+    else:
+        pytest.fail(f"no successful connection within 20 s after restart: {last}")
+    assert s.alive()
+
+
+@pytest.mark.timeout(60)
+def test_server_killed_mid_transaction(pg, make_sluice):
+    """The backend serving a client is terminated: the client gets an error, and the next
+    client gets a fresh healthy server."""
+    s = make_sluice(pool_mode="transaction", default_pool_size=1)
+    c = connect(s)
+    c.execute("BEGIN")
+    pid = one(c, "SELECT pg_backend_pid()")
+    pg.psql(f"SELECT pg_terminate_backend({pid})")
+    with pytest.raises(psycopg.OperationalError):
+        c.execute("SELECT 1")
+    c.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with connect(s) as d:
+                assert one(d, "SELECT pg_backend_pid()") != pid
+                assert d.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------------------
+# Configuration and signals
+
+BAD_CONFIG = """\
+sluice:
+  listen_addr: 127.0.0.1
+  listen_port: 6432
+  pool_mode: sometimes
+  default_pool_size: -3
+  no_such_setting: 1
+  auth_type: scram-sha-256
+databases:
+  app:
+    host: 127.0.0.1
+    port: 5432
+"""
+
+GOOD_CONFIG = """\
+sluice:
+  listen_addr: 127.0.0.1
+  listen_port: 6432
+  pool_mode: transaction
+  default_pool_size: 10
+  auth_type: scram-sha-256
+  auth_file: userlist.txt
+databases:
+  app:
+    host: 127.0.0.1
+    port: 5432
+    dbname: app
+"""
+
+
+def test_check_reports_every_error_with_position(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_CONFIG)
+    r = subprocess.run([str(harness.sluice_bin()), "--check", str(bad)], capture_output=True,
+                       text=True, timeout=20)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    found = {}
+    for m in re.finditer(rf"^{re.escape(str(bad))}:(\d+):(\d+): (.+)$", out, re.M):
+        found.setdefault(int(m.group(1)), []).append((int(m.group(2)), m.group(3)))
+    assert {4, 5, 6} <= set(found), out
+    for line in (4, 5, 6):
+        assert all(col >= 1 for col, _ in found[line]), found
+    assert re.search(r"sometimes|pool_mode", " ".join(t for _, t in found[4])), found
+    assert re.search(r"no_such_setting|unknown", " ".join(t for _, t in found[6]), re.I), found
+
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD_CONFIG)
+    (tmp_path / "userlist.txt").write_text('"app" "app_pw"\n')
+    r = subprocess.run([str(harness.sluice_bin()), "--check", str(good)], capture_output=True,
+                       text=True, timeout=20)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_sighup_reload_pool_size_keeps_clients(make_sluice):
+    s = make_sluice(pool_mode="session", default_pool_size=1)
+    a = connect(s)
+    try:
+        assert one(a, "SELECT 1") == 1
+        result = {}
+
+        def second():
+            with connect(s) as b:
+                result["pid"] = one(b, "SELECT pg_backend_pid()")
+
+        t = threading.Thread(target=second, daemon=True)
+        t.start()
+        t.join(1.5)
+        assert t.is_alive() and not result, "pool of 1 served two sessions at once"
+        s.update(default_pool_size=2)
+        s.reload()
+        t.join(8)
+        assert not t.is_alive(), f"waiting client not served after reload:\n{s.log_tail()}"
+        assert "pid" in result
+        assert one(a, "SELECT 2") == 2  # the first client survived the reload
+        assert s.alive()
+    finally:
+        a.close()
+
+
+def test_sighup_with_invalid_config_keeps_running(make_sluice):
+    s = make_sluice()
+    with connect(s) as a:
+        s.config_path.write_text(s.config_path.read_text().replace(
+            "pool_mode: session", "pool_mode: sometimes"))
+        s.reload()
+        time.sleep(1.0)
+        assert s.alive()
+        assert one(a, "SELECT 1") == 1
+    assert_usable(s)
+
+
+def test_sigterm_waits_for_last_client(make_sluice):
+    s = make_sluice()
+    c = connect(s)
+    try:
+        assert one(c, "SELECT 1") == 1
+        s.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert s.alive(), "exited with a client still connected"
+        assert one(c, "SELECT 2") == 2
+        # No new clients once shutting down.
+        with pytest.raises(psycopg.OperationalError):
+            connect(s).close()
+        assert one(c, "SELECT 3") == 3
+    finally:
+        c.close()
+    rc = s.wait(5)
+    assert rc is not None, "sluice still running 5 s after the last client left"

@@ -1,0 +1,525 @@
+// Configuration loader: the example files, PgBouncer's defaults, both formats giving one
+// model, and every error kind reported at its exact line and column.
+#include "sluice/config/config.hpp"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "sluice/config/loader.hpp"
+
+namespace sluice::config {
+namespace {
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+// tests/unit/config/config_test.cpp -> the repository root.
+fs::path repo_root() {
+    return fs::path(__FILE__).parent_path().parent_path().parent_path().parent_path();
+}
+
+load_result yaml(const std::string& text) {
+    return load_string(text, "/etc/sluice/sluice.yaml");
+}
+load_result ini(const std::string& text) {
+    return load_string(text, "/etc/sluice/pgbouncer.ini");
+}
+
+std::string all_errors(const load_result& r) {
+    std::string out;
+    for (const auto& e : r.errors) out += e.to_string() + "\n";
+    return out;
+}
+
+// Expects exactly one error, at line:col, whose message contains `fragment`.
+void expect_one_error(const load_result& r, int line, int col, const std::string& fragment) {
+    EXPECT_FALSE(r.cfg.has_value());
+    ASSERT_EQ(r.errors.size(), 1u) << all_errors(r);
+    EXPECT_EQ(r.errors[0].line, line) << all_errors(r);
+    EXPECT_EQ(r.errors[0].column, col) << all_errors(r);
+    EXPECT_NE(r.errors[0].message.find(fragment), std::string::npos) << all_errors(r);
+}
+
+// ---------------------------------------------------------------------------------------
+// The example files shipped in conf/
+
+TEST(ConfigExample, YamlLoads) {
+    auto r = load_file((repo_root() / "conf/sluice.yaml").string());
+    ASSERT_TRUE(r.ok()) << all_errors(r);
+    const config& c = *r.cfg;
+    EXPECT_EQ(c.sluice.listen_addr, std::vector<std::string>{"127.0.0.1"});
+    EXPECT_EQ(c.sluice.listen_port, 6432);
+    EXPECT_EQ(c.sluice.unix_socket_dir, "");
+    EXPECT_EQ(c.sluice.pool_mode_, pool_mode::transaction);
+    EXPECT_EQ(c.sluice.default_pool_size, 20);
+    EXPECT_EQ(c.sluice.max_client_conn, 1000);
+    EXPECT_EQ(c.sluice.auth_type_, auth_type::scram_sha_256);
+    EXPECT_EQ(c.sluice.auth_file, (repo_root() / "conf/userlist.txt").lexically_normal().string());
+    EXPECT_EQ(c.sluice.admin_users, std::vector<std::string>{"admin"});
+    EXPECT_EQ(c.sluice.stats_users, std::vector<std::string>{"stats"});
+    EXPECT_EQ(c.sluice.metrics_listen, "127.0.0.1:9127");
+    ASSERT_EQ(c.databases.count("app"), 1u);
+    EXPECT_EQ(c.databases.at("app").host, std::vector<std::string>{"127.0.0.1"});
+    EXPECT_EQ(c.databases.at("app").port, 5432);
+    ASSERT_EQ(c.users.count("batch"), 1u);
+    EXPECT_EQ(c.users.at("batch").mode, pool_mode::session);
+    EXPECT_TRUE(c.limits.enabled);
+    EXPECT_EQ(c.limits.backend, rl_backend::redis);
+    EXPECT_EQ(c.limits.redis_url, "redis://127.0.0.1:6379/0");
+    EXPECT_EQ(c.limits.tenant_key, "user");
+    EXPECT_EQ(c.limits.defaults, rate_limit{});
+    ASSERT_EQ(c.limits.tenants.count("batch"), 1u);
+    EXPECT_EQ(c.limits.tenants.at("batch").queries_per_second, 100);
+    EXPECT_EQ(c.limits.tenants.at("batch").max_delay, 1s);  // inherited from default
+}
+
+TEST(ConfigExample, IniMatchesYaml) {
+    auto y = load_file((repo_root() / "conf/sluice.yaml").string());
+    auto i = load_file((repo_root() / "conf/pgbouncer-example.ini").string());
+    ASSERT_TRUE(y.ok()) << all_errors(y);
+    ASSERT_TRUE(i.ok()) << all_errors(i);
+    EXPECT_EQ(y.cfg->sluice, i.cfg->sluice);
+    EXPECT_EQ(y.cfg->databases, i.cfg->databases);
+    EXPECT_EQ(y.cfg->users, i.cfg->users);
+}
+
+// ---------------------------------------------------------------------------------------
+// Defaults and the model
+
+TEST(ConfigDefaults, EqualPgBouncers) {
+    for (auto r : {yaml(""), ini("")}) {
+        ASSERT_TRUE(r.ok()) << all_errors(r);
+        const general& g = r.cfg->sluice;
+        EXPECT_EQ(g, general{});
+        EXPECT_EQ(g.pool_mode_, pool_mode::session);
+        EXPECT_EQ(g.listen_port, 6432);
+        EXPECT_EQ(g.unix_socket_dir, "/tmp");
+        EXPECT_EQ(g.unix_socket_mode, 0777);
+        EXPECT_EQ(g.default_pool_size, 20);
+        EXPECT_EQ(g.max_client_conn, 100);
+        EXPECT_EQ(g.reserve_pool_timeout, 5s);
+        EXPECT_EQ(g.max_prepared_statements, 200);
+        EXPECT_EQ(g.server_reset_query, "DISCARD ALL");
+        EXPECT_EQ(g.server_lifetime, 3600s);
+        EXPECT_EQ(g.server_idle_timeout, 600s);
+        EXPECT_EQ(g.server_connect_timeout, 15s);
+        EXPECT_EQ(g.server_login_retry, 15s);
+        EXPECT_EQ(g.client_login_timeout, 60s);
+        EXPECT_EQ(g.query_timeout, 0s);
+        EXPECT_EQ(g.query_wait_timeout, 120s);
+        EXPECT_EQ(g.cancel_wait_timeout, 10s);
+        EXPECT_EQ(g.suspend_timeout, 10s);
+        EXPECT_EQ(g.auth_type_, auth_type::md5);
+        EXPECT_EQ(g.client_tls_sslmode, "disable");
+        EXPECT_EQ(g.server_tls_sslmode, "prefer");
+        EXPECT_EQ(g.max_packet_size, 2147483647);
+        EXPECT_EQ(g.pkt_buf, 4096);
+        EXPECT_EQ(g.track_extra_parameters, std::vector<std::string>{"IntervalStyle"});
+        EXPECT_FALSE(r.cfg->limits.enabled);
+        EXPECT_EQ(r.cfg->limits.backend, rl_backend::local);
+    }
+}
+
+TEST(ConfigModel, ToString) {
+    EXPECT_STREQ(to_string(pool_mode::transaction), "transaction");
+    EXPECT_STREQ(to_string(auth_type::scram_sha_256), "scram-sha-256");
+    EXPECT_STREQ(to_string(rl_failure_policy::closed), "closed");
+}
+
+TEST(ConfigModel, StarDatabaseIsTheFallback) {
+    auto r = yaml("databases:\n  app: {port: 5433}\n  '*': {host: db.internal}\n");
+    ASSERT_TRUE(r.ok()) << all_errors(r);
+    const config& c = *r.cfg;
+    ASSERT_NE(c.find_database("app"), nullptr);
+    EXPECT_EQ(c.find_database("app")->port, 5433);
+    ASSERT_NE(c.find_database("other"), nullptr);
+    EXPECT_EQ(c.find_database("other")->name, "*");
+    EXPECT_EQ(c.find_database("other")->host, std::vector<std::string>{"db.internal"});
+
+    auto no_star = yaml("databases:\n  app: {}\n");
+    ASSERT_TRUE(no_star.ok());
+    EXPECT_EQ(no_star.cfg->find_database("other"), nullptr);
+    EXPECT_EQ(no_star.cfg->find_user("nobody"), nullptr);
+}
+
+TEST(ConfigModel, PrecedenceUserOverDatabaseOverGeneral) {
+    auto r = yaml(
+        "sluice: {pool_mode: statement, default_pool_size: 7}\n"
+        "databases:\n"
+        "  plain: {}\n"
+        "  tuned: {pool_mode: transaction, pool_size: 11}\n"
+        "users:\n"
+        "  batch: {pool_mode: session, pool_size: 3}\n"
+        "  other: {}\n");
+    ASSERT_TRUE(r.ok()) << all_errors(r);
+    const config& c = *r.cfg;
+    const database* plain = c.find_database("plain");
+    const database* tuned = c.find_database("tuned");
+    const user* batch = c.find_user("batch");
+    const user* other = c.find_user("other");
+    EXPECT_EQ(c.mode_for(plain, other), pool_mode::statement);
+    EXPECT_EQ(c.pool_size_for(plain, other), 7);
+    EXPECT_EQ(c.mode_for(tuned, other), pool_mode::transaction);
+    EXPECT_EQ(c.pool_size_for(tuned, nullptr), 11);
+    EXPECT_EQ(c.mode_for(tuned, batch), pool_mode::session);
+    EXPECT_EQ(c.pool_size_for(tuned, batch), 3);
+    EXPECT_EQ(c.mode_for(nullptr, nullptr), pool_mode::statement);
+}
+
+TEST(ConfigModel, RelativePathsResolveAgainstTheConfigDirectory) {
+    auto r = yaml(
+        "sluice:\n"
+        "  auth_file: userlist.txt\n"
+        "  auth_hba_file: ./hba/pg_hba.conf\n"
+        "  logfile: ../log/sluice.log\n"
+        "  pidfile: /run/sluice.pid\n");
+    ASSERT_TRUE(r.ok()) << all_errors(r);
+    EXPECT_EQ(r.cfg->sluice.auth_file, "/etc/sluice/userlist.txt");
+    EXPECT_EQ(r.cfg->sluice.auth_hba_file, "/etc/sluice/hba/pg_hba.conf");
+    EXPECT_EQ(r.cfg->sluice.logfile, "/etc/log/sluice.log");
+    EXPECT_EQ(r.cfg->sluice.pidfile, "/run/sluice.pid");
+
+    // Through a real file in a temporary directory too.
+    fs::path dir = fs::temp_directory_path() / ("sluice_config_test_" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    std::ofstream(dir / "s.yml") << "sluice:\n  auth_file: users.txt\n";
+    auto f = load_file((dir / "s.yml").string());
+    ASSERT_TRUE(f.ok()) << all_errors(f);
+    EXPECT_EQ(f.cfg->sluice.auth_file, (dir / "users.txt").string());
+    fs::remove_all(dir);
+}
+
+TEST(ConfigModel, ListsBooleansModesAndConnstrings) {
+    auto r = yaml(
+        "sluice:\n"
+        "  listen_addr: '127.0.0.1, ::1'\n"
+        "  admin_users: [alice, bob]\n"
+        "  stats_users: carol,dave\n"
+        "  ignore_startup_parameters: extra_float_digits\n"
+        "  so_reuseport: yes\n"
+        "  server_round_robin: on\n"
+        "  log_connections: 0\n"
+        "  syslog: TRUE\n"
+        "  unix_socket_mode: 0700\n"
+        "  metrics_listen: '[::1]:9127'\n"
+        "databases:\n"
+        "  a: {host: [h1, h2], port: 6000}\n"
+        "  b: 'host=h1,h2 port=6000 dbname=''my db'' pool_mode=statement'\n"
+        "  c: host=/var/run/postgresql dbname=c user=app password='p w\\'d'\n"
+        "  '*':\n");
+    ASSERT_TRUE(r.ok()) << all_errors(r);
+    const config& c = *r.cfg;
+    EXPECT_EQ(c.sluice.listen_addr, (std::vector<std::string>{"127.0.0.1", "::1"}));
+    EXPECT_EQ(c.sluice.admin_users, (std::vector<std::string>{"alice", "bob"}));
+    EXPECT_EQ(c.sluice.stats_users, (std::vector<std::string>{"carol", "dave"}));
+    EXPECT_EQ(c.sluice.ignore_startup_parameters, std::vector<std::string>{"extra_float_digits"});
+    EXPECT_TRUE(c.sluice.so_reuseport);
+    EXPECT_TRUE(c.sluice.server_round_robin);
+    EXPECT_FALSE(c.sluice.log_connections);
+    EXPECT_TRUE(c.sluice.syslog);
+    EXPECT_EQ(c.sluice.unix_socket_mode, 0700);
+    EXPECT_EQ(c.sluice.metrics_listen, "[::1]:9127");
+    EXPECT_EQ(c.databases.at("a").host, (std::vector<std::string>{"h1", "h2"}));
+    EXPECT_EQ(c.databases.at("b").host, c.databases.at("a").host);
+    EXPECT_EQ(c.databases.at("b").port, 6000);
+    EXPECT_EQ(c.databases.at("b").dbname, "my db");
+    EXPECT_EQ(c.databases.at("b").mode, pool_mode::statement);
+    EXPECT_EQ(c.databases.at("c").host, std::vector<std::string>{"/var/run/postgresql"});
+    EXPECT_EQ(c.databases.at("c").password, "p w'd");
+    EXPECT_EQ(c.databases.at("*").port, 5432);
+
+    auto empty_listen = yaml("sluice: {listen_addr: '', unix_socket_dir: /tmp}\n");
+    ASSERT_TRUE(empty_listen.ok()) << all_errors(empty_listen);
+    EXPECT_TRUE(empty_listen.cfg->sluice.listen_addr.empty());
+}
+
+TEST(ConfigModel, IniAndYamlGiveTheSameModel) {
+    auto y = yaml(
+        "sluice:\n"
+        "  listen_addr: [127.0.0.1, 10.0.0.1]\n"
+        "  listen_port: 7432\n"
+        "  unix_socket_mode: '0770'\n"
+        "  pool_mode: transaction\n"
+        "  default_pool_size: 15\n"
+        "  max_client_conn: 500\n"
+        "  server_lifetime: 1h\n"
+        "  query_timeout: 2.5\n"
+        "  client_idle_timeout: 250ms\n"
+        "  auth_type: md5\n"
+        "  auth_file: users.txt\n"
+        "  admin_users: [admin, root]\n"
+        "  server_reset_query: DISCARD ALL\n"
+        "  tcp_keepalive: no\n"
+        "databases:\n"
+        "  app:\n"
+        "    host: [db1, db2]\n"
+        "    port: 5433\n"
+        "    dbname: application\n"
+        "    user: app\n"
+        "    password: secret\n"
+        "    pool_size: 10\n"
+        "    pool_mode: session\n"
+        "    server_lifetime: 30\n"
+        "  '*': {host: fallback}\n"
+        "users:\n"
+        "  batch: {pool_mode: statement, pool_size: 5, query_timeout: 1m}\n");
+    auto i =
+        ini("; PgBouncer style\n"
+            "[pgbouncer]\n"
+            "listen_addr = 127.0.0.1,10.0.0.1\n"
+            "listen_port = 7432\n"
+            "unix_socket_mode = 0770\n"
+            "pool_mode = transaction\n"
+            "default_pool_size = 15\n"
+            "max_client_conn = 500\n"
+            "server_lifetime = 3600\n"
+            "query_timeout = 2.5\n"
+            "client_idle_timeout = 0.25\n"
+            "auth_type = md5\n"
+            "auth_file = users.txt\n"
+            "admin_users = admin, root\n"
+            "server_reset_query = DISCARD ALL\n"
+            "tcp_keepalive = 0\n"
+            "# ignored by Sluice, known to PgBouncer\n"
+            "user = postgres\n"
+            "dns_max_ttl = 15\n"
+            "\n"
+            "[databases]\n"
+            "app = host=db1,db2 port=5433 dbname=application user=app password=secret "
+            "pool_size=10 pool_mode=session server_lifetime=30\n"
+            "* = host=fallback\n"
+            "[users]\n"
+            "batch = pool_mode=statement pool_size=5 query_timeout=60\n");
+    ASSERT_TRUE(y.ok()) << all_errors(y);
+    ASSERT_TRUE(i.ok()) << all_errors(i);
+    i.cfg->path = y.cfg->path;
+    EXPECT_EQ(y.cfg->sluice, i.cfg->sluice);
+    EXPECT_EQ(y.cfg->databases, i.cfg->databases);
+    EXPECT_EQ(y.cfg->users, i.cfg->users);
+    EXPECT_EQ(*y.cfg, *i.cfg);
+    EXPECT_EQ(y.cfg->sluice.client_idle_timeout, 250ms);
+    EXPECT_EQ(y.cfg->users.at("batch").query_timeout, 60s);
+}
+
+TEST(ConfigModel, RateLimits) {
+    auto r = yaml(
+        "rate_limits:\n"
+        "  tenants:\n"
+        "    acme: {queries_per_second: 100, query_burst: 20}\n"
+        "    slow: {action: delay, max_delay: 500ms, shadow: true}\n"
+        "  default: {queries_per_second: 5.5, max_connections: 3}\n"
+        "  tenant_key: startup:x_tenant\n"
+        "  on_redis_failure: closed\n"
+        "  redis_timeout: 20ms\n"
+        "  lease_size: 10\n");
+    ASSERT_TRUE(r.ok()) << all_errors(r);
+    const rate_limits& rl = r.cfg->limits;
+    EXPECT_TRUE(rl.enabled);
+    EXPECT_EQ(rl.backend, rl_backend::local);
+    EXPECT_EQ(rl.tenant_key, "startup:x_tenant");
+    EXPECT_EQ(rl.on_redis_failure, rl_failure_policy::closed);
+    EXPECT_EQ(rl.redis_timeout, 20ms);
+    EXPECT_EQ(rl.lease_size, 10);
+    EXPECT_EQ(rl.defaults.queries_per_second, 5.5);
+    EXPECT_EQ(rl.tenants.at("acme").queries_per_second, 100);
+    EXPECT_EQ(rl.tenants.at("acme").max_connections, 3);  // from default, though listed after
+    EXPECT_EQ(rl.tenants.at("slow").action, rl_action::delay);
+    EXPECT_EQ(rl.tenants.at("slow").max_delay, 500ms);
+    EXPECT_TRUE(rl.tenants.at("slow").shadow);
+
+    auto empty = yaml("rate_limits:\n");
+    ASSERT_TRUE(empty.ok()) << all_errors(empty);
+    EXPECT_TRUE(empty.cfg->limits.enabled);
+}
+
+TEST(ConfigRedisUrl, Forms) {
+    auto a = parse_redis_url("redis://127.0.0.1:6379/0");
+    ASSERT_TRUE(a);
+    EXPECT_FALSE(a->tls);
+    EXPECT_EQ(a->host, "127.0.0.1");
+    EXPECT_EQ(a->port, 6379);
+    EXPECT_EQ(a->db, 0);
+    auto b = parse_redis_url("rediss://:s%40cret@cache.internal/3");
+    ASSERT_TRUE(b);
+    EXPECT_TRUE(b->tls);
+    EXPECT_EQ(b->username, "");
+    EXPECT_EQ(b->password, "s@cret");
+    EXPECT_EQ(b->port, 6379);
+    EXPECT_EQ(b->db, 3);
+    auto c = parse_redis_url("redis://sluice:pw@[::1]:7000");
+    ASSERT_TRUE(c);
+    EXPECT_EQ(c->username, "sluice");
+    EXPECT_EQ(c->host, "::1");
+    EXPECT_EQ(c->port, 7000);
+    for (const char* bad :
+         {"http://h", "redis://", "redis://h:0", "redis://h:99999", "redis://h/x", "redis://h:/1",
+          "redis://pw@h", "redis://h/1?x=1", "redis://[::1", "redis://:p@/0"})
+        EXPECT_FALSE(parse_redis_url(bad)) << bad;
+}
+
+// ---------------------------------------------------------------------------------------
+// Durations
+
+TEST(ConfigDuration, AllForms) {
+    EXPECT_EQ(parse_duration("5"), duration{5s});
+    EXPECT_EQ(parse_duration("0"), duration{0});
+    EXPECT_EQ(parse_duration("0.5"), duration{500ms});
+    EXPECT_EQ(parse_duration("1.5s"), duration{1500ms});
+    EXPECT_EQ(parse_duration("250ms"), duration{250ms});
+    EXPECT_EQ(parse_duration("100us"), duration{100us});
+    EXPECT_EQ(parse_duration("2m"), duration{120s});
+    EXPECT_EQ(parse_duration("1h"), duration{3600s});
+    EXPECT_EQ(parse_duration("1d"), duration{86400s});
+    EXPECT_EQ(parse_duration(" 3 s "), duration{3s});
+    EXPECT_EQ(parse_duration("0.000001"), duration{1us});
+    for (const char* bad : {"", "-1", "-1s", "+1", "abc", "5x", "1.2.3", ".", "ms", "1e3", "s5",
+                            "99999999999999999999h", "nan", "inf"})
+        EXPECT_FALSE(parse_duration(bad)) << bad;
+}
+
+TEST(ConfigDuration, InYamlAndIni) {
+    auto y = yaml(
+        "sluice:\n  query_timeout: 2.5\n  server_lifetime: 2m\n  client_idle_timeout: '250ms'\n");
+    ASSERT_TRUE(y.ok()) << all_errors(y);
+    EXPECT_EQ(y.cfg->sluice.query_timeout, 2500ms);
+    EXPECT_EQ(y.cfg->sluice.server_lifetime, 120s);
+    EXPECT_EQ(y.cfg->sluice.client_idle_timeout, 250ms);
+    auto i = ini("[pgbouncer]\nquery_timeout = 1.5\nserver_lifetime = 1h\n");
+    ASSERT_TRUE(i.ok()) << all_errors(i);
+    EXPECT_EQ(i.cfg->sluice.query_timeout, 1500ms);
+    EXPECT_EQ(i.cfg->sluice.server_lifetime, 3600s);
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors: each kind at its exact line and column
+
+TEST(ConfigErrors, UnknownKeys) {
+    expect_one_error(yaml("sluice:\n  listen_prot: 6432\n"), 2, 3, "unknown setting 'listen_prot'");
+    expect_one_error(yaml("databases:\n  app:\n    hots: x\n"), 3, 5, "unknown setting 'hots'");
+    expect_one_error(yaml("users:\n  u: {pool_mod: session}\n"), 2, 7,
+                     "unknown setting 'pool_mod'");
+    expect_one_error(yaml("rate_limits:\n  default:\n    qps: 1\n"), 3, 5, "unknown setting 'qps'");
+    expect_one_error(yaml("\nsluicee:\n  a: 1\n"), 2, 1, "unknown section 'sluicee'");
+    expect_one_error(ini("[pgbouncer]\nlisten_port = 6432\nfrobnicate = 1\n"), 3, 1,
+                     "unknown setting 'frobnicate'");
+    expect_one_error(ini("[pgbouncer]\n[peers]\n1 = host=x\n"), 2, 1, "unknown section [peers]");
+    expect_one_error(ini("[databases]\napp = host=x  bogus=1\n"), 2, 15, "unknown setting 'bogus'");
+}
+
+TEST(ConfigErrors, WrongTypes) {
+    expect_one_error(yaml("sluice:\n  listen_port: [1, 2]\n"), 2, 16, "expected a single value");
+    expect_one_error(yaml("sluice:\n  listen_port: abc\n"), 2, 16, "expected an integer");
+    expect_one_error(yaml("sluice:\n  so_reuseport: maybe\n"), 2, 17, "expected a boolean");
+    expect_one_error(yaml("sluice:\n  query_timeout: soon\n"), 2, 18, "expected a duration");
+    expect_one_error(yaml("sluice:\n  admin_users: {a: 1}\n"), 2, 16, "expected a list");
+    expect_one_error(yaml("sluice: 5\n"), 1, 9, "expected a mapping");
+    expect_one_error(yaml("databases:\n  app: [1]\n"), 2, 8, "expected a mapping or a connection");
+    expect_one_error(yaml("sluice:\n  unix_socket_mode: 0789\n"), 2, 21, "octal");
+    expect_one_error(ini("[pgbouncer]\nmax_client_conn = lots\n"), 2, 19, "expected an integer");
+}
+
+TEST(ConfigErrors, ImpossibleValues) {
+    expect_one_error(yaml("sluice:\n  listen_port: 70000\n"), 2, 16, "out of range 1..65535");
+    expect_one_error(yaml("sluice:\n  listen_port: 0\n"), 2, 16, "out of range 1..65535");
+    expect_one_error(yaml("sluice:\n  default_pool_size: -5\n"), 2, 22, "must not be negative");
+    expect_one_error(yaml("sluice:\n  pool_mode: sesion\n"), 2, 14,
+                     "not one of session, transaction, statement");
+    expect_one_error(yaml("sluice:\n  auth_type: password\n"), 2, 14, "not one of trust");
+    expect_one_error(yaml("sluice:\n  metrics_listen: 127.0.0.1\n"), 2, 19, "host:port");
+    expect_one_error(yaml("databases:\n  app: {port: 99999}\n"), 2, 15, "out of range");
+    expect_one_error(yaml("databases:\n  app: 'host=x port=-1'\n"), 2, 21, "out of range");
+    expect_one_error(yaml("users:\n  u: {pool_size: -1}\n"), 2, 18, "must not be negative");
+    expect_one_error(ini("[databases]\napp = host=x pool_mode=bogus\n"), 2, 24,
+                     "not one of session");
+    expect_one_error(yaml("sluice:\n  listen_addr: ''\n  unix_socket_dir: ''\n"), 2, 16,
+                     "nothing to listen on");
+}
+
+TEST(ConfigErrors, RateLimitValues) {
+    expect_one_error(yaml("rate_limits:\n  default: {queries_per_second: -1}\n"), 2, 33,
+                     "must not be negative");
+    expect_one_error(yaml("rate_limits:\n  default:\n    query_burst: lots\n"), 3, 18,
+                     "expected a number");
+    expect_one_error(yaml("rate_limits:\n  tenant_key: tenant\n"), 2, 15, "not one of user");
+    expect_one_error(yaml("rate_limits:\n  tenant_key: 'startup:'\n"), 2, 15, "not one of user");
+    expect_one_error(yaml("rate_limits:\n  on_redis_failure: retry\n"), 2, 21,
+                     "not one of local, open, closed");
+    expect_one_error(yaml("rate_limits:\n  backend: memcached\n"), 2, 12,
+                     "not one of local, redis");
+    expect_one_error(yaml("rate_limits:\n  tenants:\n    acme: {action: drop}\n"), 3, 20,
+                     "not one of reject, delay");
+    expect_one_error(yaml("rate_limits:\n  backend: redis\n  redis_url: http://x:6379\n"), 3, 14,
+                     "expected redis://");
+    expect_one_error(yaml("rate_limits:\n  backend: redis\n  redis_url: redis://h:6379/zero\n"), 3,
+                     14, "expected redis://");
+    expect_one_error(yaml("rate_limits:\n  backend: redis\n"), 2, 12, "redis_url is not set");
+    expect_one_error(yaml("rate_limits:\n  expected_instances: 0\n"), 2, 23, "out of range");
+}
+
+TEST(ConfigErrors, YamlSyntaxHasAPosition) {
+    auto r = yaml("sluice:\n  listen_port: [6432\n  pool_mode: session\n");
+    EXPECT_FALSE(r.cfg);
+    ASSERT_EQ(r.errors.size(), 1u) << all_errors(r);
+    EXPECT_GT(r.errors[0].line, 1);
+    EXPECT_GT(r.errors[0].column, 0);
+
+    auto tab = yaml("sluice:\n\tlisten_port: 1\n");
+    EXPECT_FALSE(tab.cfg);
+    ASSERT_EQ(tab.errors.size(), 1u);
+    EXPECT_EQ(tab.errors[0].line, 2);
+}
+
+TEST(ConfigErrors, IniSyntax) {
+    expect_one_error(ini("listen_port = 1\n"), 1, 1, "outside any section");
+    expect_one_error(ini("[pgbouncer]\n  listen_port 1\n"), 2, 3, "expected 'key = value'");
+    expect_one_error(ini("[pgbouncer\n"), 1, 1, "malformed section header");
+    expect_one_error(ini("[databases]\napp = host='unterminated\n"), 2, 12, "unterminated");
+    expect_one_error(ini("[pgbouncer]\nlisten_port = 1\nlisten_port = 2\n"), 3, 1, "duplicate");
+}
+
+TEST(ConfigErrors, DuplicateYamlKey) {
+    expect_one_error(yaml("sluice:\n  listen_port: 1\n  listen_port: 2\n"), 3, 3,
+                     "duplicate key 'listen_port' (first given at line 2)");
+}
+
+TEST(ConfigErrors, AllMistakesAreReported) {
+    auto r = yaml(
+        "sluice:\n"
+        "  listen_port: 70000\n"  // 2: out of range
+        "  pool_mode: transaction\n"
+        "  max_clients: 10\n"  // 4: unknown key
+        "databases:\n"
+        "  app:\n"
+        "    pool_mode: sessions\n"  // 7: bad pool mode
+        "    port: 5432\n");
+    EXPECT_FALSE(r.cfg);
+    ASSERT_EQ(r.errors.size(), 3u) << all_errors(r);
+    EXPECT_EQ(r.errors[0].line, 2);
+    EXPECT_EQ(r.errors[1].line, 4);
+    EXPECT_EQ(r.errors[2].line, 7);
+    EXPECT_EQ(r.errors[0].to_string().rfind("/etc/sluice/sluice.yaml:2:16: listen_port: ", 0), 0u)
+        << r.errors[0].to_string();
+    EXPECT_EQ(r.errors[1].to_string().rfind("/etc/sluice/sluice.yaml:4:3: ", 0), 0u);
+    EXPECT_EQ(r.errors[2].to_string().rfind("/etc/sluice/sluice.yaml:7:16: ", 0), 0u);
+}
+
+TEST(ConfigErrors, MissingFileIsOneError) {
+    auto r = load_file("/nonexistent/sluice.yaml");
+    EXPECT_FALSE(r.cfg);
+    ASSERT_EQ(r.errors.size(), 1u);
+    EXPECT_EQ(r.errors[0].line, 0);
+    EXPECT_EQ(r.errors[0].to_string().rfind("/nonexistent/sluice.yaml: ", 0), 0u)
+        << r.errors[0].to_string();
+}
+
+TEST(ConfigErrors, RedisUrlPasswordIsNotEchoed) {
+    auto r = yaml("rate_limits:\n  redis_url: 'redis://:hunter2@/0'\n");
+    ASSERT_EQ(r.errors.size(), 1u) << all_errors(r);
+    EXPECT_EQ(r.errors[0].message.find("hunter2"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace sluice::config
