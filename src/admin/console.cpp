@@ -25,4 +25,6 @@ asio::awaitable<void> serve(proxy::runtime& rt, proxy::client_session& session,
     co_await asio::async_write(socket, asio::buffer(prefix), use_nothrow);
 }
 
+void start_background(proxy::runtime& rt, asio::any_io_executor ex) {}
+
 }  // namespace sluice::admin

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <filesystem>
 
+#include "sluice/admin/console.hpp"
 #include "sluice/proxy/client_session.hpp"
 
 namespace sluice::net {
@@ -258,6 +259,14 @@ int server::run() {
         asio::co_spawn(main_, accept_loop(*a), asio::detached);
     asio::co_spawn(main_, signal_loop(), asio::detached);
     asio::co_spawn(main_, janitor_loop(), asio::detached);
+    rt_.request_shutdown = [this](int how) {
+        asio::post(main_, [this, how] {
+            if (how == 0) shutdown_now();
+            else if (how == 1) shutdown_when_servers_idle();
+            else shutdown_when_clients_gone();
+        });
+    };
+    admin::start_background(rt_, main_.get_executor());
     spdlog::info("Sluice started with {} workers", workers_.size());
     main_.run();
     close_listeners();

@@ -347,6 +347,11 @@ asio::awaitable<bool> client_session::startup() {
         co_await admin::serve(rt_, *this, socket_, in_, role, out);
         co_return false;  // the console session is over
     }
+    if (db && rt_.database_disabled(database)) {
+        co_await send_error("57P03", "database \"" + database + "\" is disabled",
+                            "an administrator ran DISABLE; ENABLE lets clients in again");
+        co_return false;
+    }
     if (!db) {
         co_await send_error("3D000", "database \"" + database + "\" does not exist",
                             "no such entry in the [databases] section of Sluice's configuration");
@@ -569,8 +574,9 @@ asio::awaitable<bool> client_session::link_server() {
     state = client_state::waiting;
     request_time = steady_clock::now();
     auto r = co_await pool_->acquire(executor(), worker_);
-    pool_->stats.wait_time_us +=
-        std::chrono::duration_cast<std::chrono::microseconds>(r.waited).count();
+    auto waited_us = std::chrono::duration_cast<std::chrono::microseconds>(r.waited).count();
+    pool_->stats.wait_time_us += waited_us;
+    pool_->stats.wait_latency.record(waited_us);
     if (!r.server) {
         // (no conditional expression inside co_await: gcc 12 mishandles its temporaries)
         std::string sqlstate = r.sqlstate;
@@ -677,17 +683,18 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
                     char status = proto::decode_ready_for_query(body).value_or('E');
                     if (outstanding_ > 0) outstanding_--;
                     stats.query_count++;
-                    stats.query_time_us +=
+                    auto query_us =
                         std::chrono::duration_cast<std::chrono::microseconds>(now - query_start_).count();
+                    stats.query_time_us += query_us;
+                    stats.query_latency.record(query_us);
                     if (outstanding_ > 0) query_start_ = now;
-                    if (status == 'I' && transaction_status_ != 'I') {
+                    if (status == 'I') {
+                        // A transaction ended: an explicit one, or a single autocommit query.
+                        auto began = transaction_status_ != 'I' ? xact_start_ : now - std::chrono::microseconds(query_us);
+                        auto xact_us = std::chrono::duration_cast<std::chrono::microseconds>(now - began).count();
                         stats.xact_count++;
-                        stats.xact_time_us +=
-                            std::chrono::duration_cast<std::chrono::microseconds>(now - xact_start_).count();
-                    } else if (status == 'I') {
-                        stats.xact_count++;
-                        stats.xact_time_us +=
-                            std::chrono::duration_cast<std::chrono::microseconds>(now - query_start_).count();
+                        stats.xact_time_us += xact_us;
+                        stats.xact_latency.record(xact_us);
                     } else if (transaction_status_ == 'I') {
                         xact_start_ = query_start_;
                     }

@@ -55,6 +55,17 @@ runtime::runtime(config::config cfg, auth::userlist users)
     apply_limits(*cfg_);
 }
 
+bool runtime::database_disabled(const std::string& db) const {
+    std::shared_lock lk(mutex_);
+    return disabled_.count(db) > 0;
+}
+
+void runtime::set_database_disabled(const std::string& db, bool disabled) {
+    std::unique_lock lk(mutex_);
+    if (disabled) disabled_.insert(db);
+    else disabled_.erase(db);
+}
+
 std::shared_ptr<const config::config> runtime::cfg() const {
     std::shared_lock lk(mutex_);
     return cfg_;

@@ -811,8 +811,14 @@ class RawPg:
         rows: List[List[Optional[str]]] = []
         err = None
         while True:
-            m = self.read_msg()
+            try:
+                m = self.read_msg()
+            except ConnectionResetError:
+                m = None
             if m is None:
+                if err is not None:  # a FATAL error, then the close
+                    self.txn_status = None
+                    return rows, err
                 raise ConnectionError("server closed the connection during a query")
             kind, body = m
             if kind == b"T":

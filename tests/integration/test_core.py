@@ -265,6 +265,62 @@ def test_cancel_request(make_sluice, mode):
         assert one(c, "SELECT 2") == 2
 
 
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_query_wait_timeout(make_sluice, mode):
+    """A client that waits longer than query_wait_timeout for a server gets an error; the
+    client holding the server and Sluice itself carry on."""
+    s = make_sluice(pool_mode=mode, default_pool_size=1, query_wait_timeout=1)
+    a = connect(s)
+    try:
+        a.execute("BEGIN")
+        assert one(a, "SELECT 1") == 1
+        b = RawPg("127.0.0.1", s.port, timeout=10)
+        t0 = time.monotonic()
+        try:
+            try:
+                b.login("app", APP_PW, "app")
+                rows, err = b.query("SELECT 1")
+                assert err is not None, "served by a pool of 1 that was busy"
+            except PgError as e:
+                err = e.fields
+            elapsed = time.monotonic() - t0
+        finally:
+            b.close()
+        assert err.get("C") == "53300", err
+        assert "query_wait_timeout" in err.get("M", ""), err
+        assert 0.8 <= elapsed <= 4, elapsed
+        time.sleep(0.2)
+        assert s.alive(), f"sluice died after query_wait_timeout:\n{s.log_tail()}"
+        assert one(a, "SELECT 2") == 2
+        a.execute("COMMIT")
+    finally:
+        a.close()
+    assert_usable(s)
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_vanishing_clients_do_not_leak_servers(make_sluice, mode):
+    """Ten clients vanish (no Terminate) in the middle of transactions and of extended-
+    protocol batches; a pool of 2 must still serve the next client at once."""
+    s = make_sluice(pool_mode=mode, default_pool_size=2, query_wait_timeout=5)
+    for i in range(10):
+        c = RawPg("127.0.0.1", s.port)
+        c.login("app", APP_PW, "app")
+        if i % 2 == 0:
+            c.query("BEGIN")
+            c.send(message(b"Q", b"SELECT pg_sleep(0.2)\0"))  # abort while it runs
+        else:
+            # Parse/Bind/Execute of an unknown prepared statement, no Sync, then vanish.
+            c.send(message(b"B", b"\0nosuch\0" + struct.pack("!HHH", 0, 0, 0)) +
+                   message(b"E", b"\0" + struct.pack("!I", 0)))
+        c.abort()
+    t0 = time.monotonic()
+    with connect(s) as d:
+        assert one(d, "SELECT 1") == 1
+    assert time.monotonic() - t0 < 3, "the next client waited for a leaked server"
+    assert s.alive()
+
+
 # ---------------------------------------------------------------------------------------
 # Dirty server
 

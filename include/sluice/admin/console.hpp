@@ -25,4 +25,9 @@ asio::awaitable<void> serve(proxy::runtime& rt, proxy::client_session& session,
                             stream_socket& socket, byte_buffer& in, console_role role,
                             std::string prefix);
 
+// Starts what the console and metrics need in the background: the stats_period timer
+// (averages, log_stats line) and the Prometheus listener when metrics_listen is set.
+// Called once by net::server on its main executor.
+void start_background(proxy::runtime& rt, asio::any_io_executor ex);
+
 }  // namespace sluice::admin

@@ -19,6 +19,7 @@
 
 #include "sluice/config/config.hpp"
 #include "sluice/pool/server_connection.hpp"
+#include "sluice/stats/histogram.hpp"
 
 namespace sluice::pool {
 
@@ -28,6 +29,8 @@ struct pool_stats {
         bytes_received{0}, bytes_sent{0}, xact_time_us{0}, query_time_us{0}, wait_time_us{0},
         client_parse_count{0}, server_parse_count{0}, bind_count{0}, client_login_count{0},
         errors_login{0}, errors_server{0}, errors_wait_timeout{0}, errors_client{0};
+    // Latency distributions for SHOW LATENCY and /metrics (microseconds).
+    stats::histogram query_latency, xact_latency, wait_latency;
 };
 
 struct acquire_result {

@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
@@ -60,14 +61,20 @@ public:
     std::atomic<std::uint64_t> next_client_id{0};
     steady_clock::time_point started = steady_clock::now();
 
-    // Called when the last client leaves or the last server is released (shutdown modes).
-    std::function<void()> on_client_gone;
+    // Set by net::server: SHUTDOWN from the console. 0 = now, 1 = when servers are
+    // released (WAIT_FOR_SERVERS), 2 = when clients are gone (WAIT_FOR_CLIENTS).
+    std::function<void(int)> request_shutdown;
+
+    // DISABLE / ENABLE: new clients of a disabled database are refused.
+    bool database_disabled(const std::string& db) const;
+    void set_database_disabled(const std::string& db, bool disabled);
 
     pool::pool::settings pool_settings(const std::string& db, const std::string& user) const;
 
 private:
     void apply_limits(const config::config& c);
     mutable std::shared_mutex mutex_;
+    std::set<std::string> disabled_;
     std::shared_ptr<const config::config> cfg_;
     std::shared_ptr<const auth::userlist> users_;
 };
