@@ -129,12 +129,18 @@ def make_sluice(pg, workdir, request):
     yield factory
 
     failed = getattr(request.node, "rep_call", None)
+    failed = failed is not None and failed.failed
+    problems = []
     for s in started:
         s.stop()
-        if failed is not None and failed.failed:
+        problems += s.problems()
+        if failed or problems:
             print(f"\n----- sluice log {s.log} (tail) -----\n{s.log_tail(60)}")
-    if failed is not None and failed.failed:
+    if failed:
         print(f"\n----- postgres log (tail) -----\n{harness.tail(pg.log, 30)}")
+    if problems and not failed:
+        # A test that passed while Sluice crashed (or a sanitizer complained) is a failure.
+        pytest.fail("sluice crashed or reported memory/UB errors:\n" + "\n".join(problems[:20]))
 
 
 @pytest.fixture

@@ -518,8 +518,28 @@ class Sluice:
     def stop(self, grace: float = 5.0) -> Optional[int]:
         if self.proc is None:
             return None
+        if self.proc.poll() is not None and self.exited_on_its_own is None:
+            self.exited_on_its_own = self.proc.returncode
         _kill(self.proc, signal.SIGTERM, grace=grace)
         return self.proc.returncode
+
+    exited_on_its_own: Optional[int] = None
+
+    SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                         "WARNING: ThreadSanitizer", "runtime error:", "free(): invalid",
+                         "double free", "Segmentation fault", "terminate called")
+
+    def problems(self) -> List[str]:
+        """Crash or sanitizer reports: a nonzero exit we did not cause, or report lines
+        in the log."""
+        out = []
+        rc = self.exited_on_its_own
+        if rc is not None and rc != 0:
+            out.append(f"sluice exited by itself with code {rc}")
+        for line in self.log_text().splitlines():
+            if any(m in line for m in self.SANITIZER_MARKERS):
+                out.append(line.strip())
+        return out
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

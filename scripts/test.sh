@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Every test suite: unit tests (gtest, via ctest), integration tests against real
+# PostgreSQL/Redis/psql/pgbench (pytest), and the unit + core integration tests again on
+# an address+undefined sanitizer build. Ends with one "N passed, N failed" line.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+bash scripts/setup.sh || { echo "setup failed"; exit 1; }
+
+passed=0
+failed=0
+failed_suites=()
+logdir=$(mktemp -d /tmp/sluice-test-logs.XXXXXX)
+
+count_ctest() {  # from "NN% tests passed, F tests failed out of T"
+    local line; line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$1" | tail -1)
+    if [ -z "$line" ]; then return 1; fi
+    local f t; f=$(sed -E 's/.* ([0-9]+) tests? failed.*/\1/' <<<"$line"); t=$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")
+    passed=$((passed + t - f)); failed=$((failed + f))
+}
+count_pytest() {  # from pytest's summary line
+    local line; line=$(grep -E '^(=+ )?[0-9]+ (passed|failed|error)' "$1" | tail -1)
+    if [ -z "$line" ]; then return 1; fi
+    local p f e
+    p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || echo 0)
+    f=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+' || echo 0)
+    e=$(grep -oE '[0-9]+ errors?' <<<"$line" | grep -oE '[0-9]+' || echo 0)
+    passed=$((passed + p)); failed=$((failed + f + e))
+}
+suite() {  # suite NAME COUNTER COMMAND...
+    local name=$1 counter=$2; shift 2
+    echo "=== $name"
+    local log="$logdir/$name.log"
+    "$@" 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    if ! $counter "$log"; then
+        echo "($name produced no test summary)"; failed=$((failed + 1)); failed_suites+=("$name"); return
+    fi
+    [ "$rc" -eq 0 ] || failed_suites+=("$name")
+}
+
+echo "=== build (RelWithDebInfo)"
+if ! bash scripts/build.sh; then echo "build failed"; echo "0 passed, 1 failed"; exit 1; fi
+suite unit count_ctest ctest --test-dir build --output-on-failure -j2 --timeout 120
+suite integration count_pytest /usr/bin/python3 -m pytest tests/integration -q -p no:cacheprovider
+
+if [ "${SLUICE_SKIP_SANITIZERS:-0}" != 1 ]; then
+    echo "=== build (address,undefined sanitizers)"
+    if BUILD_DIR=build-asan bash scripts/build.sh -DSLUICE_SANITIZE=address,undefined -DSLUICE_BENCH=OFF; then
+        export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+        suite unit-asan count_ctest ctest --test-dir build-asan --output-on-failure -j2 --timeout 300
+        SLUICE_BIN="$root/build-asan/sluice" suite integration-asan count_pytest \
+            /usr/bin/python3 -m pytest tests/integration/test_core.py -q -p no:cacheprovider
+    else
+        echo "sanitizer build failed"; failed=$((failed + 1)); failed_suites+=("build-asan")
+    fi
+fi
+
+echo
+echo "=== summary"
+if [ ${#failed_suites[@]} -gt 0 ]; then echo "failing suites: ${failed_suites[*]} (logs in $logdir)"; fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ ${#failed_suites[@]} -eq 0 ]
