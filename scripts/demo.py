@@ -85,6 +85,7 @@ def pgbench_run(label: str, host: str, port: int, db: str, clients: int, seconds
     if r.returncode != 0 or "tps" not in res:
         print(f"{label}: pgbench exit {r.returncode}")
         print("\n".join((r.stdout + r.stderr).splitlines()[-15:]))
+        return None
     else:
         print(f"{label}: tps {res['tps']:.0f}, latency {res.get('latency_ms', 0):.2f} ms, "
               f"failed {res.get('failed', '?')}", flush=True)

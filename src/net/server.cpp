@@ -15,7 +15,7 @@ namespace sluice::net {
 using namespace std::chrono_literals;
 using acceptor_t = stream_acceptor;
 
-server::server(proxy::runtime& rt) : rt_(rt), signals_(main_) {
+server::server(proxy::runtime& rt) : rt_(rt), signals_(main_) {  // NOLINT(order)
     int n = rt_.cfg()->sluice.workers;
     if (n <= 0) n = int(std::max(1u, std::thread::hardware_concurrency()));
     for (int i = 0; i < n; ++i) {
@@ -207,6 +207,9 @@ asio::awaitable<void> server::janitor_loop() {
         if (ec) co_return;
         if (++tick % 5 == 0)
             for (auto* p : rt_.pools.all()) p->maintain();
+        // Client timeouts: each session keeps timestamps; act only on expired ones.
+        auto now = proxy::client_session::now_ns();
+        for (auto& s : rt_.sessions.all()) s->check_timeouts(now);
         check_shutdown();
     }
 }

@@ -206,6 +206,7 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
                                      "(server_login_retry): " + login_failed_error_};
         }
         login = settings_.login;
+        settings_unreported_ = settings_.unreported_tracked;
         if (login.scram_client_key.empty()) {
             login.scram_client_key = scram_client_key_;
             login.scram_server_key = scram_server_key_;
@@ -231,10 +232,29 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
         discard(s);
         co_return acquire_result{nullptr, sqlstate, s->last_error};
     }
+    bool first;
     {
         std::lock_guard lk(mutex_);
         login_failed_error_.clear();
+        first = welcome_.empty();
+    }
+    if (first && !settings_unreported_.empty()) {
+        std::string sql = "SELECT ";
+        for (std::size_t i = 0; i < settings_unreported_.size(); ++i)
+            sql += (i ? ", current_setting('" : "current_setting('") + settings_unreported_[i] +
+                   "', true)";
+        std::vector<std::optional<std::string>> row;
+        if (co_await s->run_internal_query(sql, login.max_packet_size, &row) &&
+            row.size() == settings_unreported_.size())
+            for (std::size_t i = 0; i < row.size(); ++i)
+                if (row[i]) s->parameters[settings_unreported_[i]] = *row[i];
+    }
+    {
+        std::lock_guard lk(mutex_);
         if (welcome_.empty()) welcome_ = s->parameters;
+        else
+            for (auto& k : settings_.unreported_tracked)
+                if (auto it = welcome_.find(k); it != welcome_.end()) s->parameters[k] = it->second;
         s->state = server_state::active;
     }
     spdlog::debug("new server connection {} to {}:{} for {}/{}", s->id, s->host, s->port,
@@ -322,12 +342,35 @@ void pool::maintain(bool close_all_idle) {
     }
 }
 
+void pool::restore_defaults(server_connection& s) const {
+    std::lock_guard lk(mutex_);
+    for (auto& k : settings_.unreported_tracked)
+        if (auto it = welcome_.find(k); it != welcome_.end()) s.parameters[k] = it->second;
+}
+
 void pool::mark_all_close_needed() {
     {
         std::lock_guard lk(mutex_);
         for (auto& s : all_) s->close_needed = true;
     }
     maintain();
+}
+
+void pool::resume() {
+    paused = false;
+    maintain();  // hands idle servers to waiters first
+    std::lock_guard lk(mutex_);
+    // Waiters left with no idle server to take get room to connect, as a release or a
+    // larger pool_size would give them.
+    while (!waiters_.empty() && idle_.empty() && room_locked(false)) {
+        auto w = waiters_.front();
+        waiters_.pop_front();
+        ++total_;
+        manager_.db_count(database_)++;
+        manager_.user_count(user_)++;
+        w->may_connect = true;
+        wake_locked(w);
+    }
 }
 
 pool::snapshot pool::take_snapshot() const {
@@ -357,8 +400,40 @@ pool& pool_manager::get(const std::string& database, const std::string& user) {
     if (!slot) {
         slot = std::make_unique<pool>(*this, database, user);
         slot->update_settings(make_settings_(database, user));
+        slot->paused = pause_all_ || paused_dbs_.count(database) > 0;
     }
     return *slot;
+}
+
+void pool_manager::pause(const std::string& database) {
+    std::lock_guard lk(mutex_);
+    if (database.empty()) pause_all_ = true;
+    else paused_dbs_.insert(database);
+    for (auto& [k, p] : pools_)
+        if (database.empty() || k.first == database) p->paused = true;
+}
+
+void pool_manager::resume(const std::string& database) {
+    std::vector<pool*> woken;
+    {
+        std::lock_guard lk(mutex_);
+        if (database.empty()) {
+            pause_all_ = false;
+            paused_dbs_.clear();
+        } else {
+            paused_dbs_.erase(database);
+        }
+        for (auto& [k, p] : pools_)
+            if (!pause_all_ && !paused_dbs_.count(k.first)) woken.push_back(p.get());
+    }
+    // Outside mutex_: pool::resume takes the pool's own mutex and may post wake-ups.
+    for (auto* p : woken)
+        if (p->paused.load()) p->resume();
+}
+
+bool pool_manager::paused(const std::string& database) const {
+    std::lock_guard lk(mutex_);
+    return pause_all_ || paused_dbs_.count(database) > 0;
 }
 
 std::vector<pool*> pool_manager::all() const {

@@ -224,8 +224,8 @@ asio::awaitable<bool> server_connection::connect(login_params p) {
     }
 }
 
-asio::awaitable<bool> server_connection::run_internal_query(std::string sql,
-                                                            std::size_t max_packet_size) {
+asio::awaitable<bool> server_connection::run_internal_query(
+    std::string sql, std::size_t max_packet_size, std::vector<std::optional<std::string>>* row) {
     std::string out;
     proto::writer(out).query(sql);
     std::string err;
@@ -246,6 +246,10 @@ asio::awaitable<bool> server_connection::run_internal_query(std::string sql,
             last_error = last_error_fields ? last_error_fields->message : "error";
         } else if (m.type == proto::msg::parameter_status) {
             if (auto ps = proto::decode_parameter_status(m.body)) parameters[ps->first] = ps->second;
+        } else if (m.type == proto::msg::data_row && row && row->empty()) {
+            if (auto values = proto::decode_data_row(m.body))
+                for (auto& v : *values)
+                    row->push_back(v ? std::optional<std::string>(std::string(*v)) : std::nullopt);
         } else if (m.type == proto::msg::ready_for_query) {
             transaction_status = proto::decode_ready_for_query(m.body).value_or('I');
             buffer.shrink_if_empty();

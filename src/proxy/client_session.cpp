@@ -10,12 +10,42 @@
 #include "sluice/auth/md5.hpp"
 #include "sluice/auth/scram.hpp"
 #include "sluice/proxy/parameters.hpp"
+#include "sluice/ratelimit/limiter.hpp"
 #include "sluice/proxy/runtime.hpp"
 
 namespace sluice::proxy {
 
 namespace proto = sluice::protocol;
 using namespace std::chrono_literals;
+
+namespace {
+std::string parse_message(std::string_view name, std::string_view rest) {
+    std::string m;
+    proto::writer w(m);
+    w.header(proto::msg::parse);
+    w.cstring(name);
+    w.bytes(rest);
+    w.finish();
+    return m;
+}
+std::string close_statement_message(std::string_view name) {
+    std::string m;
+    proto::writer(m).close('S', name);
+    return m;
+}
+std::string_view as_view(std::span<const std::uint8_t> s) {
+    return {reinterpret_cast<const char*>(s.data()), s.size()};
+}
+bool is_frontend_type(char t) {
+    switch (t) {
+        case 'B': case 'C': case 'D': case 'E': case 'F': case 'H': case 'P': case 'Q':
+        case 'S': case 'X': case 'c': case 'd': case 'f': case 'p':
+            return true;
+        default:
+            return false;
+    }
+}
+}  // namespace
 
 client_session::client_session(runtime& rt, stream_socket socket, int worker, std::uint64_t id_)
     : id(id_),
@@ -91,6 +121,24 @@ asio::awaitable<void> client_session::run() {
     error_code ignored;
     socket_.shutdown(asio::socket_base::shutdown_both, ignored);
     socket_.close(ignored);
+}
+
+void client_session::check_timeouts(std::int64_t now) {
+    auto expired = [now](std::atomic<std::int64_t>& since, std::int64_t limit) {
+        auto t = since.load(std::memory_order_relaxed);
+        return limit > 0 && t != 0 && now - t > limit && since.compare_exchange_strong(t, 0);
+    };
+    if (expired(query_since_ns, query_timeout_ns)) {
+        // As PgBouncer's query_timeout: cancel the query; PostgreSQL answers 57014.
+        spdlog::info("client {}: query_timeout, cancelling its query", id);
+        asio::co_spawn(executor(), forward_cancel(shared_from_this()), asio::detached);
+    }
+    if (expired(idle_in_xact_since_ns, idle_transaction_timeout_ns))
+        kill("25P03", "idle transaction timeout (idle_transaction_timeout)");
+    if (expired(xact_since_ns, transaction_timeout_ns))
+        kill("25P04", "transaction timeout (transaction_timeout)");
+    if (expired(idle_since_ns, client_idle_timeout_ns))
+        kill("57P05", "client idle timeout (client_idle_timeout)");
 }
 
 void client_session::kill(std::string sqlstate, std::string message) {
@@ -363,6 +411,20 @@ asio::awaitable<bool> client_session::startup() {
     pool_->clients++;
     pool_->stats.client_login_count++;
     mode_ = pool_->current_settings().mode;
+    {
+        const config::user* u = cfg->find_user(user);
+        auto ns = [](config::duration d) {
+            return std::int64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+        };
+        query_timeout_ns = ns(u && u->query_timeout ? *u->query_timeout : g.query_timeout);
+        idle_transaction_timeout_ns = ns(u && u->idle_transaction_timeout
+                                             ? *u->idle_transaction_timeout
+                                             : g.idle_transaction_timeout);
+        client_idle_timeout_ns =
+            ns(u && u->client_idle_timeout ? *u->client_idle_timeout : g.client_idle_timeout);
+        transaction_timeout_ns = ns(g.transaction_timeout);
+    }
+    prepared_mode_ = mode_ != config::pool_mode::session && g.max_prepared_statements > 0;
 
     // Welcome without a server round trip when the pool already knows what a server says;
     // the very first client of a pool waits for the first server login.
@@ -377,6 +439,7 @@ asio::awaitable<bool> client_session::startup() {
 
     w.authentication_ok();
     for (auto& [k, v] : welcome) {
+        if (!reported_by_server(k) && !is_server_status_parameter(k)) continue;
         auto it = wanted_params_.find(k);
         w.parameter_status(k, it != wanted_params_.end() ? it->second : v);
     }
@@ -483,6 +546,7 @@ asio::awaitable<void> client_session::client_loop() {
         if (in_.empty()) {
             // Idle: hold no buffer while waiting (an idle client costs a few hundred bytes).
             in_.shrink_if_empty();
+            if (!server_) idle_since_ns.store(now_ns(), std::memory_order_relaxed);
             auto [wec] = co_await socket_.async_wait(asio::socket_base::wait_read, use_nothrow);
             if (wec) co_return;
         }
@@ -496,78 +560,341 @@ asio::awaitable<void> client_session::client_loop() {
         }
         if (rec) co_return;  // EOF or reset: the client is gone
         in_.commit(n);
+        idle_since_ns.store(0, std::memory_order_relaxed);
+        idle_in_xact_since_ns.store(0, std::memory_order_relaxed);
 
         const std::uint8_t* data = in_.readable();
         const std::size_t avail = in_.size();
-        std::size_t fwd = 0;
+        std::size_t pos = 0;
         bool terminate = false;
-        bool starts_request = passthrough_ == 0 && outstanding_ == 0 && !unsynced_extended_;
-        while (fwd < avail) {
+        client_out_.reset(data);
+        while (pos < avail) {
             if (passthrough_ > 0) {
-                auto take = std::min<std::size_t>(passthrough_, avail - fwd);
-                fwd += take;
+                auto take = std::min<std::size_t>(passthrough_, avail - pos);
+                if (discard_client_bytes_) client_out_.skip(pos, take);
+                pos += take;
                 passthrough_ -= std::uint32_t(take);
                 continue;
             }
             proto::frame_header h;
             std::error_code ec;
-            auto st = proto::scan_header({data + fwd, avail - fwd}, max_packet_, h, ec);
+            auto st = proto::scan_header({data + pos, avail - pos}, max_packet_, h, ec);
             if (st == proto::scan_status::need_more) break;
             if (st == proto::scan_status::error) {
                 stats.errors_client++;
                 co_await send_error("08P01", "invalid message from client: " + ec.message());
                 co_return;
             }
-            switch (h.type) {
-                case proto::msg::terminate:
-                    terminate = true;
-                    break;
+            const char type = char(h.type);
+            if (type == proto::msg::terminate) {
+                terminate = true;
+                break;
+            }
+            const bool rewrites = prepared_mode_ && (type == proto::msg::parse ||
+                                                     type == proto::msg::bind ||
+                                                     type == proto::msg::describe ||
+                                                     type == proto::msg::close);
+            if (rewrites && avail - pos < h.total()) break;  // need the names: whole message
+
+            // A request starts with a Query, or with the first extended message after a
+            // Sync. The rate limiter decides here, before anything reaches a server.
+            if (!rejecting_ && tenant_ &&
+                (type == proto::msg::query || type == proto::msg::function_call ||
+                 (!in_extended_batch_ && (is_extended(type) || type == proto::msg::sync)))) {
+                bool new_xact = transaction_status_ == 'I' && outstanding_ == 0;
+                auto v = co_await admit_request(new_xact);
+                if (!v.allowed) {
+                    rejecting_ = true;
+                    reject_retry_after_ = v.retry_after;
+                }
+            }
+            if (rejecting_) {
+                // Nothing of a rejected request reaches PostgreSQL. In the extended
+                // protocol the whole batch up to Sync is answered, as PostgreSQL does
+                // after an error; the connection stays usable.
+                client_out_.skip(pos, 5);
+                pos += 5;
+                passthrough_ = h.body_length;
+                discard_client_bytes_ = true;
+                if (type == proto::msg::query || type == proto::msg::function_call ||
+                    type == proto::msg::sync) {
+                    rejecting_ = false;
+                    in_extended_batch_ = false;
+                    queue_rejection();
+                } else {
+                    in_extended_batch_ = true;
+                }
+                continue;
+            }
+            discard_client_bytes_ = false;
+
+            if (!is_frontend_type(type)) {
+                // As PostgreSQL: an unknown message type is a protocol violation.
+                stats.errors_client++;
+                co_await send_error("08P01", "invalid frontend message type " +
+                                                 std::to_string(int(std::uint8_t(type))));
+                co_return;
+            }
+            const bool extended = is_extended(type) || type == proto::msg::sync;
+            if (type == proto::msg::parse) stats.client_parse_count++;
+            if (type == proto::msg::bind) stats.bind_count++;
+
+            // Answered by Sluice itself, without a server: a named Parse or Close in
+            // transaction/statement mode, a Sync ending a batch that reached no server,
+            // a Flush with nothing to flush. (A pgbench -M prepared client preparing
+            // while its siblings hold every server would otherwise deadlock.)
+            if (rewrites && (type == proto::msg::parse || type == proto::msg::close)) {
+                std::span<const std::uint8_t> body(data + pos + 5, h.body_length);
+                auto local = answer_locally(type, body);
+                if (!local) {
+                    stats.errors_client++;
+                    co_await send_error("08P01", "malformed extended-protocol message");
+                    co_return;
+                }
+                if (*local) {
+                    client_out_.skip(pos, h.total());
+                    pos += h.total();
+                    in_extended_batch_ = true;
+                    continue;
+                }
+            }
+            if (!server_ && !batch_forwarded_ &&
+                (type == proto::msg::sync || type == proto::msg::flush)) {
+                client_out_.skip(pos, h.total());
+                if (type == proto::msg::sync) {
+                    pending_.push_back({'S', pending_reply::inject, {}, {}, {}});
+                    in_extended_batch_ = false;
+                }
+                pos += 5;
+                passthrough_ = h.body_length;
+                discard_client_bytes_ = true;
+                continue;
+            }
+
+            // Everything else goes to a server: link one if none is linked.
+            if (!server_) {
+                if (transaction_status_ == 'I') xact_start_ = steady_clock::now();
+                if (!co_await link_server()) co_return;
+            }
+            if (extended) in_extended_batch_ = type != proto::msg::sync;
+            switch (type) {
                 case proto::msg::query:
                 case proto::msg::function_call:
-                    if (outstanding_++ == 0) query_start_ = steady_clock::now();
+                    if (outstanding_++ == 0) mark_query_start();
+                    pending_.push_back({type, pending_reply::forward, {}, {}, {}});
                     break;
                 case proto::msg::sync:
-                    if (outstanding_++ == 0) query_start_ = steady_clock::now();
+                    if (outstanding_++ == 0) mark_query_start();
                     unsynced_extended_ = false;
+                    batch_forwarded_ = false;
+                    pending_.push_back({type, pending_reply::forward, {}, {}, {}});
+                    break;
+                case proto::msg::flush:
                     break;
                 case proto::msg::parse:
                 case proto::msg::bind:
                 case proto::msg::describe:
                 case proto::msg::execute:
                 case proto::msg::close:
-                case proto::msg::flush:
                     unsynced_extended_ = true;
+                    batch_forwarded_ = true;
+                    if (rewrites) {
+                        std::span<const std::uint8_t> body(data + pos + 5, h.body_length);
+                        if (!rewrite_extended(type, body, pos, h.total())) {
+                            stats.errors_client++;
+                            co_await send_error("08P01", "malformed extended-protocol message");
+                            co_return;
+                        }
+                        pos += h.total();
+                        continue;
+                    }
+                    pending_.push_back({type, pending_reply::forward, {}, {}, {}});
                     break;
                 default:  // CopyData/CopyDone/CopyFail and anything PostgreSQL will judge
                     break;
             }
-            if (terminate) break;
-            fwd += 5;
+            pos += 5;
             passthrough_ = h.body_length;
         }
 
-        if (fwd > 0) {
-            if (!server_) {
-                if (starts_request && transaction_status_ == 'I') xact_start_ = steady_clock::now();
-                if (!co_await link_server()) co_return;
-            }
+        const auto& pieces = client_out_.finish(pos);
+        if (client_out_.size() > 0 && server_) {
             request_time = steady_clock::now();
             state = client_state::active;
-            auto [wec, wn] = co_await asio::async_write(server_->socket, asio::buffer(data, fwd),
-                                                        use_nothrow);
+            write_pieces_.clear();
+            for (auto& [p, len] : pieces) write_pieces_.emplace_back(p, len);
+            auto [wec, wn] =
+                co_await asio::async_write(server_->socket, write_pieces_, use_nothrow);
             if (wec) {
                 pool_->stats.errors_server++;
                 co_await send_error("08006", "server connection lost while sending the request");
                 co_return;
             }
-            stats.bytes_received += fwd;
-            in_.consume(fwd);
+            stats.bytes_received += client_out_.size();
         }
+        in_.consume(pos);
+        // Replies Sluice gives itself (a rejected request, ParseComplete for a statement
+        // the server already has) go out now if nothing is ahead of them.
+        if (!pending_.empty() && pending_.front().action == pending_reply::inject)
+            if (!co_await flush_front_injections()) co_return;
         if (terminate) {
             client_gone_ = true;
             co_return;
         }
     }
+}
+
+void client_session::mark_query_start() {
+    query_start_ = steady_clock::now();
+    query_since_ns.store(now_ns(), std::memory_order_relaxed);
+}
+
+void client_session::queue_rejection() {
+    std::string bytes;
+    auto ms = reject_retry_after_.count();
+    proto::writer(bytes).error_response(
+        "53400", "rate limit exceeded for tenant \"" + (tenant_ ? tenant_->name() : user) + "\"",
+        "retry after " + std::to_string(ms > 0 ? ms : 1) + " ms");
+    pending_.push_back({'S', pending_reply::inject, {}, {}, std::move(bytes)});
+}
+
+asio::awaitable<ratelimit::verdict> client_session::admit_request(bool new_xact) {
+    ratelimit::verdict v;
+    auto* lim = rt_.limiter.get();
+    if (!lim) co_return v;
+    if (new_xact && !tenant_->try_take(ratelimit::kind::transaction)) {
+        v = co_await lim->take(tenant_, ratelimit::kind::transaction, worker_);
+        if (!v.allowed) co_return v;
+    }
+    if (!tenant_->try_take(ratelimit::kind::query))
+        v = co_await lim->take(tenant_, ratelimit::kind::query, worker_);
+    co_return v;
+}
+
+// Sends the replies Sluice answers itself that are at the front of the queue.
+void client_session::take_front_injections(std::string& out) {
+    while (!pending_.empty() && pending_.front().action == pending_reply::inject) {
+        auto& f = pending_.front();
+        out += f.bytes;
+        // A rejected request ends like any request: ReadyForQuery with the client's true
+        // transaction state (known now that everything before it has been answered).
+        if (f.request == 'S') proto::writer(out).ready_for_query(transaction_status_);
+        pending_.pop_front();
+    }
+}
+
+asio::awaitable<bool> client_session::flush_front_injections() {
+    std::string out;
+    take_front_injections(out);
+    if (out.empty()) co_return true;
+    co_return co_await write_client(out);
+}
+
+// --- prepared statements -----------------------------------------------------------------
+
+
+void client_session::ensure_prepared(const client_statement& st, std::size_t pos) {
+    auto& srv = *server_;
+    if (auto it = srv.prepared.find(st.server_name); it != srv.prepared.end()) {
+        srv.prepared_lru.splice(srv.prepared_lru.begin(), srv.prepared_lru, it->second);
+        return;
+    }
+    auto limit = std::size_t(std::max(1, rt_.cfg()->sluice.max_prepared_statements));
+    while (srv.prepared.size() >= limit) {
+        // Evict the least recently used statement from this server.
+        auto victim = srv.prepared_lru.back();
+        srv.prepared_lru.pop_back();
+        srv.prepared.erase(victim);
+        client_out_.insert(pos, close_statement_message(victim));
+        pending_.push_back({'C', pending_reply::swallow, {}, {}, {}});
+    }
+    client_out_.insert(pos, parse_message(st.server_name, st.parse_rest));
+    pending_.push_back({'P', pending_reply::swallow, st.server_name, {}, {}});
+    srv.prepared_lru.push_front(st.server_name);
+    srv.prepared[st.server_name] = srv.prepared_lru.begin();
+    pool_->stats.server_parse_count++;
+}
+
+void client_session::forget_prepared(const std::string& server_name) {
+    if (!server_) return;
+    auto& srv = *server_;
+    if (auto it = srv.prepared.find(server_name); it != srv.prepared.end()) {
+        srv.prepared_lru.erase(it->second);
+        srv.prepared.erase(it);
+    }
+}
+
+std::optional<bool> client_session::answer_locally(char type, std::span<const std::uint8_t> body) {
+    if (type == proto::msg::parse) {
+        auto p = proto::decode_parse(body);
+        if (!p) return std::nullopt;
+        if (p->name.empty()) return false;  // the unnamed statement goes to the server as is
+        // Remember it; it is prepared on a server when a Bind or Describe needs it.
+        std::string rest(as_view(body.subspan(p->name.size() + 1)));
+        client_statements_[std::string(p->name)] =
+            client_statement{rt_.statements.name_for(rest), std::move(rest)};
+        std::string reply;
+        proto::writer(reply).parse_complete();
+        pending_.push_back({'P', pending_reply::inject, {}, {}, std::move(reply)});
+        return true;
+    }
+    auto d = proto::decode_describe_or_close(body);
+    if (!d) return std::nullopt;
+    auto it = client_statements_.find(std::string(d->name));
+    if (d->kind != 'S' || d->name.empty() || it == client_statements_.end()) return false;
+    // The server copy is shared and LRU-managed: only the client's name goes.
+    client_statements_.erase(it);
+    std::string reply;
+    proto::writer(reply).close_complete();
+    pending_.push_back({'C', pending_reply::inject, {}, {}, std::move(reply)});
+    return true;
+}
+
+bool client_session::rewrite_extended(char type, std::span<const std::uint8_t> body,
+                                      std::size_t pos, std::size_t total) {
+    auto forward_as_is = [&] {
+        pending_.push_back({type, pending_reply::forward, {}, {}, {}});
+        return true;
+    };
+    switch (type) {
+        case proto::msg::bind: {
+            auto b = proto::decode_bind_head(body);
+            if (!b) return false;
+            auto it = client_statements_.find(std::string(b->statement));
+            if (b->statement.empty() || it == client_statements_.end()) return forward_as_is();
+            client_out_.skip(pos, total);
+            ensure_prepared(it->second, pos);
+            std::string m;
+            proto::writer w(m);
+            w.header(proto::msg::bind);
+            w.cstring(b->portal);
+            w.cstring(it->second.server_name);
+            w.bytes(as_view(body.subspan(b->rest_offset)));
+            w.finish();
+            client_out_.insert(pos, std::move(m));
+            return forward_as_is();
+        }
+        case proto::msg::describe:
+        case proto::msg::close: {
+            auto d = proto::decode_describe_or_close(body);
+            if (!d) return false;
+            auto it = client_statements_.find(std::string(d->name));
+            if (d->kind != 'S' || d->name.empty() || it == client_statements_.end())
+                return forward_as_is();
+            if (type == proto::msg::close) return forward_as_is();  // a portal, or unknown
+            client_out_.skip(pos, total);
+            ensure_prepared(it->second, pos);
+            std::string m;
+            proto::writer w(m);
+            w.header(proto::msg::describe);
+            w.u8('S');
+            w.cstring(it->second.server_name);
+            w.finish();
+            client_out_.insert(pos, std::move(m));
+            return forward_as_is();
+        }
+    }
+    return forward_as_is();
 }
 
 asio::awaitable<bool> client_session::link_server() {
@@ -632,8 +959,8 @@ asio::awaitable<bool> client_session::sync_parameters(pool::server_connection& s
 asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
     auto& sbuf = server->buffer;
     auto& stats = pool_->stats;
-    std::uint32_t passthrough = 0;  // bytes of the current server message still to forward
-    bool released = false;
+    std::uint32_t passthrough = 0;  // bytes of the current server message still to handle
+    bool discard = false;           // ... and whether they are dropped (swallowed reply)
     for (;;) {
         sbuf.reserve_tail(4096);
         auto [rec, n] = co_await server->socket.async_read_some(sbuf.writable(), use_nothrow);
@@ -656,9 +983,13 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
         const std::size_t avail = sbuf.size();
         std::size_t pos = 0;
         bool ready_idle = false;
+        bool statement_violation = false;
+        server_out_.reset(data);
+        std::string injected;
         while (pos < avail) {
             if (passthrough > 0) {
                 auto take = std::min<std::size_t>(passthrough, avail - pos);
+                if (discard) server_out_.skip(pos, take);
                 pos += take;
                 passthrough -= std::uint32_t(take);
                 continue;
@@ -674,72 +1005,212 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
                 socket_.close(ignored);
                 co_return;
             }
+            const char t = char(h.type);
+            const bool needs_body = t == proto::msg::ready_for_query ||
+                                    t == proto::msg::parameter_status ||
+                                    t == proto::msg::command_complete;
+            if (needs_body && avail - pos < h.total()) break;
+
+            // Replies Sluice gives itself go out in their turn, before this one.
+            injected.clear();
+            take_front_injections(injected);
+            if (!injected.empty()) server_out_.insert(pos, std::move(injected));
             ready_idle = false;
-            if (h.type == proto::msg::ready_for_query || h.type == proto::msg::parameter_status) {
-                if (avail - pos < h.total()) break;  // need the whole body
+
+            bool swallow = false;
+            const bool async_message = t == proto::msg::notice_response ||
+                                       t == proto::msg::notification_response ||
+                                       t == proto::msg::parameter_status;
+            if (!pending_.empty() && !async_message) {
+                auto& front = pending_.front();
+                swallow = front.action == pending_reply::swallow && t != proto::msg::error_response;
+                if (t == proto::msg::copy_in_response && front.request == 'E')
+                    drop_sync_ignored_during_copy();
+                if (completes(front.request, t)) complete_front_reply(t == proto::msg::error_response);
+            }
+
+            if (needs_body) {
                 std::span<const std::uint8_t> body(data + pos + 5, h.body_length);
-                if (h.type == proto::msg::ready_for_query) {
-                    auto now = steady_clock::now();
+                if (t == proto::msg::ready_for_query) {
                     char status = proto::decode_ready_for_query(body).value_or('E');
-                    if (outstanding_ > 0) outstanding_--;
-                    stats.query_count++;
-                    auto query_us =
-                        std::chrono::duration_cast<std::chrono::microseconds>(now - query_start_).count();
-                    stats.query_time_us += query_us;
-                    stats.query_latency.record(query_us);
-                    if (outstanding_ > 0) query_start_ = now;
-                    if (status == 'I') {
-                        // A transaction ended: an explicit one, or a single autocommit query.
-                        auto began = transaction_status_ != 'I' ? xact_start_ : now - std::chrono::microseconds(query_us);
-                        auto xact_us = std::chrono::duration_cast<std::chrono::microseconds>(now - began).count();
-                        stats.xact_count++;
-                        stats.xact_time_us += xact_us;
-                        stats.xact_latency.record(xact_us);
-                    } else if (transaction_status_ == 'I') {
-                        xact_start_ = query_start_;
-                    }
-                    transaction_status_ = status;
-                    server->transaction_status = status;
+                    on_ready_for_query(status, *server);
                     ready_idle = status == 'I';
-                } else if (auto ps = proto::decode_parameter_status(body)) {
-                    // The client changed a parameter (SET ...): remember it for this client
-                    // and for this server.
-                    server->parameters[ps->first] = ps->second;
-                    if (wanted_params_.count(ps->first)) wanted_params_[ps->first] = ps->second;
+                    if (status != 'I' && mode_ == config::pool_mode::statement)
+                        statement_violation = true;
+                } else if (t == proto::msg::parameter_status) {
+                    if (auto ps = proto::decode_parameter_status(body)) {
+                        // The client changed a parameter (SET ...): remember it for this
+                        // client and for this server.
+                        server->parameters[ps->first] = ps->second;
+                        if (wanted_params_.count(ps->first)) wanted_params_[ps->first] = ps->second;
+                    }
+                } else if (auto tag = proto::decode_cstring(body)) {
+                    on_command_complete(*tag, *server);
                 }
+                if (swallow) server_out_.skip(pos, h.total());
                 pos += h.total();
                 continue;
             }
+            if (swallow) server_out_.skip(pos, 5);
             pos += 5;
             passthrough = h.body_length;
+            discard = swallow;
+        }
+        if (passthrough == 0) {
+            injected.clear();
+            take_front_injections(injected);
+            if (!injected.empty()) server_out_.insert(pos, std::move(injected));
         }
 
-        if (pos > 0) {
-            asio::const_buffer b(data, pos);
-            if (!co_await write_client(std::span<const asio::const_buffer>(&b, 1))) {
-                // The client is gone; client_loop will notice and finish_server() decides.
-                sbuf.consume(pos);
-                break;
+        const bool idle_now = ready_idle && outstanding_ == 0 && !unsynced_extended_ &&
+                              pending_.empty() && transaction_status_ == 'I' && pos == avail &&
+                              passthrough == 0;
+        if (idle_now && refresh_untracked_ && mode_ != config::pool_mode::session) {
+            // A SET/RESET may have changed parameters PostgreSQL does not report: read
+            // them before the client gets its ReadyForQuery (it cannot send more yet).
+            std::string copy;
+            for (auto& [p, len] : server_out_.finish(pos))
+                copy.append(static_cast<const char*>(p), len);
+            sbuf.consume(pos);
+            refresh_untracked_ = false;
+            if (!co_await refresh_untracked_parameters(*server)) server->close_needed = true;
+            if (!co_await write_client(copy)) break;
+            stats.bytes_sent += copy.size();
+        } else {
+            const auto& pieces = server_out_.finish(pos);
+            if (server_out_.size() > 0) {
+                std::vector<asio::const_buffer> bufs;
+                bufs.reserve(pieces.size());
+                for (auto& [p, len] : pieces) bufs.emplace_back(p, len);
+                if (!co_await write_client(bufs)) {
+                    // The client is gone; client_loop will notice and finish_server() decides.
+                    sbuf.consume(pos);
+                    break;
+                }
+                stats.bytes_sent += server_out_.size();
             }
-            stats.bytes_sent += pos;
             sbuf.consume(pos);
         }
 
+        if (statement_violation) {
+            // Statement mode: a server goes back after every statement, so a transaction
+            // block cannot work. As PgBouncer: refuse and close; the server is dirty.
+            server->close_needed = true;
+            co_await send_error("08P01", "transaction blocks not allowed in statement pooling mode",
+                                "use pool_mode transaction for clients that open transactions");
+            error_code ignored;
+            socket_.close(ignored);
+            break;
+        }
+
+        if (ready_idle && spdlog::should_log(spdlog::level::trace))
+            spdlog::trace("client {}: idle server {}: outstanding={} unsynced={} pending={} "
+                          "front={} buffered={}",
+                          id, server->id, outstanding_, unsynced_extended_, pending_.size(),
+                          pending_.empty() ? '-' : pending_.front().request, sbuf.size());
         // Back to the pool at the end of a transaction, once nothing the client sent is
         // still unanswered (checked after the write: the client may have sent more since).
         if (ready_idle && mode_ != config::pool_mode::session && outstanding_ == 0 &&
-            !unsynced_extended_ && transaction_status_ == 'I' && sbuf.empty() &&
-            passthrough == 0 && server_ == server) {
+            !unsynced_extended_ && pending_.empty() && transaction_status_ == 'I' &&
+            sbuf.empty() && passthrough == 0 && server_ == server) {
             server_ = nullptr;
             linked_server_id = 0;
             state = client_state::idle;
             sbuf.shrink_if_empty();
-            released = true;
             release_server(server, true);
-            break;
+            co_return;
         }
     }
-    if (!released) sbuf.shrink_if_empty();
+    sbuf.shrink_if_empty();
+}
+
+void client_session::on_ready_for_query(char status, pool::server_connection& server) {
+    auto& stats = pool_->stats;
+    auto now = steady_clock::now();
+    if (outstanding_ > 0) outstanding_--;
+    stats.query_count++;
+    auto query_us = std::chrono::duration_cast<std::chrono::microseconds>(now - query_start_).count();
+    stats.query_time_us += query_us;
+    stats.query_latency.record(query_us);
+    if (outstanding_ > 0) mark_query_start();
+    else query_since_ns.store(0, std::memory_order_relaxed);
+    if (status == 'I') {
+        // A transaction ended: an explicit one, or a single autocommit query.
+        auto began = transaction_status_ != 'I' ? xact_start_ : now - std::chrono::microseconds(query_us);
+        auto xact_us = std::chrono::duration_cast<std::chrono::microseconds>(now - began).count();
+        stats.xact_count++;
+        stats.xact_time_us += xact_us;
+        stats.xact_latency.record(xact_us);
+        xact_since_ns.store(0, std::memory_order_relaxed);
+        idle_in_xact_since_ns.store(0, std::memory_order_relaxed);
+    } else {
+        if (transaction_status_ == 'I') {
+            xact_start_ = now - std::chrono::microseconds(query_us);
+            xact_since_ns.store(now_ns(), std::memory_order_relaxed);
+        }
+        if (outstanding_ == 0) idle_in_xact_since_ns.store(now_ns(), std::memory_order_relaxed);
+    }
+    transaction_status_ = status;
+    server.transaction_status = status;
+}
+
+void client_session::on_command_complete(std::string_view tag, pool::server_connection& server) {
+    if (tag == "SET" || tag == "RESET") {
+        refresh_untracked_ = true;
+    } else if (tag == "DISCARD ALL" || tag == "DEALLOCATE ALL") {
+        // Every prepared statement of the server session is gone, the client's too.
+        server.prepared.clear();
+        server.prepared_lru.clear();
+        client_statements_.clear();
+        if (tag == "DISCARD ALL") refresh_untracked_ = true;
+    }
+}
+
+void client_session::complete_front_reply(bool error) {
+    auto front = std::move(pending_.front());
+    pending_.pop_front();
+    if (!error) return;
+    // A Parse that failed created nothing.
+    if (front.request == 'P') {
+        if (!front.server_statement.empty()) forget_prepared(front.server_statement);
+        if (!front.client_statement.empty()) client_statements_.erase(front.client_statement);
+    }
+    if (!is_extended(front.request)) return;
+    // After an error PostgreSQL skips extended messages until Sync: so do their replies.
+    while (!pending_.empty() && is_extended(pending_.front().request)) {
+        auto& e = pending_.front();
+        if (e.request == 'P') {
+            if (!e.server_statement.empty()) forget_prepared(e.server_statement);
+            if (!e.client_statement.empty()) client_statements_.erase(e.client_statement);
+        }
+        pending_.pop_front();
+    }
+}
+
+void client_session::drop_sync_ignored_during_copy() {
+    // COPY FROM STDIN through the extended protocol: PostgreSQL ignores a Sync received in
+    // copy-in mode, so the Sync the client sent right after Execute gets no reply.
+    if (pending_.size() >= 2 && pending_[1].request == 'S' &&
+        pending_[1].action == pending_reply::forward) {
+        pending_.erase(pending_.begin() + 1);
+        if (outstanding_ > 0) outstanding_--;
+    }
+}
+
+asio::awaitable<bool> client_session::refresh_untracked_parameters(pool::server_connection& s) {
+    std::vector<std::string> names;
+    for (auto& [k, v] : wanted_params_)
+        if (!reported_by_server(k)) names.push_back(k);
+    if (names.empty()) co_return true;
+    std::string sql = "SELECT ";
+    for (std::size_t i = 0; i < names.size(); ++i)
+        sql += (i ? ", " : "") + std::string("current_setting(") + quote_literal(names[i]) + ", true)";
+    std::vector<std::optional<std::string>> row;
+    if (!co_await s.run_internal_query(sql, max_packet_, &row) || row.size() != names.size())
+        co_return false;
+    for (std::size_t i = 0; i < names.size(); ++i)
+        if (row[i]) wanted_params_[names[i]] = s.parameters[names[i]] = *row[i];
+    co_return true;
 }
 
 void client_session::server_loop_done() {
@@ -764,7 +1235,10 @@ asio::awaitable<void> client_session::finish_server() {
     linked_server_id = 0;
     // A server is clean only if the client left between transactions with nothing in
     // flight; anything else (open transaction, pending results, COPY) closes it.
-    bool clean = outstanding_ == 0 && !unsynced_extended_ && transaction_status_ == 'I' &&
+    bool replies_due = std::any_of(pending_.begin(), pending_.end(), [](const pending_reply& e) {
+        return e.action != pending_reply::inject;
+    });
+    bool clean = outstanding_ == 0 && !unsynced_extended_ && !replies_due && transaction_status_ == 'I' &&
                  s->buffer.empty() && passthrough_ == 0 && s->socket.is_open() &&
                  !s->close_needed;
     if (!clean)
@@ -796,9 +1270,11 @@ asio::awaitable<void> reset_and_release(pool::server_ptr s, std::string reset_qu
             s->owner->discard(s);
             co_return;
         }
-        // DISCARD ALL / DEALLOCATE ALL drop every prepared statement.
+        // DISCARD ALL / DEALLOCATE ALL drop every prepared statement, and RESET ALL
+        // puts unreported parameters back to their defaults.
         s->prepared.clear();
         s->prepared_lru.clear();
+        s->owner->restore_defaults(*s);
     }
     s->owner->release(s);
 }

@@ -43,6 +43,10 @@ bool reported_by_server(std::string_view name) {
                        [&](std::string_view k) { return iequals(k, name); });
 }
 
+bool is_server_status_parameter(std::string_view name) {
+    return !is_tracked(name, {}) || reported_by_server(name);
+}
+
 std::string quote_identifier(std::string_view name) {
     std::string out = "\"";
     for (char c : name) {

@@ -4,6 +4,7 @@
 
 #include "sluice/config/loader.hpp"
 #include "sluice/proxy/client_session.hpp"
+#include "sluice/proxy/parameters.hpp"
 
 namespace sluice::proxy {
 
@@ -117,6 +118,17 @@ bool runtime::reload(std::string& errors) {
     return true;
 }
 
+void runtime::update_config(const std::function<void(config::config&)>& change) {
+    {
+        std::unique_lock lk(mutex_);
+        auto next = std::make_shared<config::config>(*cfg_);
+        change(*next);
+        cfg_ = std::move(next);
+    }
+    apply_limits(*cfg());
+    pools.refresh_settings();
+}
+
 pool::pool::settings runtime::pool_settings(const std::string& db_name,
                                             const std::string& user_name) const {
     auto c = cfg();
@@ -155,6 +167,9 @@ pool::pool::settings runtime::pool_settings(const std::string& db_name,
         g.server_connect_timeout.count() > 0 ? g.server_connect_timeout
                                              : config::duration(std::chrono::hours(1)));
     s.login.max_packet_size = std::size_t(g.max_packet_size);
+    s.unreported_tracked.push_back("search_path");
+    for (auto& k : g.track_extra_parameters)
+        if (!reported_by_server(k) && k != "search_path") s.unreported_tracked.push_back(k);
     if (db) {
         if (!db->client_encoding.empty())
             s.login.startup_parameters.emplace_back("client_encoding", db->client_encoding);

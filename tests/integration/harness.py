@@ -37,7 +37,8 @@ PG_OS_USER = "sluicetest"
 
 
 def sluice_bin() -> Path:
-    return Path(os.environ.get("SLUICE_BIN", str(REPO_ROOT / "build" / "sluice")))
+    # Resolved now: Sluice runs with its own temp dir as working directory.
+    return Path(os.environ.get("SLUICE_BIN", str(REPO_ROOT / "build" / "sluice"))).resolve()
 
 
 # ----------------------------------------------------------------------------------------
@@ -521,13 +522,18 @@ class Sluice:
         if self.proc.poll() is not None and self.exited_on_its_own is None:
             self.exited_on_its_own = self.proc.returncode
         _kill(self.proc, signal.SIGTERM, grace=grace)
-        return self.proc.returncode
+        rc = self.proc.returncode
+        if rc is not None and rc < 0 and -rc not in (signal.SIGTERM, signal.SIGKILL):
+            self.stop_crash = rc
+        return rc
 
+    stop_crash: Optional[int] = None
     exited_on_its_own: Optional[int] = None
 
     SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
-                         "WARNING: ThreadSanitizer", "runtime error:", "free(): invalid",
-                         "double free", "Segmentation fault", "terminate called")
+                         "WARNING: ThreadSanitizer", "runtime error:", "free(): ", "malloc(): ",
+                         "corrupted size", "corrupted double-linked", "double free",
+                         "Segmentation fault", "terminate called")
 
     def problems(self) -> List[str]:
         """Crash or sanitizer reports: a nonzero exit we did not cause, or report lines
@@ -536,6 +542,8 @@ class Sluice:
         rc = self.exited_on_its_own
         if rc is not None and rc != 0:
             out.append(f"sluice exited by itself with code {rc}")
+        if self.stop_crash is not None:
+            out.append(f"sluice died of signal {-self.stop_crash} while stopping")
         for line in self.log_text().splitlines():
             if any(m in line for m in self.SANITIZER_MARKERS):
                 out.append(line.strip())

@@ -194,6 +194,22 @@ def test_pgbench_transaction_mode(pgbench_db, make_sluice):
     assert res.get("processed", 0) > 0, r.stdout
 
 
+@pytest.mark.timeout(90)
+def test_pgbench_transaction_mode_prepared(pgbench_db, make_sluice):
+    """pgbench -M prepared (named protocol-level statements) in transaction mode: the
+    demo's workload. Must neither fail, hang nor leave servers stuck in a transaction."""
+    s = make_sluice(pool_mode="transaction", default_pool_size=4, query_wait_timeout=15)
+    r = harness.pgbench(["-c", "10", "-j", "2", "-T", "4", "-n", "-M", "prepared"],
+                        "127.0.0.1", s.port, "app", APP_PW, "app", timeout=60)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    res = harness.parse_pgbench(r.stdout)
+    assert res.get("failed") == 0, r.stdout
+    assert_usable(s)
+    stuck = pgbench_db.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' "
+                            "AND state LIKE 'idle in transaction%'")
+    assert stuck == "0", "servers left idle in transaction"
+
+
 def test_transaction_mode_multiplexing(make_sluice):
     """20 clients connected at once on a pool of 2: every transaction runs, on <= 2 backends,
     and a transaction keeps one backend from BEGIN to COMMIT."""
@@ -669,3 +685,4 @@ def test_sigterm_waits_for_last_client(make_sluice):
         c.close()
     rc = s.wait(5)
     assert rc is not None, "sluice still running 5 s after the last client left"
+    assert rc == 0, f"exit code {rc}"

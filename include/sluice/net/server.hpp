@@ -31,10 +31,12 @@ private:
     void check_shutdown();
 
     proxy::runtime& rt_;
-    asio::io_context main_;
+    // Workers are declared (so constructed) before main_ and destroyed after it: handlers
+    // left in main_ (accepts in flight) own sockets of the workers' contexts.
     std::vector<std::unique_ptr<asio::io_context>> workers_;
     std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards_;
     std::vector<std::thread> threads_;
+    asio::io_context main_;
     std::vector<std::unique_ptr<stream_acceptor>> acceptors_;
     asio::signal_set signals_;
     std::string unix_socket_path_;

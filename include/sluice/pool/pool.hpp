@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 
 #include "sluice/config/config.hpp"
@@ -68,6 +69,9 @@ public:
         steady_clock::duration server_idle_timeout = std::chrono::seconds(600);
         steady_clock::duration server_login_retry = std::chrono::seconds(15);
         login_params login;
+        // Tracked parameters PostgreSQL does not report (search_path, ...): their
+        // defaults are read once from the first server and assumed for every new one.
+        std::vector<std::string> unreported_tracked;
     };
     settings current_settings() const;
     void update_settings(settings s);
@@ -83,8 +87,12 @@ public:
     // Closes idle servers past server_idle_timeout / server_lifetime, and (if
     // `close_all_idle`) every idle one. Called periodically from any thread.
     void maintain(bool close_all_idle = false);
+    // After a reset query: the server's unreported parameters are back to the defaults.
+    void restore_defaults(server_connection& s) const;
     // Marks every server to be closed when released (RECONNECT, reload of the address).
     void mark_all_close_needed();
+    // RESUME: unpauses and wakes waiters, handing them idle servers or room to connect.
+    void resume();
 
     // Snapshot for SHOW POOLS / SERVERS.
     struct snapshot {
@@ -127,6 +135,7 @@ private:
     std::vector<std::uint8_t> scram_client_key_, scram_server_key_;
     steady_clock::time_point login_failed_at_{};
     std::string login_failed_error_, login_failed_sqlstate_;
+    std::vector<std::string> settings_unreported_;  // copy taken for open_server
 };
 
 // Owns every pool and the global counters behind max_db_connections and
@@ -138,6 +147,12 @@ public:
 
     pool& get(const std::string& database, const std::string& user);
     std::vector<pool*> all() const;
+
+    // PAUSE / RESUME (console, signals): an empty name means every database. Pools
+    // created while a pause is in effect start paused.
+    void pause(const std::string& database);
+    void resume(const std::string& database);
+    bool paused(const std::string& database) const;
     void refresh_settings();  // after RELOAD
 
     std::uint64_t next_server_id() { return ++server_ids_; }
@@ -156,6 +171,8 @@ private:
     mutable std::mutex mutex_;         // pools_; taken before a pool's own mutex
     mutable std::mutex limits_mutex_;  // the maps below; taken after a pool's mutex
     std::map<std::pair<std::string, std::string>, std::unique_ptr<pool>> pools_;
+    bool pause_all_ = false;              // under mutex_
+    std::set<std::string> paused_dbs_;    // under mutex_
     std::map<std::string, std::unique_ptr<std::atomic<int>>> db_counts_, user_counts_;
     std::map<std::string, int> db_limits_, user_limits_;
     std::atomic<std::uint64_t> server_ids_{0};

@@ -44,7 +44,10 @@ public:
     // Runs one simple query and discards its results, up to ReadyForQuery. Used for the
     // reset query, parameter synchronisation and health checks. ParameterStatus messages
     // update `parameters`. Returns false if the server failed or answered with an error.
-    asio::awaitable<bool> run_internal_query(std::string sql, std::size_t max_packet_size);
+    // `row`, when given, receives the first DataRow.
+    asio::awaitable<bool> run_internal_query(
+        std::string sql, std::size_t max_packet_size,
+        std::vector<std::optional<std::string>>* row = nullptr);
 
     // Moves the socket to another worker's executor. Only when no operation is pending.
     void migrate(asio::any_io_executor ex);

@@ -14,7 +14,9 @@
 //                 server back (transaction/statement mode).
 // Only type bytes and lengths are looked at; bodies are decoded only for the few
 // messages the pooler acts on.
+#include <deque>
 #include <map>
+#include <unordered_map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,6 +24,8 @@
 #include "sluice/net/io.hpp"
 #include "sluice/pool/pool.hpp"
 #include "sluice/protocol/codec.hpp"
+#include "sluice/proxy/prepared.hpp"
+#include "sluice/ratelimit/limiter.hpp"
 
 namespace sluice::proxy {
 
@@ -55,6 +59,23 @@ public:
     std::atomic<client_state> state{client_state::login};
     std::atomic<std::uint64_t> linked_server_id{0};
     pool::pool* pool_ = nullptr;
+
+    // Timestamps (steady clock, ns; 0 = not in that state) read by the timeout sweeper
+    // on another thread: query_timeout, idle_transaction_timeout, transaction_timeout,
+    // client_idle_timeout.
+    std::atomic<std::int64_t> query_since_ns{0}, idle_in_xact_since_ns{0}, xact_since_ns{0},
+        idle_since_ns{0};
+    // Effective timeouts for this client (user overrides applied), in ns; 0 = off.
+    std::int64_t query_timeout_ns = 0, idle_transaction_timeout_ns = 0,
+                 transaction_timeout_ns = 0, client_idle_timeout_ns = 0;
+    // Called by the sweeper (any thread): acts on an expired timeout.
+    void check_timeouts(std::int64_t now);
+    static std::int64_t now_ns() {
+        return std::chrono::duration_cast<std::chrono::nanoseconds>(
+                   steady_clock::now().time_since_epoch())
+            .count();
+    }
+    std::shared_ptr<ratelimit::tenant> tenant_;
     // Set by the listener when the client must be refused (max_client_conn, shutdown):
     // the startup packet is still read so that the client gets a proper ErrorResponse.
     std::string refuse_sqlstate, refuse_message;
@@ -76,6 +97,27 @@ private:
     void server_loop_done();
     asio::awaitable<void> finish_server();
     void release_server(pool::server_ptr s, bool clean);
+    void mark_query_start();
+    void on_ready_for_query(char status, pool::server_connection& server);
+    void on_command_complete(std::string_view tag, pool::server_connection& server);
+    void complete_front_reply(bool error);
+    void drop_sync_ignored_during_copy();
+    asio::awaitable<bool> refresh_untracked_parameters(pool::server_connection& s);
+
+    // replies Sluice gives itself, in their turn
+    void take_front_injections(std::string& out);
+    asio::awaitable<bool> flush_front_injections();
+    // prepared statements (transaction/statement mode)
+    // A named Parse/Close answered without a server: true if answered, false if it must
+    // be forwarded, nullopt if malformed.
+    std::optional<bool> answer_locally(char type, std::span<const std::uint8_t> body);
+    bool rewrite_extended(char type, std::span<const std::uint8_t> body, std::size_t pos,
+                          std::size_t total);
+    void ensure_prepared(const client_statement& st, std::size_t pos);
+    void forget_prepared(const std::string& server_name);
+    // rate limiting
+    asio::awaitable<ratelimit::verdict> admit_request(bool new_xact);
+    void queue_rejection();
 
     // writing to the client: server_loop and client_loop may both want to, one at a time
     asio::awaitable<bool> write_client(std::span<const asio::const_buffer> buffers);
@@ -100,11 +142,22 @@ private:
     asio::steady_timer server_loop_done_;
     bool client_gone_ = false;
     bool fatal_ = false;               // the session is being torn down
-    int outstanding_ = 0;              // requests whose ReadyForQuery has not arrived
-    bool unsynced_extended_ = false;   // extended-protocol messages sent since the last Sync
-    std::uint32_t passthrough_ = 0;    // bytes of the current client message still to forward
+    int outstanding_ = 0;              // Query/Sync/FunctionCall whose ReadyForQuery is due
+    bool unsynced_extended_ = false;   // extended messages forwarded since the last Sync
+    bool batch_forwarded_ = false;     // ... the same, for answering a lone Sync locally
+    bool in_extended_batch_ = false;   // extended messages received since the last Sync
+    std::uint32_t passthrough_ = 0;    // bytes of the current client message still to handle
+    bool discard_client_bytes_ = false;  // ... dropped (a rejected request)
     char transaction_status_ = 'I';
     steady_clock::time_point query_start_{}, xact_start_{};
+    std::deque<pending_reply> pending_;  // one entry per request whose replies are due
+    batch_builder client_out_, server_out_;
+    std::vector<asio::const_buffer> write_pieces_;
+    bool prepared_mode_ = false;
+    std::unordered_map<std::string, client_statement> client_statements_;
+    bool refresh_untracked_ = false;   // a SET/RESET ran: re-read unreported parameters
+    bool rejecting_ = false;           // dropping a rejected extended batch until Sync
+    std::chrono::milliseconds reject_retry_after_{0};
 
     bool writing_client_ = false;
     std::deque<asio::steady_timer*> write_waiters_;

@@ -17,6 +17,9 @@ std::optional<std::string> tracked_parameter_name(std::string_view name,
 bool is_tracked(std::string_view name, const std::vector<std::string>& extra);
 // True for parameters PostgreSQL 15 reports with ParameterStatus (GUC_REPORT).
 bool reported_by_server(std::string_view name);
+// Other ParameterStatus values a server sends at login that clients expect to see
+// (server_version, is_superuser, ...): passed on in the welcome, never SET.
+bool is_server_status_parameter(std::string_view name);
 
 std::string quote_identifier(std::string_view name);
 std::string quote_literal(std::string_view value);

@@ -16,6 +16,8 @@
 #include "sluice/config/config.hpp"
 #include "sluice/net/io.hpp"
 #include "sluice/pool/pool.hpp"
+#include "sluice/proxy/prepared.hpp"
+#include "sluice/ratelimit/limiter.hpp"
 
 namespace sluice::proxy {
 
@@ -50,9 +52,14 @@ public:
     // Reads the configuration file and auth file again. On any error the running
     // configuration stays and `errors` says why.
     bool reload(std::string& errors);
+    // Console SET: applies `change` to a copy of the running configuration, swaps it in
+    // and refreshes pool settings and limits, as a successful RELOAD does.
+    void update_config(const std::function<void(config::config&)>& change);
 
     pool::pool_manager pools;
     session_registry sessions;
+    statement_registry statements;             // server-side names of prepared statements
+    std::unique_ptr<ratelimit::limiter> limiter;  // null when rate_limits is off
 
     std::vector<asio::any_io_executor> workers;
     std::atomic<int> client_count{0};
@@ -68,6 +75,11 @@ public:
     // DISABLE / ENABLE: new clients of a disabled database are refused.
     bool database_disabled(const std::string& db) const;
     void set_database_disabled(const std::string& db, bool disabled);
+
+    // Extra Prometheus text appended to /metrics (whole families, e.g. the rate
+    // limiter's). Set once at start-up, before net::server runs; called on the main
+    // executor.
+    std::function<std::string()> extra_metrics;
 
     pool::pool::settings pool_settings(const std::string& db, const std::string& user) const;
 

@@ -1,0 +1,124 @@
+#pragma once
+// Protocol-level prepared statements in transaction and statement mode.
+//
+// A client's named statement ("s1") lives in the client's map; the server only ever sees
+// one name per distinct statement text ("sluice_<n>", from the process-wide registry), so
+// clients sharing a statement share its server-side copy. Before a Bind/Describe the
+// statement is prepared on demand on whichever server the client landed on; each server
+// keeps an LRU of at most max_prepared_statements.
+//
+// Because Sluice forwards fewer or more messages than the client sent, replies must be
+// matched to requests: `pending_reply` is one entry per forwarded (or answered-locally)
+// request, in order. The server relay forwards, swallows (replies to messages Sluice
+// added) or injects (ParseComplete/CloseComplete for messages it answered locally).
+#include <algorithm>
+#include <cstdint>
+#include <deque>
+#include <vector>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+namespace sluice::proxy {
+
+class statement_registry {
+public:
+    // `parse_rest` is a Parse body after the statement name: query text, NUL, parameter
+    // types. Equal texts get equal names.
+    std::string name_for(std::string_view parse_rest);
+
+private:
+    std::mutex mutex_;
+    std::unordered_map<std::string, std::uint64_t> ids_;
+    std::uint64_t next_ = 0;
+};
+
+struct client_statement {
+    std::string server_name;
+    std::string parse_rest;
+};
+
+struct pending_reply {
+    enum action_t : std::uint8_t {
+        forward,  // the client sent it: pass the replies on
+        swallow,  // Sluice added it (on-demand Parse, LRU Close): drop its reply
+        inject,   // answered by Sluice itself: send `bytes` when its turn comes
+    };
+    char request = 0;  // 'P' 'B' 'D' 'E' 'C' 'S' 'Q' 'F'
+    action_t action = forward;
+    std::string server_statement;  // Parse: the server-side name it creates
+    std::string client_statement;  // the client's own Parse: its name
+    std::string bytes;             // inject: the reply (a ReadyForQuery is appended for 'S')
+};
+
+// True for the extended-protocol messages that PostgreSQL skips after an error until
+// the next Sync.
+inline bool is_extended(char request) {
+    return request == 'P' || request == 'B' || request == 'D' || request == 'E' ||
+           request == 'C';
+}
+
+// True when a backend message of type `reply` ends the replies to `request`
+// (PostgreSQL protocol, "Extended Query": each message has its own completion message,
+// and an ErrorResponse ends any of them; a Query, Sync or FunctionCall ends with
+// ReadyForQuery whatever came before).
+inline bool completes(char request, char reply) {
+    if (reply == 'E' && is_extended(request)) return true;
+    switch (request) {
+        case 'P': return reply == '1';
+        case 'B': return reply == '2';
+        case 'D': return reply == 'T' || reply == 'n';
+        case 'E': return reply == 'C' || reply == 'I' || reply == 's';
+        case 'C': return reply == '3';
+        case 'S':
+        case 'Q':
+        case 'F': return reply == 'Z';
+        default: return false;
+    }
+}
+
+// Collects what goes out for one batch: unchanged byte ranges of the input buffer, with
+// some messages skipped and others inserted. The common case (nothing changed) is one
+// range, written with no copy.
+class batch_builder {
+public:
+    void reset(const std::uint8_t* base) {
+        base_ = base;
+        start_ = 0;
+        pieces_.clear();
+        arena_.clear();
+        size_ = 0;
+    }
+    void skip(std::size_t pos, std::size_t n) {
+        cut(pos);
+        start_ = pos + n;
+    }
+    void insert(std::size_t pos, std::string bytes) {
+        cut(pos);
+        arena_.push_back(std::move(bytes));
+        pieces_.push_back({arena_.back().data(), arena_.back().size()});
+        size_ += arena_.back().size();
+    }
+    // Ranges up to `end`; valid until the next reset() and while the input is unchanged.
+    const std::vector<std::pair<const void*, std::size_t>>& finish(std::size_t end) {
+        cut(end);
+        return pieces_;
+    }
+    std::size_t size() const { return size_; }
+
+private:
+    void cut(std::size_t pos) {
+        if (pos > start_) {
+            pieces_.push_back({base_ + start_, pos - start_});
+            size_ += pos - start_;
+        }
+        start_ = std::max(start_, pos);
+    }
+    const std::uint8_t* base_ = nullptr;
+    std::size_t start_ = 0, size_ = 0;
+    std::vector<std::pair<const void*, std::size_t>> pieces_;
+    std::deque<std::string> arena_;  // a deque: inserted strings never move
+};
+
+}  // namespace sluice::proxy
