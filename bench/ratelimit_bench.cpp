@@ -8,6 +8,7 @@
 // lease (rate / 20 tokens) is refilled through EVALSHA so rarely that the figure is the
 // hot path's.
 #include <benchmark/benchmark.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -96,6 +97,8 @@ struct redis_env {
         port = free_port();
         pid = ::fork();
         if (pid == 0) {
+            int devnull = ::open("/dev/null", O_WRONLY);
+            if (devnull >= 0) ::dup2(devnull, 1);
             std::string p = std::to_string(port);
             ::execl("/usr/bin/redis-server", "redis-server", "--port", p.c_str(), "--bind",
                     "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning",

@@ -205,8 +205,17 @@ asio::awaitable<void> server::janitor_loop() {
         t.expires_after(200ms);
         auto [ec] = co_await t.async_wait(use_nothrow);
         if (ec) co_return;
-        if (++tick % 5 == 0)
-            for (auto* p : rt_.pools.all()) p->maintain();
+        if (++tick % 5 == 0) {
+            for (auto* p : rt_.pools.all()) {
+                p->maintain();
+                if (p->wants_servers() && !rt_.paused.load()) {
+                    unsigned w = next_worker_++ % workers_.size();
+                    asio::co_spawn(workers_[w]->get_executor(),
+                                   p->warm_up(workers_[w]->get_executor(), int(w)),
+                                   asio::detached);
+                }
+            }
+        }
         // Client timeouts: each session keeps timestamps; act only on expired ones.
         auto now = proxy::client_session::now_ns();
         for (auto& s : rt_.sessions.all()) s->check_timeouts(now);
@@ -257,6 +266,10 @@ int server::run() {
         close_listeners();
         return 1;
     }
+    // Databases with a forced user have their pool from the start, so that
+    // min_pool_size connections exist before the first client (as PgBouncer).
+    for (auto& [name, db] : rt_.cfg()->databases)
+        if (name != "*" && !db.user.empty()) rt_.pools.get(name, db.user);
     for (auto& w : workers_) threads_.emplace_back([ctx = w.get()] { ctx->run(); });
     for (auto& a : acceptors_)
         asio::co_spawn(main_, accept_loop(*a), asio::detached);

@@ -98,16 +98,7 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
             }
         }
         if (s) {
-            if (s->broken_while_idle()) {
-                spdlog::info("server {} of {}/{} closed while idle; dropping it", s->id,
-                             database_, user_);
-                discard(s);
-                continue;
-            }
-            s->migrate(ex);
-            s->worker = worker;
-            s->last_used = steady_clock::now();
-            stats.server_assignment_count++;
+            if (!co_await check_out(s, ex, worker, cfg)) continue;
             co_return acquire_result{s, {}, {}, steady_clock::now() - start};
         }
         if (open) {
@@ -163,27 +154,69 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
             }
         }
         if (s) {
-            if (s->broken_while_idle()) {
-                discard(s);
-                // Our turn came; take the freed slot.
-                std::lock_guard lk(mutex_);
-                ++total_;
-                manager_.db_count(database_)++;
-                manager_.user_count(user_)++;
-                open = true;
-            } else {
-                s->migrate(ex);
-                s->worker = worker;
-                s->last_used = steady_clock::now();
-                stats.server_assignment_count++;
+            if (co_await check_out(s, ex, worker, cfg))
                 co_return acquire_result{s, {}, {}, steady_clock::now() - start};
-            }
+            // It was broken; our turn came, so take the slot it freed.
+            std::lock_guard lk(mutex_);
+            ++total_;
+            manager_.db_count(database_)++;
+            manager_.user_count(user_)++;
+            open = true;
         }
         if (open) {
             auto r = co_await open_server(ex, worker);
             r.waited = steady_clock::now() - start;
             co_return r;
         }
+    }
+}
+
+asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, int worker,
+                                       const settings& cfg) {
+    if (s->broken_while_idle()) {
+        spdlog::info("server {} of {}/{} closed while idle; dropping it", s->id, database_, user_);
+        discard(s);
+        co_return false;
+    }
+    s->migrate(ex);
+    s->worker = worker;
+    // server_check_delay: a server idle for longer is tested before it is handed out
+    // (server_check_query; empty = an empty query, one cheap round trip).
+    if (cfg.server_check_delay.count() >= 0 &&
+        steady_clock::now() - s->last_used > cfg.server_check_delay) {
+        s->state = server_state::tested;
+        if (!co_await s->run_internal_query(cfg.server_check_query, cfg.login.max_packet_size)) {
+            spdlog::info("server {} of {}/{} failed server_check_query: {}", s->id, database_,
+                         user_, s->last_error);
+            discard(s);
+            co_return false;
+        }
+        s->state = server_state::active;
+    }
+    s->last_used = steady_clock::now();
+    stats.server_assignment_count++;
+    co_return true;
+}
+
+bool pool::wants_servers() const {
+    std::lock_guard lk(mutex_);
+    return total_ < settings_.min_pool_size && total_ < settings_.pool_size &&
+           (login_failed_error_.empty() ||
+            steady_clock::now() - login_failed_at_ >= settings_.server_login_retry);
+}
+
+asio::awaitable<void> pool::warm_up(asio::any_io_executor ex, int worker) {
+    {
+        std::lock_guard lk(mutex_);
+        if (total_ >= settings_.min_pool_size || !room_locked(false)) co_return;
+        ++total_;
+        manager_.db_count(database_)++;
+        manager_.user_count(user_)++;
+    }
+    auto r = co_await open_server(ex, worker);
+    if (r.server) {
+        stats.server_assignment_count--;  // opened for the pool, not for a client
+        release(r.server);
     }
 }
 

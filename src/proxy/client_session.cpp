@@ -407,6 +407,31 @@ asio::awaitable<bool> client_session::startup() {
     }
 
     std::string pool_user = db->user.empty() ? user : db->user;
+    {
+        // max_db_client_connections / max_user_client_connections: clients, not servers.
+        int db_max = db->max_db_client_connections.value_or(g.max_db_client_connections);
+        const config::user* u = cfg->find_user(user);
+        int user_max = u && u->max_user_client_connections ? *u->max_user_client_connections
+                                                           : g.max_user_client_connections;
+        if (db_max > 0 || user_max > 0) {
+            int db_clients = 0, user_clients = 0;
+            for (auto& s : rt_.sessions.all()) {
+                if (s.get() == this || s->state.load() == client_state::login) continue;
+                db_clients += s->database == database;
+                user_clients += s->user == user;
+            }
+            if (db_max > 0 && db_clients >= db_max) {
+                co_await send_error("53300", "too many client connections for database \"" +
+                                                 database + "\" (max_db_client_connections)");
+                co_return false;
+            }
+            if (user_max > 0 && user_clients >= user_max) {
+                co_await send_error("53300", "too many client connections for user \"" + user +
+                                                 "\" (max_user_client_connections)");
+                co_return false;
+            }
+        }
+    }
     pool_ = &rt_.pools.get(database, pool_user);
     pool_->clients++;
     pool_->stats.client_login_count++;

@@ -150,6 +150,8 @@ pool::pool::settings runtime::pool_settings(const std::string& db_name,
     s.server_lifetime = db && db->server_lifetime ? *db->server_lifetime : g.server_lifetime;
     s.server_idle_timeout = g.server_idle_timeout;
     s.server_login_retry = g.server_login_retry;
+    s.server_check_delay = g.server_check_delay;
+    s.server_check_query = g.server_check_query;
     if (db) {
         s.login.hosts = db->host;
         s.login.port = db->port;

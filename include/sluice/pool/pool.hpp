@@ -68,6 +68,8 @@ public:
         steady_clock::duration server_lifetime = std::chrono::seconds(3600);
         steady_clock::duration server_idle_timeout = std::chrono::seconds(600);
         steady_clock::duration server_login_retry = std::chrono::seconds(15);
+        steady_clock::duration server_check_delay = std::chrono::seconds(30);
+        std::string server_check_query;
         login_params login;
         // Tracked parameters PostgreSQL does not report (search_path, ...): their
         // defaults are read once from the first server and assumed for every new one.
@@ -87,6 +89,10 @@ public:
     // Closes idle servers past server_idle_timeout / server_lifetime, and (if
     // `close_all_idle`) every idle one. Called periodically from any thread.
     void maintain(bool close_all_idle = false);
+    // min_pool_size: true while the pool has fewer servers than it should keep open;
+    // warm_up opens one (and parks it idle).
+    bool wants_servers() const;
+    asio::awaitable<void> warm_up(asio::any_io_executor ex, int worker);
     // After a reset query: the server's unreported parameters are back to the defaults.
     void restore_defaults(server_connection& s) const;
     // Marks every server to be closed when released (RECONNECT, reload of the address).
@@ -122,6 +128,9 @@ private:
     void wake_locked(const std::shared_ptr<waiter>& w);
     void server_gone_locked();
     asio::awaitable<acquire_result> open_server(asio::any_io_executor ex, int worker);
+    // Health check and move to the client's worker; false if the server was dropped.
+    asio::awaitable<bool> check_out(server_ptr s, asio::any_io_executor ex, int worker,
+                                    const settings& cfg);
 
     pool_manager& manager_;
     std::string database_, user_;
