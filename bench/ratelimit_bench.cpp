@@ -62,9 +62,8 @@ BENCHMARK(BM_try_take_unlimited)->Threads(1)->Threads(2);
 
 void BM_try_take_local(benchmark::State& state) {
     static asio::io_context ctx;
-    static auto lim =
-        make_limiter(far_above(config::rl_backend::local), {ctx.get_executor()},
-                     ctx.get_executor());
+    static auto lim = make_limiter(far_above(config::rl_backend::local), {ctx.get_executor()},
+                                   ctx.get_executor());
     auto t = lim->tenant_for("acme");
     for (auto _ : state) benchmark::DoNotOptimize(t->try_take(kind::query));
 }

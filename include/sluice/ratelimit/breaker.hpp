@@ -11,7 +11,7 @@
 namespace sluice::ratelimit {
 
 class breaker {
-public:
+  public:
     using nanos = std::int64_t;
     enum class state { closed, open, half_open };
     struct settings {
@@ -34,7 +34,7 @@ public:
     int failures() const { return failures_; }
     nanos open_until() const { return until_; }
 
-private:
+  private:
     void open(nanos now);
     settings s_;
     state state_ = state::closed;

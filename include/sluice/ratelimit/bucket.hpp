@@ -54,19 +54,19 @@ gcra_reservation gcra_reserve(nanos tat, nanos now, const gcra_params& p, nanos 
 // A lock-free GCRA bucket: one atomic TAT updated with compare-and-swap. Used for
 // backend: local and for the on_redis_failure: local share.
 class atomic_gcra {
-public:
+  public:
     gcra_grant take(nanos now, const gcra_params& p, std::int64_t want = 1);
     gcra_reservation reserve(nanos now, const gcra_params& p, nanos max_wait);
     void reset() { tat_.store(0, std::memory_order_relaxed); }
 
-private:
+  private:
     std::atomic<nanos> tat_{0};
 };
 
 // Tokens leased from Redis and not yet spent by this instance. The hot path takes one
 // with a compare-and-swap; refills add a batch.
 class lease {
-public:
+  public:
     bool try_take() {
         std::int64_t n = tokens_.load(std::memory_order_relaxed);
         while (n > 0)
@@ -81,7 +81,7 @@ public:
     std::int64_t size() const { return tokens_.load(std::memory_order_relaxed); }
     std::int64_t drain() { return tokens_.exchange(0, std::memory_order_acq_rel); }
 
-private:
+  private:
     std::atomic<std::int64_t> tokens_{0};
 };
 

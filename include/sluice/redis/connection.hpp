@@ -12,6 +12,7 @@
 // All members run on the connection's executor (a worker's single-threaded io_context);
 // only up() and the counters are read from other threads.
 #include <atomic>
+#include <boost/asio/ssl.hpp>
 #include <deque>
 #include <memory>
 #include <string>
@@ -31,15 +32,17 @@ enum class redis_errc {
     timeout,            // no reply within the timeout
     connection_lost,    // the connection closed with the request outstanding
     protocol_error,     // Redis sent bytes that are not RESP
-    tls_unsupported,    // rediss:// (see connection.cpp)
+    tls_unsupported,    // (unused since rediss:// is supported; kept for the numbering)
     stopped,
 };
 const boost::system::error_category& redis_category();
-inline error_code make_error_code(redis_errc e) { return {int(e), redis_category()}; }
+inline error_code make_error_code(redis_errc e) {
+    return {int(e), redis_category()};
+}
 
 struct connection_settings {
     config::redis_endpoint endpoint;
-    std::chrono::milliseconds timeout{50};          // per request (and per handshake step)
+    std::chrono::milliseconds timeout{50};           // per request (and per handshake step)
     std::chrono::milliseconds connect_timeout{500};  // TCP connect + handshake
     std::chrono::milliseconds backoff_min{50}, backoff_max{1000};
     ratelimit::breaker::settings breaker;
@@ -47,7 +50,7 @@ struct connection_settings {
 };
 
 class connection : public std::enable_shared_from_this<connection> {
-public:
+  public:
     connection(asio::any_io_executor ex, connection_settings s);
     ~connection();
 
@@ -69,7 +72,7 @@ public:
     std::uint64_t errors() const { return errors_.load(std::memory_order_relaxed); }
     std::uint64_t reconnects() const { return reconnects_.load(std::memory_order_relaxed); }
 
-private:
+  private:
     struct request {
         explicit request(asio::any_io_executor ex) : timer(ex) {}
         asio::steady_timer timer;
@@ -94,7 +97,11 @@ private:
 
     asio::any_io_executor ex_;
     connection_settings s_;
-    asio::ip::tcp::socket socket_;
+    asio::ip::tcp::socket socket_;  // plain redis://
+    // rediss://: TLS over TCP, the server certificate checked against the system CA store
+    // (or SSL_CERT_FILE / SSL_CERT_DIR) and the URL's host name.
+    std::unique_ptr<asio::ssl::context> tls_ctx_;
+    std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket>> tls_;
     asio::steady_timer write_signal_;
     asio::steady_timer backoff_timer_;
     std::deque<std::shared_ptr<request>> pending_;  // written or queued, awaiting replies
@@ -103,6 +110,7 @@ private:
     bool stopping_ = false;
     bool connected_ = false;  // TCP up (handshake may still be running)
     std::uint64_t generation_ = 0;
+    std::string last_setup_error_;
     ratelimit::breaker breaker_;
     std::atomic<bool> up_{false}, healthy_{false};
     std::atomic<std::uint64_t> errors_{0}, reconnects_{0};

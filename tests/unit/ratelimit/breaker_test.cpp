@@ -8,7 +8,9 @@ namespace {
 
 constexpr breaker::nanos ms = 1'000'000;
 
-breaker make() { return breaker({3, 100 * ms, 400 * ms}); }
+breaker make() {
+    return breaker({3, 100 * ms, 400 * ms});
+}
 
 TEST(Breaker, ClosedUntilThresholdFailuresInARow) {
     auto b = make();

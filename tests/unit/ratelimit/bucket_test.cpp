@@ -161,8 +161,8 @@ TEST(Lease, ConcurrentTakesSpendEachTokenOnce) {
 }
 
 TEST(LeaseSize, DerivedFromTheRateCappedByTheBurst) {
-    EXPECT_EQ(lease_size_for(100, 0, 0), 5);     // 50 ms of budget
-    EXPECT_EQ(lease_size_for(10, 0, 0), 1);      // at least one
+    EXPECT_EQ(lease_size_for(100, 0, 0), 5);  // 50 ms of budget
+    EXPECT_EQ(lease_size_for(10, 0, 0), 1);   // at least one
     EXPECT_EQ(lease_size_for(10000, 0, 0), 500);
     EXPECT_EQ(lease_size_for(10000, 50, 0), 50);  // never more than the burst
     EXPECT_EQ(lease_size_for(100, 0, 7), 7);      // configured

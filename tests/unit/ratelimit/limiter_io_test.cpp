@@ -1,7 +1,7 @@
 // The limiter service and the Redis client against a REAL redis-server, started by this
 // test on a free loopback port (no persistence) and killed afterwards.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -44,7 +44,7 @@ bool port_open(int port) {
 }
 
 class redis_server {
-public:
+  public:
     explicit redis_server(int port) : port_(port) {}
     ~redis_server() { stop(); }
     bool start() {
@@ -72,7 +72,7 @@ public:
     }
     int port() const { return port_; }
 
-private:
+  private:
     int port_;
     pid_t pid_ = -1;
 };
@@ -95,7 +95,7 @@ void pump(asio::io_context& ctx, std::chrono::milliseconds d) {
 }
 
 class RedisTest : public ::testing::Test {
-protected:
+  protected:
     static void SetUpTestSuite() {
         server_ = new redis_server(free_port());
         if (!server_->start()) GTEST_SKIP() << "redis-server did not start";
@@ -122,8 +122,8 @@ protected:
 };
 redis_server* RedisTest::server_ = nullptr;
 
-asio::awaitable<std::pair<error_code, redis::value>> call(
-    std::shared_ptr<redis::connection> c, std::vector<std::string> args) {
+asio::awaitable<std::pair<error_code, redis::value>> call(std::shared_ptr<redis::connection> c,
+                                                          std::vector<std::string> args) {
     std::vector<std::string_view> v(args.begin(), args.end());
     std::string cmd = redis::encode_command(v);
     co_return co_await c->exec(std::move(cmd));
@@ -314,7 +314,8 @@ TEST(LimiterLocal, DelayAbsorbsABurstWithinMaxDelay) {
     auto lim = make_limiter(cfg, {ctx.get_executor()}, ctx.get_executor());
     auto t = lim->tenant_for("d");
     ASSERT_TRUE(t->try_take(kind::query));
-    auto burst = [](limiter* lim, std::shared_ptr<tenant> t) -> asio::awaitable<std::vector<verdict>> {
+    auto burst = [](limiter* lim,
+                    std::shared_ptr<tenant> t) -> asio::awaitable<std::vector<verdict>> {
         // 8 requests at once: the next 5 fit in 100 ms of delay (20, 40, ... 100 ms).
         auto ex = co_await asio::this_coro::executor;
         std::vector<std::future<verdict>> fs;
@@ -442,8 +443,7 @@ TEST_F(RedisTest, GlobalEnforcementResumesAfterRedisRestarts) {
     EXPECT_EQ(lim->snapshot()[0].mode, "open");
     ASSERT_TRUE(own.start());
     auto start = steady_clock::now();
-    while (lim->snapshot()[0].mode != "redis" && steady_clock::now() - start < 5s)
-        pump(ctx, 20ms);
+    while (lim->snapshot()[0].mode != "redis" && steady_clock::now() - start < 5s) pump(ctx, 20ms);
     EXPECT_EQ(lim->snapshot()[0].mode, "redis");
     EXPECT_LT(steady_clock::now() - start, 3s);
     // Enforced again: a burst of 10 then rejections.
@@ -452,6 +452,94 @@ TEST_F(RedisTest, GlobalEnforcementResumesAfterRedisRestarts) {
         allowed += t->try_take(kind::query) || run(ctx, lim->take(t, kind::query, 0)).allowed;
     EXPECT_GE(allowed, 10);
     EXPECT_LE(allowed, 13);
+}
+
+}  // namespace
+}  // namespace sluice::ratelimit
+
+namespace sluice::ratelimit {
+namespace {
+
+// rediss:// with a password and a database index: TLS (certificate checked against
+// SSL_CERT_FILE and the host name), AUTH, SELECT, then the script through the limiter.
+TEST(RedisTls, PasswordDatabaseAndCertificateVerification) {
+    char dir_template[] = "/tmp/sluice-rl-tls-XXXXXX";
+    std::string dir = ::mkdtemp(dir_template);
+    std::string cert = dir + "/cert.pem", key = dir + "/key.pem";
+    std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -keyout " + key + " -out " + cert +
+                      " -days 1 -subj /CN=localhost -addext "
+                      "subjectAltName=DNS:localhost,IP:127.0.0.1 >/dev/null 2>&1";
+    if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "openssl CLI not available";
+    int port = free_port();
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        int devnull = ::open("/dev/null", O_WRONLY);
+        if (devnull >= 0) ::dup2(devnull, 1);
+        std::string p = std::to_string(port);
+        ::execl("/usr/bin/redis-server", "redis-server", "--port", "0", "--tls-port", p.c_str(),
+                "--bind", "127.0.0.1", "--tls-cert-file", cert.c_str(), "--tls-key-file",
+                key.c_str(), "--tls-ca-cert-file", cert.c_str(), "--tls-auth-clients", "no",
+                "--requirepass", "s3cret", "--save", "", "--appendonly", "no", "--dir", dir.c_str(),
+                static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    for (int i = 0; i < 200 && !port_open(port); ++i) std::this_thread::sleep_for(25ms);
+    struct cleanup {
+        pid_t pid;
+        std::string dir;
+        ~cleanup() {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, nullptr, 0);
+            std::system(("rm -rf " + dir).c_str());
+            ::unsetenv("SSL_CERT_FILE");
+        }
+    } guard{pid, dir};
+    ASSERT_TRUE(port_open(port));
+
+    auto make = [&](const std::string& url) {
+        config::rate_limits cfg;
+        cfg.enabled = true;
+        cfg.backend = config::rl_backend::redis;
+        cfg.redis_url = url;
+        cfg.redis_timeout = 500ms;
+        cfg.on_redis_failure = config::rl_failure_policy::closed;
+        cfg.defaults.queries_per_second = 100;
+        cfg.defaults.query_burst = 3;
+        return cfg;
+    };
+    auto settle = [](asio::io_context& ctx, limiter& lim) {
+        auto start = steady_clock::now();
+        while (lim.snapshot()[0].mode != "redis" && steady_clock::now() - start < 2s)
+            pump(ctx, 20ms);
+        return lim.snapshot()[0].mode;
+    };
+    std::string good = "rediss://:s3cret@localhost:" + std::to_string(port) + "/1";
+
+    {  // The self-signed certificate is not trusted by the system store: never up.
+        asio::io_context ctx;
+        auto lim = make_limiter(make(good), {ctx.get_executor()}, ctx.get_executor());
+        lim->tenant_for("tls");
+        EXPECT_EQ(settle(ctx, *lim), "closed");
+    }
+    ::setenv("SSL_CERT_FILE", cert.c_str(), 1);
+    {  // Wrong password: AUTH fails, never up.
+        asio::io_context ctx;
+        auto lim = make_limiter(make("rediss://:wrong@localhost:" + std::to_string(port) + "/1"),
+                                {ctx.get_executor()}, ctx.get_executor());
+        lim->tenant_for("tls");
+        EXPECT_EQ(settle(ctx, *lim), "closed");
+    }
+    {
+        asio::io_context ctx;
+        auto lim = make_limiter(make(good), {ctx.get_executor()}, ctx.get_executor());
+        auto t = lim->tenant_for("tls");
+        ASSERT_EQ(settle(ctx, *lim), "redis");
+        int allowed = 0;
+        for (int i = 0; i < 20; ++i)
+            allowed += t->try_take(kind::query) || run(ctx, lim->take(t, kind::query, 0)).allowed;
+        EXPECT_GE(allowed, 3);
+        EXPECT_LE(allowed, 5);
+    }
 }
 
 }  // namespace

@@ -16,12 +16,24 @@ TEST(RespEncode, ArrayOfBulkStrings) {
     EXPECT_EQ(out, "x*1\r\n$4\r\nPING\r\n");
 }
 
-value simple(std::string s) { return {value::type::simple_string, std::move(s), 0, {}}; }
-value error(std::string s) { return {value::type::error, std::move(s), 0, {}}; }
-value integer(std::int64_t i) { return {value::type::integer, {}, i, {}}; }
-value bulk(std::string s) { return {value::type::bulk_string, std::move(s), 0, {}}; }
-value nil() { return {}; }
-value array(std::vector<value> e) { return {value::type::array, {}, 0, std::move(e)}; }
+value simple(std::string s) {
+    return {value::type::simple_string, std::move(s), 0, {}};
+}
+value error(std::string s) {
+    return {value::type::error, std::move(s), 0, {}};
+}
+value integer(std::int64_t i) {
+    return {value::type::integer, {}, i, {}};
+}
+value bulk(std::string s) {
+    return {value::type::bulk_string, std::move(s), 0, {}};
+}
+value nil() {
+    return {};
+}
+value array(std::vector<value> e) {
+    return {value::type::array, {}, 0, std::move(e)};
+}
 
 struct sample {
     std::string bytes;
@@ -100,16 +112,16 @@ TEST(RespParse, StreamFedOneByteAtATime) {
 
 TEST(RespParse, MalformedInputIsAnErrorNeverAThrow) {
     for (std::string bad : {
-             "?x\r\n",                 // unknown type byte
-             ":12a\r\n",               // not an integer
-             ":\r\n",                  // empty integer
-             "$-2\r\n",                // negative length
-             "$3\r\nabcd\r\n",         // body longer than announced
-             "+OK\rX",                 // CR without LF
-             "*-5\r\n",                // bad count
-             "$99999999999\r\n",       // over max_bulk_length
-             "*99999999999\r\n",       // over max_array_length
-             "*1\r\n?\r\n",            // bad element
+             "?x\r\n",            // unknown type byte
+             ":12a\r\n",          // not an integer
+             ":\r\n",             // empty integer
+             "$-2\r\n",           // negative length
+             "$3\r\nabcd\r\n",    // body longer than announced
+             "+OK\rX",            // CR without LF
+             "*-5\r\n",           // bad count
+             "$99999999999\r\n",  // over max_bulk_length
+             "*99999999999\r\n",  // over max_array_length
+             "*1\r\n?\r\n",       // bad element
          }) {
         auto r = parse(bad);
         EXPECT_EQ(r.status, parse_status::error) << bad;
