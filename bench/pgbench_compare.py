@@ -279,6 +279,9 @@ def main() -> int:
                          "load) vs Sluice without, instead of the pooler comparison")
     ap.add_argument("--limiter-rate", type=float, default=1e9,
                     help="queries_per_second and transactions_per_second in --limiter mode")
+    ap.add_argument("--limiter-failure", default="closed", choices=["closed", "open", "local"],
+                    help="on_redis_failure in --limiter mode (closed: a limiter that cannot "
+                         "reach Redis fails the run instead of passing silently)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--max-minutes", type=float, default=0,
                     help="hard time limit for the whole run (default: computed)")
@@ -354,7 +357,7 @@ def main() -> int:
             started.append(r)
             r.start()
             rl = {"backend": "redis", "redis_url": r.url, "tenant_key": "user",
-                  "on_redis_failure": "open",
+                  "on_redis_failure": a.limiter_failure,
                   "default": {"queries_per_second": a.limiter_rate,
                               "transactions_per_second": a.limiter_rate}}
             s2 = make_sluice(rl)
@@ -388,6 +391,14 @@ def main() -> int:
                 info = redis.command("INFO", "commandstats")
                 result["redis_commandstats"] = [l for l in info.splitlines()
                                                 if l.startswith("cmdstat_")]
+                evals = sum(int(l.split("calls=")[1].split(",")[0])
+                            for l in result["redis_commandstats"]
+                            if l.startswith(("cmdstat_eval", "cmdstat_evalsha")))
+                result["redis_eval_calls"] = evals
+                if evals == 0:
+                    notes.append("WARNING: Redis received no EVAL/EVALSHA: the limiter never "
+                                 "reached Redis, so limiter_on/off does not measure the Redis "
+                                 "path.")
             except Exception as e:
                 result["redis_keys"] = f"error: {e}"
 
@@ -437,7 +448,7 @@ def main() -> int:
                   f"{m['rss_after_kib']} KiB)" + (f"  ERROR: {m['error']}"
                                                   if "error" in m else ""))
         if "redis_commandstats" in result:
-            print(f"redis: {result['redis_keys']} keys, {result['redis_commandstats']}")
+            print(f"redis: {result.get('redis_eval_calls')} EVAL/EVALSHA calls, {result['redis_keys']} keys")
         for n in notes:
             print("note:", n)
         if a.json:

@@ -731,6 +731,12 @@ asio::awaitable<outcome> run_set(exec_context& cx, const command& c) {
         std::string ignored;
         s->set(cfg.sluice, value, ignored);
     });
+    if (c.set_key == "verbose") {
+        // As at start-up (main.cpp): 1 = debug, 2 or more = trace.
+        int v = cx.rt.cfg()->sluice.verbose;
+        spdlog::set_level(v >= 2 ? spdlog::level::trace : v == 1 ? spdlog::level::debug
+                                                                : spdlog::level::info);
+    }
     spdlog::info("console: {} set {} = {}", cx.session.user, c.set_key, s->get(cx.rt.cfg()->sluice));
     proto::writer(cx.out).command_complete("SET");
     co_return outcome::ok;

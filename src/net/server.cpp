@@ -9,6 +9,7 @@
 
 #include "sluice/admin/console.hpp"
 #include "sluice/proxy/client_session.hpp"
+#include "sluice/ratelimit/limiter.hpp"
 
 namespace sluice::net {
 
@@ -262,6 +263,12 @@ void server::check_shutdown() {
 }
 
 int server::run() {
+    try {
+        rt_.limiter = ratelimit::make_limiter(rt_.cfg()->limits, rt_.workers, main_.get_executor());
+    } catch (const std::exception& e) {
+        spdlog::error("rate_limits: {}", e.what());
+        return 1;
+    }
     if (!open_listeners()) {
         close_listeners();
         return 1;
@@ -291,6 +298,8 @@ int server::run() {
     for (auto& w : workers_) w->stop();
     for (auto& t : threads_)
         if (t.joinable()) t.join();
+    // The limiter's Redis sockets belong to the workers' contexts: gone before they are.
+    rt_.limiter.reset();
     return exit_code_;
 }
 

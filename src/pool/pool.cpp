@@ -98,7 +98,9 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
             }
         }
         if (s) {
-            if (!co_await check_out(s, ex, worker, cfg)) continue;
+            // (the result is stored first: gcc 12 mishandles co_await inside conditions)
+            bool usable = co_await check_out(s, ex, worker, cfg);
+            if (!usable) continue;
             co_return acquire_result{s, {}, {}, steady_clock::now() - start};
         }
         if (open) {
@@ -154,8 +156,8 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
             }
         }
         if (s) {
-            if (co_await check_out(s, ex, worker, cfg))
-                co_return acquire_result{s, {}, {}, steady_clock::now() - start};
+            bool usable = co_await check_out(s, ex, worker, cfg);
+            if (usable) co_return acquire_result{s, {}, {}, steady_clock::now() - start};
             // It was broken; our turn came, so take the slot it freed.
             std::lock_guard lk(mutex_);
             ++total_;
@@ -185,7 +187,9 @@ asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, in
     if (cfg.server_check_delay.count() >= 0 &&
         steady_clock::now() - s->last_used > cfg.server_check_delay) {
         s->state = server_state::tested;
-        if (!co_await s->run_internal_query(cfg.server_check_query, cfg.login.max_packet_size)) {
+        std::string check = cfg.server_check_query;
+        bool alive = co_await s->run_internal_query(std::move(check), cfg.login.max_packet_size);
+        if (!alive) {
             spdlog::info("server {} of {}/{} failed server_check_query: {}", s->id, database_,
                          user_, s->last_error);
             discard(s);
@@ -277,8 +281,8 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
             sql += (i ? ", current_setting('" : "current_setting('") + settings_unreported_[i] +
                    "', true)";
         std::vector<std::optional<std::string>> row;
-        if (co_await s->run_internal_query(sql, login.max_packet_size, &row) &&
-            row.size() == settings_unreported_.size())
+        bool ok = co_await s->run_internal_query(std::move(sql), login.max_packet_size, &row);
+        if (ok && row.size() == settings_unreported_.size())
             for (std::size_t i = 0; i < row.size(); ++i)
                 if (row[i]) s->parameters[settings_unreported_[i]] = *row[i];
     }
@@ -483,13 +487,13 @@ void pool_manager::refresh_settings() {
 int pool_manager::db_limit(const std::string& db) const {
     std::lock_guard lk(limits_mutex_);
     auto it = db_limits_.find(db);
-    return it == db_limits_.end() ? 0 : it->second;
+    return it == db_limits_.end() ? default_db_limit_ : it->second;
 }
 
 int pool_manager::user_limit(const std::string& user) const {
     std::lock_guard lk(limits_mutex_);
     auto it = user_limits_.find(user);
-    return it == user_limits_.end() ? 0 : it->second;
+    return it == user_limits_.end() ? default_user_limit_ : it->second;
 }
 
 std::atomic<int>& pool_manager::db_count(const std::string& db) {
@@ -507,10 +511,13 @@ std::atomic<int>& pool_manager::user_count(const std::string& user) {
 }
 
 void pool_manager::set_limits(std::map<std::string, int> db_limits,
-                              std::map<std::string, int> user_limits) {
+                              std::map<std::string, int> user_limits, int default_db_limit,
+                              int default_user_limit) {
     std::lock_guard lk(limits_mutex_);
     db_limits_ = std::move(db_limits);
     user_limits_ = std::move(user_limits);
+    default_db_limit_ = default_db_limit;
+    default_user_limit_ = default_user_limit;
 }
 
 }  // namespace sluice::pool

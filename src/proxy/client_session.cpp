@@ -117,6 +117,7 @@ asio::awaitable<void> client_session::run() {
             spdlog::info("client {} closing: db={} user={}", id, database, user);
     }
     if (pool_) pool_->clients--;
+    if (tenant_connection_open_) tenant_->close_connection();
     rt_.sessions.remove(*this);
     error_code ignored;
     socket_.shutdown(asio::socket_base::shutdown_both, ignored);
@@ -305,7 +306,9 @@ asio::awaitable<bool> client_session::startup() {
         if (std::holds_alternative<proto::ssl_request>(packet) ||
             std::holds_alternative<proto::gssenc_request>(packet)) {
             // No TLS yet: 'N' lets sslmode=prefer clients go on in plaintext.
-            if (!co_await write_client(std::string("N"))) co_return false;
+            std::string no = "N";
+            bool sent = co_await write_client(no);
+            if (!sent) co_return false;
             continue;
         }
         if (auto* cancel = std::get_if<proto::cancel_request>(&packet)) {
@@ -380,9 +383,10 @@ asio::awaitable<bool> client_session::startup() {
     auto users = rt_.users();
     auto secret = users->find(user);
 
-    if (!co_await authenticate(secret, secret.has_value() || g.auth_type_ == config::auth_type::trust ||
-                                           g.auth_type_ == config::auth_type::any))
-        co_return false;
+    bool known = secret.has_value() || g.auth_type_ == config::auth_type::trust ||
+                 g.auth_type_ == config::auth_type::any;
+    bool authenticated = co_await authenticate(secret, known);
+    if (!authenticated) co_return false;
 
     if (console) {
         auto role = admin::role_of(*cfg, user);
@@ -432,6 +436,28 @@ asio::awaitable<bool> client_session::startup() {
             }
         }
     }
+    if (auto* lim = rt_.limiter.get()) {
+        // Rate limits at login: connection attempts per second, then concurrent
+        // connections of this tenant.
+        tenant_ = lim->tenant_for(
+            lim->tenant_name(user, database, application_name, startup_msg.parameters));
+        ratelimit::verdict v;
+        if (!tenant_->try_take(ratelimit::kind::connection))
+            v = co_await lim->take(tenant_, ratelimit::kind::connection, worker_);
+        if (!v.allowed) {
+            co_await send_error("53400",
+                                "connection rate limit exceeded for tenant \"" + tenant_->name() + "\"",
+                                "retry after " + std::to_string(std::max<long>(1, v.retry_after.count())) + " ms");
+            co_return false;
+        }
+        if (!tenant_->try_open_connection()) {
+            co_await send_error("53300", "too many connections for tenant \"" + tenant_->name() +
+                                             "\" (rate_limits max_connections)",
+                                "retry after another connection of this tenant closes");
+            co_return false;
+        }
+        tenant_connection_open_ = true;
+    }
     pool_ = &rt_.pools.get(database, pool_user);
     pool_->clients++;
     pool_->stats.client_login_count++;
@@ -455,7 +481,15 @@ asio::awaitable<bool> client_session::startup() {
     // the very first client of a pool waits for the first server login.
     auto welcome = pool_->welcome_parameters();
     if (welcome.empty()) {
-        if (!co_await link_server()) co_return false;
+        // Log in one server to learn its parameters, and give it straight back: in
+        // transaction mode this client may not send anything for a long while.
+        auto r = co_await pool_->acquire(executor(), worker_);
+        if (!r.server) {
+            std::string sqlstate = r.sqlstate.empty() ? std::string("08006") : r.sqlstate;
+            co_await send_error(sqlstate, r.message);
+            co_return false;
+        }
+        pool_->release(std::move(r.server));
         welcome = pool_->welcome_parameters();
     }
     for (auto& [k, v] : welcome)
@@ -969,10 +1003,14 @@ asio::awaitable<bool> client_session::sync_parameters(pool::server_connection& s
     for (auto& [k, v] : wanted_params_) {
         auto it = s.parameters.find(k);
         if (it != s.parameters.end() && it->second == v) continue;
-        sql += "SET " + quote_identifier(k) + " = " + quote_literal(v) + ";";
+        // set_config() takes the value as the setting's own text (SET with a quoted
+        // literal would turn a list like search_path into a single element).
+        sql += (sql.empty() ? "SELECT " : ", ") + std::string("pg_catalog.set_config(") +
+               quote_literal(k) + ", " + quote_literal(v) + ", false)";
     }
     if (sql.empty()) co_return true;
-    if (!co_await s.run_internal_query(sql, max_packet_)) co_return false;
+    bool ok = co_await s.run_internal_query(std::move(sql), max_packet_);
+    if (!ok) co_return false;
     // Parameters PostgreSQL does not report (search_path before 18, ...) are recorded by hand.
     for (auto& [k, v] : wanted_params_) s.parameters[k] = v;
     co_return true;
@@ -1231,8 +1269,8 @@ asio::awaitable<bool> client_session::refresh_untracked_parameters(pool::server_
     for (std::size_t i = 0; i < names.size(); ++i)
         sql += (i ? ", " : "") + std::string("current_setting(") + quote_literal(names[i]) + ", true)";
     std::vector<std::optional<std::string>> row;
-    if (!co_await s.run_internal_query(sql, max_packet_, &row) || row.size() != names.size())
-        co_return false;
+    bool ok = co_await s.run_internal_query(std::move(sql), max_packet_, &row);
+    if (!ok || row.size() != names.size()) co_return false;
     for (std::size_t i = 0; i < names.size(); ++i)
         if (row[i]) wanted_params_[names[i]] = s.parameters[names[i]] = *row[i];
     co_return true;

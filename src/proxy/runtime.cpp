@@ -87,7 +87,8 @@ void runtime::apply_limits(const config::config& c) {
         int limit = u.max_user_connections.value_or(c.sluice.max_user_connections);
         if (limit > 0) user_limits[name] = limit;
     }
-    pools.set_limits(std::move(db_limits), std::move(user_limits));
+    pools.set_limits(std::move(db_limits), std::move(user_limits), c.sluice.max_db_connections,
+                     c.sluice.max_user_connections);
 }
 
 bool runtime::reload(std::string& errors) {
@@ -114,6 +115,7 @@ bool runtime::reload(std::string& errors) {
     }
     apply_limits(*cfg());
     pools.refresh_settings();
+    if (limiter) limiter->reload(cfg()->limits);
     spdlog::info("configuration reloaded from {}", current->path);
     return true;
 }

@@ -173,7 +173,9 @@ public:
     int user_limit(const std::string& user) const;
     std::atomic<int>& db_count(const std::string& db);
     std::atomic<int>& user_count(const std::string& user);
-    void set_limits(std::map<std::string, int> db_limits, std::map<std::string, int> user_limits);
+    // Per-name limits, and the general section's values for names without their own.
+    void set_limits(std::map<std::string, int> db_limits, std::map<std::string, int> user_limits,
+                    int default_db_limit, int default_user_limit);
 
 private:
     settings_fn make_settings_;
@@ -184,6 +186,7 @@ private:
     std::set<std::string> paused_dbs_;    // under mutex_
     std::map<std::string, std::unique_ptr<std::atomic<int>>> db_counts_, user_counts_;
     std::map<std::string, int> db_limits_, user_limits_;
+    int default_db_limit_ = 0, default_user_limit_ = 0;
     std::atomic<std::uint64_t> server_ids_{0};
 };
 

@@ -76,6 +76,7 @@ public:
             .count();
     }
     std::shared_ptr<ratelimit::tenant> tenant_;
+    bool tenant_connection_open_ = false;
     // Set by the listener when the client must be refused (max_client_conn, shutdown):
     // the startup packet is still read so that the client gets a proper ErrorResponse.
     std::string refuse_sqlstate, refuse_message;
