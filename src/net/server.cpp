@@ -185,15 +185,12 @@ asio::awaitable<void> server::signal_loop() {
             case SIGUSR1:
                 spdlog::info("SIGUSR1: PAUSE");
                 rt_.paused = true;
-                for (auto* p : rt_.pools.all()) p->paused = true;
+                rt_.pools.pause("");
                 break;
             case SIGUSR2:
                 spdlog::info("SIGUSR2: RESUME");
                 rt_.paused = false;
-                for (auto* p : rt_.pools.all()) {
-                    p->paused = false;
-                    p->maintain();
-                }
+                rt_.pools.resume("");
                 break;
         }
     }
@@ -262,9 +259,37 @@ void server::check_shutdown() {
     }
 }
 
+namespace {
+// SHOW TENANTS: the rate limiter's view, one row per tenant.
+admin::table tenants_table(proxy::runtime& rt) {
+    admin::table t;
+    for (auto c : {"tenant", "mode", "queries_per_second", "transactions_per_second",
+                   "connections_per_second", "max_connections", "current_connections"})
+        t.column(c);
+    for (auto c : {"allowed", "rejected", "delayed"}) t.column(c, admin::int8_oid);
+    t.column("current_rate");
+    if (!rt.limiter) return t;
+    auto num = [](double v) {
+        std::string s = fmt::format("{:.2f}", v);
+        return std::optional<std::string>(s);
+    };
+    for (auto& r : rt.limiter->snapshot())
+        t.rows.push_back({r.tenant, r.mode, num(r.queries_per_second),
+                          num(r.transactions_per_second), num(r.connections_per_second),
+                          std::to_string(r.max_connections), std::to_string(r.current_connections),
+                          std::to_string(r.allowed), std::to_string(r.rejected),
+                          std::to_string(r.delayed), num(r.current_rate)});
+    return t;
+}
+}  // namespace
+
 int server::run() {
     try {
         rt_.limiter = ratelimit::make_limiter(rt_.cfg()->limits, rt_.workers, main_.get_executor());
+        if (rt_.limiter) {
+            rt_.extra_metrics = [this] { return rt_.limiter ? rt_.limiter->metrics_text() : ""; };
+            admin::register_show("TENANTS", [](proxy::runtime& rt) { return tenants_table(rt); });
+        }
     } catch (const std::exception& e) {
         spdlog::error("rate_limits: {}", e.what());
         return 1;
@@ -298,8 +323,10 @@ int server::run() {
     for (auto& w : workers_) w->stop();
     for (auto& t : threads_)
         if (t.joinable()) t.join();
-    // The limiter's Redis sockets belong to the workers' contexts: gone before they are.
+    // Sockets that belong to the workers' contexts go before the contexts do: the
+    // limiter's Redis connections and every server connection.
     rt_.limiter.reset();
+    for (auto* p : rt_.pools.all()) p->close_all_now();
     return exit_code_;
 }
 

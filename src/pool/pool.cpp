@@ -385,6 +385,13 @@ void pool::restore_defaults(server_connection& s) const {
         if (auto it = welcome_.find(k); it != welcome_.end()) s.parameters[k] = it->second;
 }
 
+void pool::close_all_now() {
+    std::lock_guard lk(mutex_);
+    for (auto& s : all_) s->close();
+    idle_.clear();
+    all_.clear();
+}
+
 void pool::mark_all_close_needed() {
     {
         std::lock_guard lk(mutex_);

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -105,6 +106,12 @@ asio::awaitable<void> client_session::run() {
     bool ok = co_await startup();
     logged_in = true;
     login_watchdog.cancel();
+    if (ok && console_role_ != admin::console_role::none) {
+        // The console lives outside the login timeout and the pools.
+        state = client_state::active;
+        co_await admin::serve(rt_, *this, socket_, in_, console_role_, std::string());
+        ok = false;
+    }
 
     if (ok) {
         state = client_state::idle;
@@ -383,6 +390,18 @@ asio::awaitable<bool> client_session::startup() {
     auto users = rt_.users();
     auto secret = users->find(user);
 
+    // As PgBouncer: the user pgbouncer (or sluice) may enter the console over the unix
+    // socket without a password when it runs as the same OS user as Sluice.
+    if (console && (user == "pgbouncer" || user == "sluice") && addr == "unix") {
+        ucred peer{};
+        socklen_t len = sizeof peer;
+        if (::getsockopt(socket_.native_handle(), SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0 &&
+            peer.uid == ::getuid()) {
+            console_role_ = admin::console_role::admin;
+            co_return true;
+        }
+    }
+
     bool known = secret.has_value() || g.auth_type_ == config::auth_type::trust ||
                  g.auth_type_ == config::auth_type::any;
     bool authenticated = co_await authenticate(secret, known);
@@ -395,9 +414,8 @@ asio::awaitable<bool> client_session::startup() {
                                 "only admin_users and stats_users may use the console");
             co_return false;
         }
-        state = client_state::active;
-        co_await admin::serve(rt_, *this, socket_, in_, role, out);
-        co_return false;  // the console session is over
+        console_role_ = role;
+        co_return true;  // run() serves the console once the login timeout is off
     }
     if (db && rt_.database_disabled(database)) {
         co_await send_error("57P03", "database \"" + database + "\" is disabled",
@@ -1098,8 +1116,21 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
                     char status = proto::decode_ready_for_query(body).value_or('E');
                     on_ready_for_query(status, *server);
                     ready_idle = status == 'I';
-                    if (status != 'I' && mode_ == config::pool_mode::statement)
+                    if (status != 'I' && mode_ == config::pool_mode::statement) {
+                        // Statement mode: the server goes back after every statement, so a
+                        // transaction block cannot work. As PgBouncer: refuse and close (the
+                        // error replaces the ReadyForQuery; the server is dirty).
                         statement_violation = true;
+                        std::string err;
+                        proto::writer(err).error_response(
+                            "25000", "transaction blocks not allowed in statement pooling mode",
+                            "use pool_mode transaction for clients that open transactions",
+                            "FATAL");
+                        server_out_.skip(pos, h.total());
+                        server_out_.insert(pos + h.total(), std::move(err));
+                        pos += h.total();
+                        break;
+                    }
                 } else if (t == proto::msg::parameter_status) {
                     if (auto ps = proto::decode_parameter_status(body)) {
                         // The client changed a parameter (SET ...): remember it for this
@@ -1156,11 +1187,8 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
         }
 
         if (statement_violation) {
-            // Statement mode: a server goes back after every statement, so a transaction
-            // block cannot work. As PgBouncer: refuse and close; the server is dirty.
             server->close_needed = true;
-            co_await send_error("08P01", "transaction blocks not allowed in statement pooling mode",
-                                "use pool_mode transaction for clients that open transactions");
+            fatal_ = true;
             error_code ignored;
             socket_.close(ignored);
             break;

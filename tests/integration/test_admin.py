@@ -519,10 +519,6 @@ def test_metrics_parse_and_agree_with_show_stats(make_sluice, pgbench_db):
     assert ei.value.code == 404
 
 
-@pytest.mark.xfail(reason="client_session runs admin::serve inside startup(), so the "
-                          "client_login_timeout watchdog still closes the console afterwards; "
-                          "needs the watchdog cancelled before admin::serve (client_session.cpp)",
-                   strict=False)
 def test_console_outlives_client_login_timeout(make_sluice):
     s = make_sluice(client_login_timeout=1)
     with admin_conn(s) as c:

@@ -946,7 +946,10 @@ def test_client_idle_timeout_57P05(make_sluice, su):
 
 
 def test_min_pool_size_opens_servers_before_any_client(make_sluice, su):
-    s = make_sluice(pool_mode=TXN, default_pool_size=5, min_pool_size=2)
+    # As PgBouncer: a pool exists before any client only for a database with a forced
+    # user; min_pool_size then opens its servers right away.
+    s = make_sluice(pool_mode=TXN, default_pool_size=5, min_pool_size=2,
+                    config={"databases": {"app": {"user": "app", "password": "app_pw"}}})
     ok = wait_for(lambda: app_servers(su) >= 2, 8, 0.2)
     assert ok, f"min_pool_size 2: {app_servers(su)} servers before any client"
     time.sleep(0.5)

@@ -97,6 +97,8 @@ public:
     void restore_defaults(server_connection& s) const;
     // Marks every server to be closed when released (RECONNECT, reload of the address).
     void mark_all_close_needed();
+    // Process exit, after the workers stopped: closes every server here and now.
+    void close_all_now();
     // RESUME: unpauses and wakes waiters, handing them idle servers or room to connect.
     void resume();
 

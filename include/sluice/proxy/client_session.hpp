@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 
+#include "sluice/admin/console.hpp"
 #include "sluice/net/io.hpp"
 #include "sluice/pool/pool.hpp"
 #include "sluice/protocol/codec.hpp"
@@ -76,6 +77,7 @@ public:
             .count();
     }
     std::shared_ptr<ratelimit::tenant> tenant_;
+    admin::console_role console_role_ = admin::console_role::none;
     bool tenant_connection_open_ = false;
     // Set by the listener when the client must be refused (max_client_conn, shutdown):
     // the startup packet is still read so that the client gets a proper ErrorResponse.
