@@ -154,7 +154,7 @@ def admin(s, sql: str) -> str:
 @pytest.mark.parametrize("backend", ["redis", "local"])
 def test_tenant_limited_to_100_qps_driven_at_400(make_sluice, redis, backend):
     acme, free = tenant("acme"), tenant("free")
-    s = make_sluice(config=limits(backend, redis, {
+    s = make_sluice(default_pool_size=20, config=limits(backend, redis, {
         acme: {"queries_per_second": 100, "query_burst": 5}}))
     res: Dict[str, Tally] = {}
     bg = threading.Thread(target=lambda: res.__setitem__("free", drive(s, free, 100, 3.0, 2)),
@@ -175,7 +175,7 @@ def test_rejected_query_keeps_connection_and_transaction_state(make_sluice, redi
     """A rejection inside a transaction answers 53400 and ReadyForQuery 'T': nothing
     reached PostgreSQL, so the transaction is not aborted and still commits."""
     acme = tenant("txn")
-    s = make_sluice(config=limits("redis", redis, {
+    s = make_sluice(default_pool_size=20, config=limits("redis", redis, {
         acme: {"queries_per_second": 2, "query_burst": 2}}))
     c = RawPg("127.0.0.1", s.port)
     try:
@@ -201,7 +201,7 @@ def test_rejected_query_keeps_connection_and_transaction_state(make_sluice, redi
 
 def test_extended_protocol_batch_answered_up_to_sync(make_sluice, redis):
     acme = tenant("ext")
-    s = make_sluice(config=limits("redis", redis, {
+    s = make_sluice(default_pool_size=20, config=limits("redis", redis, {
         acme: {"queries_per_second": 1, "query_burst": 1}}))
     with connect(s, acme) as c:
         assert c.execute("SELECT %s::int", (1,)).fetchone()[0] == 1  # the burst
@@ -264,7 +264,7 @@ def test_redis_stopped_mid_run_then_restarted(make_sluice, workdir, policy):
     r = harness.Redis(base=workdir).start()
     try:
         acme = tenant(f"down-{policy}")
-        s = make_sluice(config=limits("redis", r, {
+        s = make_sluice(default_pool_size=20, config=limits("redis", r, {
             acme: {"queries_per_second": 100, "query_burst": 5}},
             on_redis_failure=policy, expected_instances=2))
         up = drive(s, acme, 200, 2.0, 2)
@@ -322,7 +322,7 @@ def test_redis_never_started_policy_applies(make_sluice, workdir):
 @pytest.mark.parametrize("backend", ["redis", "local"])
 def test_delay_absorbs_a_burst_within_max_delay(make_sluice, redis, backend):
     acme = tenant("delay")
-    s = make_sluice(config=limits(backend, redis, {
+    s = make_sluice(default_pool_size=20, config=limits(backend, redis, {
         acme: {"queries_per_second": 20, "query_burst": 1, "action": "delay",
                "max_delay": "2s"}}))
     n = 10
@@ -359,7 +359,7 @@ def test_delay_absorbs_a_burst_within_max_delay(make_sluice, redis, backend):
 @pytest.mark.parametrize("backend", ["redis", "local"])
 def test_delay_rejects_past_max_delay(make_sluice, redis, backend):
     acme = tenant("delay-max")
-    s = make_sluice(config=limits(backend, redis, {
+    s = make_sluice(default_pool_size=20, config=limits(backend, redis, {
         acme: {"queries_per_second": 10, "query_burst": 1, "action": "delay",
                "max_delay": "150ms"}}))
     n = 8
@@ -409,7 +409,7 @@ def test_delay_rejects_past_max_delay(make_sluice, redis, backend):
 @pytest.mark.parametrize("backend", ["redis", "local"])
 def test_max_connections_refuses_then_admits_again(make_sluice, redis, backend):
     acme = tenant("maxconn")
-    s = make_sluice(config=limits(backend, redis, {acme: {"max_connections": 2}}))
+    s = make_sluice(default_pool_size=20, config=limits(backend, redis, {acme: {"max_connections": 2}}))
     a = connect(s, acme)
     b = connect(s, acme)
     try:
@@ -439,7 +439,7 @@ def test_max_connections_refuses_then_admits_again(make_sluice, redis, backend):
 @pytest.mark.parametrize("backend", ["redis", "local"])
 def test_connections_per_second(make_sluice, redis, backend):
     acme = tenant("cps")
-    s = make_sluice(config=limits(backend, redis, {
+    s = make_sluice(default_pool_size=20, config=limits(backend, redis, {
         acme: {"connections_per_second": 1, "connection_burst": 2}}))
     ok, refused = 0, []
     for _ in range(5):
@@ -456,18 +456,23 @@ def test_connections_per_second(make_sluice, redis, backend):
 
 def test_transactions_per_second(make_sluice, redis):
     acme = tenant("tps")
-    s = make_sluice(config=limits("redis", redis, {
+    s = make_sluice(default_pool_size=20, config=limits("redis", redis, {
         acme: {"transactions_per_second": 20, "transaction_burst": 2}}))
     ok = limited = 0
     with connect(s, acme) as c:
         end = time.monotonic() + 2.0
         while time.monotonic() < end:
+            # Plain BEGIN/COMMIT: psycopg's transaction() context cannot recover from an
+            # error on BEGIN itself (PostgreSQL never fails a BEGIN; the limiter does).
             try:
-                with c.transaction():
-                    c.execute("SELECT 1")
-                ok += 1
+                c.execute("BEGIN")
             except psycopg.errors.ConfigurationLimitExceeded:
                 limited += 1
+                assert c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                continue
+            c.execute("SELECT 1")
+            c.execute("COMMIT")
+            ok += 1
             time.sleep(0.005)
     assert 2 + 20 * 2 * 0.8 <= ok <= 2 + 20 * 2 * 1.2 + 2, (ok, limited)
     assert limited > 0
@@ -493,7 +498,7 @@ def test_backend_local_needs_no_redis(make_sluice):
 
 def test_shadow_counts_but_never_rejects(make_sluice, redis):
     acme = tenant("shadow")
-    s = make_sluice(config=limits("redis", redis, {
+    s = make_sluice(default_pool_size=20, config=limits("redis", redis, {
         acme: {"queries_per_second": 10, "query_burst": 1, "shadow": True}}))
     t = drive(s, acme, 100, 1.0, 1)
     assert t.limited == 0 and not t.other and t.ok >= 80, t
@@ -531,7 +536,7 @@ def test_reload_changes_limits_without_dropping_clients(make_sluice, redis):
 
 def test_show_tenants(make_sluice, redis):
     acme = tenant("show")
-    s = make_sluice(config=limits("redis", redis, {
+    s = make_sluice(default_pool_size=20, config=limits("redis", redis, {
         acme: {"queries_per_second": 10, "query_burst": 1}}))
     drive(s, acme, 50, 1.0, 1)
     out = admin(s, "SHOW TENANTS")
