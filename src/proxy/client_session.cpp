@@ -494,6 +494,7 @@ asio::awaitable<bool> client_session::startup() {
         transaction_timeout_ns = ns(g.transaction_timeout);
     }
     prepared_mode_ = mode_ != config::pool_mode::session && g.max_prepared_statements > 0;
+    reset_query_always_ = g.server_reset_query_always;
 
     // Welcome without a server round trip when the pool already knows what a server says;
     // the very first client of a pool waits for the first server login.
@@ -1173,10 +1174,11 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
         } else {
             const auto& pieces = server_out_.finish(pos);
             if (server_out_.size() > 0) {
-                std::vector<asio::const_buffer> bufs;
-                bufs.reserve(pieces.size());
+                auto& bufs = server_pieces_;  // reused: no allocation per batch
+                bufs.clear();
                 for (auto& [p, len] : pieces) bufs.emplace_back(p, len);
-                if (!co_await write_client(bufs)) {
+                bool sent = co_await write_client(bufs);
+                if (!sent) {
                     // The client is gone; client_loop will notice and finish_server() decides.
                     sbuf.consume(pos);
                     break;
@@ -1375,6 +1377,12 @@ asio::awaitable<void> reset_and_release(pool::server_ptr s, std::string reset_qu
 void client_session::release_server(pool::server_ptr s, bool clean) {
     if (!clean) {
         pool_->discard(std::move(s));
+        return;
+    }
+    // The hot path (transaction mode, no cancel in flight) reads no configuration.
+    if (mode_ != config::pool_mode::session && !reset_query_always_ &&
+        s->cancels_in_flight.load() == 0) {
+        pool_->release(std::move(s));
         return;
     }
     auto cfg = rt_.cfg();

@@ -155,7 +155,8 @@ private:
     steady_clock::time_point query_start_{}, xact_start_{};
     std::deque<pending_reply> pending_;  // one entry per request whose replies are due
     batch_builder client_out_, server_out_;
-    std::vector<asio::const_buffer> write_pieces_;
+    std::vector<asio::const_buffer> write_pieces_, server_pieces_;
+    bool reset_query_always_ = false;
     bool prepared_mode_ = false;
     std::unordered_map<std::string, client_statement> client_statements_;
     bool refresh_untracked_ = false;   // a SET/RESET ran: re-read unreported parameters
