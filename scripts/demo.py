@@ -92,12 +92,16 @@ def pgbench_run(label: str, host: str, port: int, db: str, clients: int, seconds
     return res.get("tps")
 
 
-def console(s: Sluice, command: str) -> None:
+def console(s: Sluice, command: str, expanded: bool = False) -> None:
     print(f"\n{command}")
+    # Column headers, aligned; wide results (SHOW STATS) one field per line.
+    view = ["-P", "pager=off", "-P", "tuples_only=off", "-P", "format=aligned"]
+    if expanded:
+        view += ["-P", "expanded=on"]
     for db in ("sluice", "pgbouncer"):
         try:
             r = s.psql(command, user="admin", password=PASSWORDS["admin"], db=db, timeout=15,
-                       extra_args=["-P", "pager=off", "-A", "-F", " | "])
+                       extra_args=view)
         except Exception as e:  # noqa: BLE001
             print(f"  ({db}: {e})")
             continue
@@ -164,8 +168,9 @@ def main() -> int:
         print(f"ratio Sluice/direct: {via / direct:.2f}")
 
     banner("admin console")
-    for cmd in ("SHOW POOLS;", "SHOW STATS;", "SHOW TENANTS;"):
-        console(s, cmd)
+    for cmd, expanded in (("SHOW POOLS;", False), ("SHOW STATS;", True),
+                          ("SHOW LATENCY;", True), ("SHOW TENANTS;", False)):
+        console(s, cmd, expanded)
 
     banner("stopping")
     rc = s.stop()
