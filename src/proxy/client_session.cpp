@@ -679,11 +679,15 @@ asio::awaitable<void> client_session::client_loop() {
             if (!rejecting_ && tenant_ &&
                 (type == proto::msg::query || type == proto::msg::function_call ||
                  (!in_extended_batch_ && (is_extended(type) || type == proto::msg::sync)))) {
+                // Fast path without a coroutine call: tokens from the local lease.
                 bool new_xact = transaction_status_ == 'I' && outstanding_ == 0;
-                auto v = co_await admit_request(new_xact);
-                if (!v.allowed) {
-                    rejecting_ = true;
-                    reject_retry_after_ = v.retry_after;
+                bool xact_ok = !new_xact || tenant_->try_take(ratelimit::kind::transaction);
+                if (!xact_ok || !tenant_->try_take(ratelimit::kind::query)) {
+                    auto v = co_await admit_request(!xact_ok);
+                    if (!v.allowed) {
+                        rejecting_ = true;
+                        reject_retry_after_ = v.retry_after;
+                    }
                 }
             }
             if (rejecting_) {
@@ -836,11 +840,13 @@ void client_session::queue_rejection() {
     pending_.push_back({'S', pending_reply::inject, {}, {}, std::move(bytes)});
 }
 
-asio::awaitable<ratelimit::verdict> client_session::admit_request(bool new_xact) {
+// Slow path: the local lease ran out (or the transaction token did). `need_xact`: the
+// transaction token is still to be taken; the query token always is.
+asio::awaitable<ratelimit::verdict> client_session::admit_request(bool need_xact) {
     ratelimit::verdict v;
     auto* lim = rt_.limiter.get();
     if (!lim) co_return v;
-    if (new_xact && !tenant_->try_take(ratelimit::kind::transaction)) {
+    if (need_xact) {
         v = co_await lim->take(tenant_, ratelimit::kind::transaction, worker_);
         if (!v.allowed) co_return v;
     }

@@ -119,7 +119,7 @@ private:
     void ensure_prepared(const client_statement& st, std::size_t pos);
     void forget_prepared(const std::string& server_name);
     // rate limiting
-    asio::awaitable<ratelimit::verdict> admit_request(bool new_xact);
+    asio::awaitable<ratelimit::verdict> admit_request(bool need_xact);
     void queue_rejection();
 
     // writing to the client: server_loop and client_loop may both want to, one at a time
