@@ -233,6 +233,7 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
     s->owner = this;
     s->worker = worker;
     login_params login;
+    std::vector<std::string> unreported;  // tracked parameters to read from a first server
     {
         std::lock_guard lk(mutex_);
         auto now = steady_clock::now();
@@ -247,7 +248,7 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
                                      "(server_login_retry): " + login_failed_error_};
         }
         login = settings_.login;
-        settings_unreported_ = settings_.unreported_tracked;
+        unreported = settings_.unreported_tracked;
         if (login.scram_client_key.empty()) {
             login.scram_client_key = scram_client_key_;
             login.scram_server_key = scram_server_key_;
@@ -279,16 +280,16 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
         login_failed_error_.clear();
         first = welcome_.empty();
     }
-    if (first && !settings_unreported_.empty()) {
+    if (first && !unreported.empty()) {
         std::string sql = "SELECT ";
-        for (std::size_t i = 0; i < settings_unreported_.size(); ++i)
-            sql += (i ? ", current_setting('" : "current_setting('") + settings_unreported_[i] +
+        for (std::size_t i = 0; i < unreported.size(); ++i)
+            sql += (i ? ", current_setting('" : "current_setting('") + unreported[i] +
                    "', true)";
         std::vector<std::optional<std::string>> row;
         bool ok = co_await s->run_internal_query(std::move(sql), login.max_packet_size, &row);
-        if (ok && row.size() == settings_unreported_.size())
+        if (ok && row.size() == unreported.size())
             for (std::size_t i = 0; i < row.size(); ++i)
-                if (row[i]) s->parameters[settings_unreported_[i]] = *row[i];
+                if (row[i]) s->parameters[unreported[i]] = *row[i];
     }
     {
         std::lock_guard lk(mutex_);

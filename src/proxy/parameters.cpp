@@ -47,15 +47,6 @@ bool is_server_status_parameter(std::string_view name) {
     return !is_tracked(name, {}) || reported_by_server(name);
 }
 
-std::string quote_identifier(std::string_view name) {
-    std::string out = "\"";
-    for (char c : name) {
-        if (c == '"') out += '"';
-        out += c;
-    }
-    return out + "\"";
-}
-
 std::string quote_literal(std::string_view value) {
     // E'' so that the result means the same whatever standard_conforming_strings says.
     std::string out = "E'";

@@ -146,7 +146,6 @@ private:
     std::vector<std::uint8_t> scram_client_key_, scram_server_key_;
     steady_clock::time_point login_failed_at_{};
     std::string login_failed_error_, login_failed_sqlstate_;
-    std::vector<std::string> settings_unreported_;  // copy taken for open_server
 };
 
 // Owns every pool and the global counters behind max_db_connections and

@@ -21,7 +21,6 @@ bool reported_by_server(std::string_view name);
 // (server_version, is_superuser, ...): passed on in the welcome, never SET.
 bool is_server_status_parameter(std::string_view name);
 
-std::string quote_identifier(std::string_view name);
 std::string quote_literal(std::string_view value);
 
 }  // namespace sluice::proxy
