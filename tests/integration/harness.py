@@ -652,6 +652,21 @@ class PgError(Exception):
         return self.fields.get("M", "")
 
 
+def parse_data_row(body: bytes) -> list:
+    """A DataRow body as a list of text values (None for NULL)."""
+    (n,) = struct.unpack("!H", body[:2])
+    i, row = 2, []
+    for _ in range(n):
+        (ln,) = struct.unpack("!i", body[i:i + 4])
+        i += 4
+        if ln < 0:
+            row.append(None)
+        else:
+            row.append(body[i:i + ln].decode())
+            i += ln
+    return row
+
+
 def parse_error_fields(body: bytes) -> Dict[str, str]:
     fields: Dict[str, str] = {}
     i = 0
@@ -852,17 +867,7 @@ class RawPg:
             if kind == b"T":
                 rows = []
             elif kind == b"D":
-                (n,) = struct.unpack("!H", body[:2])
-                i, row = 2, []
-                for _ in range(n):
-                    (ln,) = struct.unpack("!i", body[i:i + 4])
-                    i += 4
-                    if ln < 0:
-                        row.append(None)
-                    else:
-                        row.append(body[i:i + ln].decode())
-                        i += ln
-                rows.append(row)
+                rows.append(parse_data_row(body))
             elif kind == b"E":
                 err = parse_error_fields(body)
             elif kind == b"Z":

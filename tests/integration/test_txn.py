@@ -180,22 +180,7 @@ def errors_in(msgs) -> List[Dict[str, str]]:
 
 
 def data_rows(msgs) -> List[List[Optional[str]]]:
-    out = []
-    for k, body in msgs:
-        if k != b"D":
-            continue
-        (n,) = struct.unpack("!H", body[:2])
-        i, row = 2, []
-        for _ in range(n):
-            (ln,) = struct.unpack("!i", body[i:i + 4])
-            i += 4
-            if ln < 0:
-                row.append(None)
-            else:
-                row.append(body[i:i + ln].decode())
-                i += ln
-        out.append(row)
-    return out
+    return [harness.parse_data_row(body) for k, body in msgs if k == b"D"]
 
 
 def assert_clean_server(s, su, max_servers: int):
