@@ -11,7 +11,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev libpq-dev
   # real components for tests, demo and benchmarks
   postgresql postgresql-contrib postgresql-client redis-server redis-tools pgbouncer
-  python3 python3-pytest python3-psycopg python3-prometheus-client python3-yaml
+  python3 python3-pytest python3-psycopg python3-asyncpg python3-prometheus-client python3-yaml
+  clang libclang-rt-14-dev   # libFuzzer targets and the thread-sanitizer build
   procps iproute2 util-linux
 )
 

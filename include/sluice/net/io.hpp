@@ -52,10 +52,12 @@ public:
         std::size_t want = std::max(standard_size, end + n);
         if (want > standard_size) want = std::max(want, capacity_ * 2);
         auto fresh = allocate(want);
-        if (end > 0) std::memcpy(fresh.get(), data_.get(), end);
-        release();
+        const std::size_t unread = end;  // begin is 0 here
+        if (unread > 0) std::memcpy(fresh.get(), data_.get(), unread);
+        release();  // (resets the cursors: the unread bytes now live in `fresh`)
         data_ = std::move(fresh);
         capacity_ = want;
+        end = unread;
     }
     asio::mutable_buffer writable() { return asio::buffer(data_.get() + end, capacity_ - end); }
     void commit(std::size_t n) { end += n; }
