@@ -80,7 +80,25 @@ struct node {
     bool quoted = false;      // a quoted YAML scalar: its text starts one column after `at`
     std::vector<node> items;  // sequence
     std::vector<std::pair<node, node>> entries;  // map, in file order; keys are scalars
+
+    // Declared here, defined below where node is complete: std::pair<node, node> inside
+    // node's own definition is an incomplete type, which libstdc++ rejects under clang
+    // (the fuzz build) when the implicit members are instantiated in the class.
+    node();
+    node(kind kind_of, pos position);
+    node(const node&);
+    node(node&&) noexcept;
+    node& operator=(const node&);
+    node& operator=(node&&) noexcept;
+    ~node();
 };
+node::node() = default;
+node::node(kind kind_of, pos position) : k(kind_of), at(position) {}
+node::node(const node&) = default;
+node::node(node&&) noexcept = default;
+node& node::operator=(const node&) = default;
+node& node::operator=(node&&) noexcept = default;
+node::~node() = default;
 
 const char* kind_name(const node& n) {
     switch (n.k) {
@@ -101,6 +119,8 @@ class context {
     std::string file;
     std::filesystem::path base_dir;  // relative paths in the file are relative to this
     std::vector<diagnostic> errors;
+    // Values left before a YAML document counts as too big (see from_yaml); 0 = exhausted.
+    std::size_t yaml_values_left = 0;
 
     void error(pos p, std::string message) {
         errors.push_back(diagnostic{file, p.line, p.col, std::move(message)});
@@ -112,6 +132,15 @@ class context {
 
 constexpr int max_depth = 64;  // deeper nesting is a mistake (or an alias cycle), not config
 
+// yaml-cpp shares an aliased node, but the tree below copies it at every use, so nested
+// aliases ("a: &a [x,x,x]", "b: &b [*a,*a,*a]", ...) grow the tree exponentially: nine
+// levels of ten turn 300 bytes into 10^9 values (the "billion laughs"), which exhausted
+// memory before this cap (found by fuzz/config_fuzz). Without aliases a document holds at
+// most about one value per byte, so ten per byte leaves ordinary anchors plenty of room.
+std::size_t yaml_value_budget(std::size_t text_size) {
+    return std::max<std::size_t>(100'000, 10 * text_size);
+}
+
 pos pos_of(const YAML::Mark& m, pos fallback) {
     if (m.line < 0 || m.column < 0) return fallback;
     return pos{m.line + 1, m.column + 1};  // yaml-cpp's marks are 0-based
@@ -121,6 +150,13 @@ node from_yaml(context& ctx, const YAML::Node& y, pos fallback, int depth) {
     node n;
     if (depth > max_depth) {
         ctx.error(fallback, "nesting is too deep");
+        return n;
+    }
+    // Once exhausted every further value is skipped unread, so the walk stops early too.
+    if (ctx.yaml_values_left == 0) return n;
+    if (--ctx.yaml_values_left == 0) {
+        ctx.error(pos_of(y.Mark(), fallback),
+                  "the document expands to too many values (aliases of aliases?)");
         return n;
     }
     switch (y.Type()) {
@@ -685,6 +721,8 @@ const std::vector<field<general>>& general_fields() {
         bind("max_packet_size", &g::max_packet_size,
              int_value<std::int64_t>(5, std::numeric_limits<std::int32_t>::max())),
         bind("pkt_buf", &g::pkt_buf, int_value<int>(512, 1 << 30)),
+        bind("max_held_message_size", &g::max_held_message_size,
+             int_value<std::int64_t>(1024, std::numeric_limits<std::int32_t>::max())),
 
         bind("server_lifetime", &g::server_lifetime, duration_value()),
         bind("server_idle_timeout", &g::server_idle_timeout, duration_value()),
@@ -875,8 +913,10 @@ void apply_fields(context& ctx, const node& map, S& s, const std::vector<field<S
                   const std::set<std::string>& skip = {}) {
     for (const auto& [key, value] : map.entries) {
         if (skip.count(key.text)) continue;
+        // Not a capture of the structured binding itself: C++20 allows it, clang 14 not.
+        const std::string& name = key.text;
         auto f = std::find_if(fields.begin(), fields.end(),
-                              [&](const auto& fl) { return key.text == fl.name; });
+                              [&](const auto& fl) { return name == fl.name; });
         if (f != fields.end()) {
             if (seen) (*seen)[key.text] = value.at;
             f->apply(ctx, prefix + key.text, value, s);
@@ -888,7 +928,7 @@ void apply_fields(context& ctx, const node& map, S& s, const std::vector<field<S
 
 // A [databases]/[users] entry is a mapping (YAML) or a connection string (PgBouncer).
 std::optional<node> entry_settings(context& ctx, const std::string& label, const node& n) {
-    if (n.k == node::kind::null) return node{node::kind::map, n.at, {}, false, {}, {}};
+    if (n.k == node::kind::null) return node(node::kind::map, n.at);
     if (n.k == node::kind::map) return n;
     if (n.k == node::kind::scalar) return parse_connstring(ctx, n, label);
     ctx.error(n.at, label + ": expected a mapping or a connection string, got " + kind_name(n));
@@ -1159,6 +1199,7 @@ load_result load_string(const std::string& text, const std::string& path) {
             root = from_ini(ctx, text);
         } else {
             YAML::Node doc = YAML::Load(text);
+            ctx.yaml_values_left = yaml_value_budget(text.size());
             root = from_yaml(ctx, doc, pos{1, 1}, 0);
         }
         read_config(ctx, root, cfg);

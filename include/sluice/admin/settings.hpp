@@ -207,6 +207,7 @@ inline const std::vector<setting>& general_settings() {
         {"query_wait_notify", &g::query_wait_notify, true},
         {"max_packet_size", &g::max_packet_size, true, 5, imax},
         {"pkt_buf", &g::pkt_buf, false, 512, 1 << 30},
+        {"max_held_message_size", &g::max_held_message_size, true, 1024, imax},
         {"server_lifetime", &g::server_lifetime, true},
         {"server_idle_timeout", &g::server_idle_timeout, true},
         {"server_connect_timeout", &g::server_connect_timeout, true},

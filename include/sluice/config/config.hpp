@@ -55,6 +55,9 @@ struct general {
     int scram_iterations = 4096;
     duration query_wait_notify = std::chrono::seconds(5);
     std::int64_t max_packet_size = 2147483647;
+    // Sluice's own: the largest client message the pooler holds whole (a named Parse in
+    // transaction/statement mode, whose text it keeps). Everything else is streamed.
+    std::int64_t max_held_message_size = 16 << 20;
     int pkt_buf = 4096;
 
     duration server_lifetime = std::chrono::seconds(3600);

@@ -10,6 +10,7 @@
 #include <unordered_map>
 
 #include "sluice/net/io.hpp"
+#include "sluice/pool/server_statements.hpp"
 #include "sluice/protocol/codec.hpp"
 
 namespace sluice::pool {
@@ -76,10 +77,8 @@ public:
     // handed to another client until they are (a late cancel must not hit its query).
     std::atomic<int> cancels_in_flight{0};
 
-    // Protocol-level prepared statements that exist on this server (server-side names),
-    // most recently used at the front.
-    std::list<std::string> prepared_lru;
-    std::unordered_map<std::string, std::list<std::string>::iterator> prepared;
+    // Protocol-level prepared statements that exist on this server (server-side names).
+    server_statements statements;
 
     std::uint64_t link_client_id = 0;  // for SHOW SERVERS
 };

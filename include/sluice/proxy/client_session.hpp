@@ -1,22 +1,20 @@
 #pragma once
-// One client connection, from the startup packet to Terminate.
+// One client connection, from the startup packet to Terminate: the socket driver.
 //
-//   startup: SSLRequest/GSSENCRequest -> 'N'; CancelRequest -> forward; StartupMessage
-//   -> authenticate -> welcome (AuthenticationOk, ParameterStatus..., BackendKeyData,
-//   ReadyForQuery) -> relay.
+//   startup.cpp     SSLRequest/GSSENCRequest -> 'N'; CancelRequest -> cancel.cpp;
+//                   StartupMessage -> authenticate -> admission.cpp (client limits, rate
+//                   limits at login) -> welcome (AuthenticationOk, ParameterStatus...,
+//                   BackendKeyData, ReadyForQuery)
+//   client_session  the relay driver: reads both sockets, feeds the relay core
+//                   (relay.hpp, where every protocol rule lives) and performs what it says
+//   server_link.cpp linking a server (pool checkout, parameter sync) and giving it back
+//   timeouts.cpp    query/idle/transaction timeouts and KILL
 //
-// The relay has two halves on the session's worker thread:
-//   client_loop   reads the client, counts the requests that will each end in a
-//                 ReadyForQuery (Query, Sync, FunctionCall), links a server when a
-//                 request starts and none is linked, and forwards the bytes unchanged.
-//   server_loop   runs while a server is linked; forwards the server's bytes to the
-//                 client and, at ReadyForQuery 'I' with nothing outstanding, gives the
-//                 server back (transaction/statement mode).
-// Only type bytes and lengths are looked at; bodies are decoded only for the few
-// messages the pooler acts on.
+// The relay has two loops on the session's worker thread: client_loop reads the client,
+// server_loop (while a server is linked) reads the server. Both only move bytes and
+// call the core; the core is not thread-safe and needs none: both loops run on one strand.
 #include <deque>
 #include <map>
-#include <unordered_map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -26,6 +24,7 @@
 #include "sluice/pool/pool.hpp"
 #include "sluice/protocol/codec.hpp"
 #include "sluice/proxy/prepared.hpp"
+#include "sluice/proxy/relay.hpp"
 #include "sluice/ratelimit/limiter.hpp"
 
 namespace sluice::proxy {
@@ -34,7 +33,8 @@ class runtime;
 
 enum class client_state { login, idle, active, waiting };
 
-class client_session : public std::enable_shared_from_this<client_session> {
+class client_session : public std::enable_shared_from_this<client_session>,
+                       private relay::observer {
 public:
     client_session(runtime& rt, stream_socket socket, int worker, std::uint64_t id);
     ~client_session();
@@ -92,35 +92,30 @@ private:
     asio::awaitable<bool> send_welcome();
     asio::awaitable<void> handle_cancel_request(protocol::cancel_request req);
 
-    // relay
+    // relay driver
     asio::awaitable<void> client_loop();
     asio::awaitable<void> server_loop(pool::server_ptr server);
+    asio::awaitable<bool> write_server(const relay::client_result& r);
+    // server_link.cpp
     asio::awaitable<bool> link_server();
     asio::awaitable<bool> sync_parameters(pool::server_connection& s);
+    asio::awaitable<bool> refresh_untracked_parameters(pool::server_connection& s);
     void server_loop_done();
     asio::awaitable<void> finish_server();
     void release_server(pool::server_ptr s, bool clean);
-    void mark_query_start();
-    void on_ready_for_query(char status, pool::server_connection& server);
-    void on_command_complete(std::string_view tag, pool::server_connection& server);
-    void complete_front_reply(bool error);
-    void drop_sync_ignored_during_copy();
-    asio::awaitable<bool> refresh_untracked_parameters(pool::server_connection& s);
-
-    // replies Sluice gives itself, in their turn
-    void take_front_injections(std::string& out);
-    asio::awaitable<bool> flush_front_injections();
-    // prepared statements (transaction/statement mode)
-    // A named Parse/Close answered without a server: true if answered, false if it must
-    // be forwarded, nullopt if malformed.
-    std::optional<bool> answer_locally(char type, std::span<const std::uint8_t> body);
-    bool rewrite_extended(char type, std::span<const std::uint8_t> body, std::size_t pos,
-                          std::size_t total);
-    void ensure_prepared(const client_statement& st, std::size_t pos);
-    void forget_prepared(const std::string& server_name);
-    // rate limiting
+    // admission.cpp
+    asio::awaitable<bool> admit_login(const config::config& cfg, const config::database& db,
+                                      const protocol::startup_message& startup_msg);
     asio::awaitable<ratelimit::verdict> admit_request(bool need_xact);
-    void queue_rejection();
+    // relay::observer
+    void on_query_start() override;
+    void on_ready_for_query(char status, char previous, bool more) override;
+    void on_parameter_status(std::string_view name, std::string_view value) override;
+    void on_client_parse() override;
+    void on_client_bind() override;
+    void on_server_parse() override;
+
+    asio::awaitable<bool> flush_injections();
 
     // writing to the client: server_loop and client_loop may both want to, one at a time
     asio::awaitable<bool> write_client(std::span<const asio::const_buffer> buffers);
@@ -140,28 +135,15 @@ private:
     config::pool_mode mode_ = config::pool_mode::session;
 
     // relay state
-    pool::server_ptr server_;          // linked server, if any
+    std::optional<relay::machine> relay_;  // from the end of login
+    pool::server_ptr server_;              // linked server, if any
     bool server_loop_running_ = false;
     asio::steady_timer server_loop_done_;
     bool client_gone_ = false;
-    bool fatal_ = false;               // the session is being torn down
-    int outstanding_ = 0;              // Query/Sync/FunctionCall whose ReadyForQuery is due
-    bool unsynced_extended_ = false;   // extended messages forwarded since the last Sync
-    bool batch_forwarded_ = false;     // ... the same, for answering a lone Sync locally
-    bool in_extended_batch_ = false;   // extended messages received since the last Sync
-    std::uint32_t passthrough_ = 0;    // bytes of the current client message still to handle
-    bool discard_client_bytes_ = false;  // ... dropped (a rejected request)
-    char transaction_status_ = 'I';
+    bool fatal_ = false;                   // the session is being torn down
     steady_clock::time_point query_start_{}, xact_start_{};
-    std::deque<pending_reply> pending_;  // one entry per request whose replies are due
-    batch_builder client_out_, server_out_;
     std::vector<asio::const_buffer> write_pieces_, server_pieces_;
     bool reset_query_always_ = false;
-    bool prepared_mode_ = false;
-    std::unordered_map<std::string, client_statement> client_statements_;
-    bool refresh_untracked_ = false;   // a SET/RESET ran: re-read unreported parameters
-    bool rejecting_ = false;           // dropping a rejected extended batch until Sync
-    std::chrono::milliseconds reject_retry_after_{0};
 
     bool writing_client_ = false;
     std::deque<asio::steady_timer*> write_waiters_;

@@ -2,54 +2,30 @@
 // Protocol-level prepared statements in transaction and statement mode.
 //
 // A client's named statement ("s1") lives in the client's map; the server only ever sees
-// one name per distinct statement text ("sluice_<n>", from the process-wide registry), so
-// clients sharing a statement share its server-side copy. Before a Bind/Describe the
+// one name per distinct statement text, derived from the text itself ("sluice_" + 128 bits
+// of its SHA-256), so clients sharing a statement share its server-side copy and the
+// process keeps no registry of texts that would grow for ever. Before a Bind/Describe the
 // statement is prepared on demand on whichever server the client landed on; each server
-// keeps an LRU of at most max_prepared_statements.
+// keeps an LRU of at most max_prepared_statements (pool::server_statements).
 //
-// Because Sluice forwards fewer or more messages than the client sent, replies must be
-// matched to requests: `pending_reply` is one entry per forwarded (or answered-locally)
-// request, in order. The server relay forwards, swallows (replies to messages Sluice
-// added) or injects (ParseComplete/CloseComplete for messages it answered locally).
+// Because Sluice forwards fewer or more messages than the client sent, replies are
+// matched to requests by the relay core (relay.hpp).
 #include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <vector>
-#include <mutex>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 
 namespace sluice::proxy {
 
-class statement_registry {
-public:
-    // `parse_rest` is a Parse body after the statement name: query text, NUL, parameter
-    // types. Equal texts get equal names.
-    std::string name_for(std::string_view parse_rest);
-
-private:
-    std::mutex mutex_;
-    std::unordered_map<std::string, std::uint64_t> ids_;
-    std::uint64_t next_ = 0;
-};
+// `parse_rest` is a Parse body after the statement name: query text, NUL, parameter
+// types. Equal texts get equal names; a name fits NAMEDATALEN (63 bytes).
+std::string server_statement_name(std::string_view parse_rest);
 
 struct client_statement {
     std::string server_name;
     std::string parse_rest;
-};
-
-struct pending_reply {
-    enum action_t : std::uint8_t {
-        forward,  // the client sent it: pass the replies on
-        swallow,  // Sluice added it (on-demand Parse, LRU Close): drop its reply
-        inject,   // answered by Sluice itself: send `bytes` when its turn comes
-    };
-    char request = 0;  // 'P' 'B' 'D' 'E' 'C' 'S' 'Q' 'F'
-    action_t action = forward;
-    std::string server_statement;  // Parse: the server-side name it creates
-    std::string client_statement;  // the client's own Parse: its name
-    std::string bytes;             // inject: the reply (a ReadyForQuery is appended for 'S')
 };
 
 // True for the extended-protocol messages that PostgreSQL skips after an error until
@@ -105,6 +81,7 @@ public:
         cut(end);
         return pieces_;
     }
+    const std::vector<std::pair<const void*, std::size_t>>& pieces() const { return pieces_; }
     std::size_t size() const { return size_; }
 
 private:

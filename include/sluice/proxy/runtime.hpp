@@ -58,7 +58,6 @@ public:
 
     pool::pool_manager pools;
     session_registry sessions;
-    statement_registry statements;             // server-side names of prepared statements
     std::unique_ptr<ratelimit::limiter> limiter;  // null when rate_limits is off
 
     std::vector<asio::any_io_executor> workers;

@@ -1,0 +1,678 @@
+#include "sluice/proxy/relay.hpp"
+
+#include <cassert>
+#include <cstring>
+
+#include "sluice/protocol/codec.hpp"
+
+namespace sluice::proxy::relay {
+
+namespace proto = sluice::protocol;
+
+namespace {
+
+bool is_frontend_type(char t) {
+    switch (t) {
+        case 'B': case 'C': case 'D': case 'E': case 'F': case 'H': case 'P': case 'Q':
+        case 'S': case 'X': case 'c': case 'd': case 'f':
+            return true;
+        default:
+            return false;
+    }
+}
+
+// Position of the NUL ending the C string that starts at `from`, or npos.
+std::size_t cstring_end(const std::uint8_t* p, std::size_t from, std::size_t size) {
+    if (from >= size) return std::string::npos;
+    auto* nul = static_cast<const std::uint8_t*>(std::memchr(p + from, 0, size - from));
+    return nul ? std::size_t(nul - p) : std::string::npos;
+}
+
+std::string_view as_view(const std::uint8_t* p, std::size_t n) {
+    return {reinterpret_cast<const char*>(p), n};
+}
+
+std::string header_bytes(char type, std::uint64_t body_length) {
+    std::string h(5, '\0');
+    h[0] = type;
+    auto len = std::uint32_t(body_length + 4);
+    h[1] = char(len >> 24);
+    h[2] = char(len >> 16);
+    h[3] = char(len >> 8);
+    h[4] = char(len);
+    return h;
+}
+
+bool is_fatal_error(std::span<const std::uint8_t> body) {
+    auto e = proto::decode_error(body);
+    return e && (e->severity == "FATAL" || e->severity == "PANIC");
+}
+
+}  // namespace
+
+machine::machine(settings s, observer& obs) : settings_(s), obs_(obs) {}
+
+void machine::on_server_linked(pool::server_statements* statements) {
+    linked_ = true;
+    server_statements_ = statements;
+    server_dirty_ = false;
+    server_pass_ = 0;
+    server_discard_ = false;
+}
+
+void machine::on_server_released() {
+    linked_ = false;
+    server_statements_ = nullptr;
+}
+
+void machine::on_admission(bool allowed, std::chrono::milliseconds retry_after,
+                           std::string tenant) {
+    if (allowed) {
+        admitted_ = true;
+        return;
+    }
+    // Nothing of a rejected request reaches PostgreSQL. In the extended protocol the whole
+    // batch up to Sync is answered, as PostgreSQL does after an error.
+    skip_ = skip::rejected;
+    rejection_.clear();
+    auto ms = retry_after.count();
+    proto::writer(rejection_).error_response(
+        "53400", "rate limit exceeded for tenant \"" + tenant + "\"",
+        "retry after " + std::to_string(ms > 0 ? ms : 1) + " ms");
+}
+
+bool machine::is_request_start(char type) const {
+    // A request starts with a Query or FunctionCall, or with the first message of an
+    // extended batch.
+    return type == proto::msg::query || type == proto::msg::function_call ||
+           (!in_batch_ && (is_extended(type) || type == proto::msg::sync));
+}
+
+void machine::drop_message(std::size_t& pos, std::uint32_t body_length) {
+    to_server_.skip(pos, 5);
+    pos += 5;
+    client_pass_ = body_length;
+    client_discard_ = true;
+}
+
+// A request Sluice answers with an error itself (duplicate statement name, a message too
+// large to hold): like PostgreSQL, the rest of the batch is skipped until Sync.
+void machine::fail_batch(std::string sqlstate, std::string message) {
+    reply r;
+    r.request = 'P';  // an extended request: dropped if an earlier one fails on the server
+    r.action = reply::inject;
+    proto::writer(r.bytes).error_response(sqlstate, message);
+    pending_.push_back(std::move(r));
+    skip_ = skip::failed;
+    in_batch_ = true;
+}
+
+void machine::forwarded(char type) {
+    switch (type) {
+        case proto::msg::query:
+        case proto::msg::function_call:
+        case proto::msg::sync: {
+            if (outstanding_++ == 0) obs_.on_query_start();
+            reply r;
+            r.request = type;
+            r.copy_ends = copy_ends_sent_;
+            pending_.push_back(std::move(r));
+            if (type == proto::msg::sync) {
+                unsynced_ = false;
+                batch_forwarded_ = false;
+                in_batch_ = false;
+                server_skipping_ = false;  // the server resumes at this Sync
+            }
+            break;
+        }
+        case proto::msg::parse:
+        case proto::msg::bind:
+        case proto::msg::describe:
+        case proto::msg::execute:
+        case proto::msg::close: {
+            unsynced_ = true;
+            batch_forwarded_ = true;
+            in_batch_ = true;
+            reply r;
+            r.request = type;
+            r.copy_ends = copy_ends_sent_;
+            pending_.push_back(std::move(r));
+            break;
+        }
+        case proto::msg::flush:
+            break;
+        case proto::msg::copy_done:
+        case proto::msg::copy_fail:
+            ++copy_ends_sent_;
+            break;
+        default:  // CopyData
+            break;
+    }
+}
+
+void machine::ensure_prepared(const client_statement& st, std::size_t pos) {
+    auto& srv = *server_statements_;
+    if (srv.touch(st.server_name)) return;
+    while (srv.size() >= std::max<std::size_t>(1, settings_.max_prepared)) {
+        // Evict the least recently used statement from this server. If an earlier message
+        // of this batch fails, PostgreSQL skips the Close: undo_skipped() puts it back.
+        reply r;
+        r.request = 'C';
+        r.action = reply::swallow;
+        r.evicted = true;
+        r.server_statement = srv.pop_oldest();
+        std::string close;
+        proto::writer(close).close('S', r.server_statement);
+        to_server_.insert(pos, std::move(close));
+        pending_.push_back(std::move(r));
+    }
+    std::string parse = header_bytes(proto::msg::parse,
+                                     st.server_name.size() + 1 + st.parse_rest.size());
+    parse += st.server_name;
+    parse += '\0';
+    parse += st.parse_rest;
+    to_server_.insert(pos, std::move(parse));
+    reply r;
+    r.request = 'P';
+    r.action = reply::swallow;
+    r.server_statement = st.server_name;
+    pending_.push_back(std::move(r));
+    srv.add(st.server_name);
+    obs_.on_server_parse();
+}
+
+// Parse, Bind, Describe and Close in transaction/statement mode: the statement names are
+// the client's and must be mapped to the server's. `avail` bytes of the message (of
+// `total`) are in the input at `msg`. Sets `done` when the message was handled and `pos`
+// moved past what was handled; otherwise returns what the driver must do first.
+client_result machine::handle_held(char type, const std::uint8_t* msg, std::size_t avail,
+                                   std::size_t total, std::size_t& pos, bool& done) {
+    done = false;
+    const std::size_t body_length = total - 5;
+    auto need_more = [&] {
+        client_result r;
+        r.consumed = pos;
+        return r;
+    };
+    auto too_large = [&](std::string what) {
+        // Beyond the limit the message is not held: the batch fails, the server sees none
+        // of it, and the connection stays usable.
+        fail_batch("54000", what + " is larger than max_held_message_size (" +
+                                std::to_string(settings_.max_held) + " bytes)");
+        drop_message(pos, std::uint32_t(body_length));
+        done = true;
+        return client_result{};
+    };
+
+    if (type == proto::msg::parse || type == proto::msg::bind) {
+        // Only the head is needed: Parse's name, Bind's portal and statement names.
+        std::size_t first = cstring_end(msg, 5, avail);
+        std::size_t second = first == std::string::npos || type == proto::msg::parse
+                                 ? first
+                                 : cstring_end(msg, first + 1, avail);
+        if (second == std::string::npos) {
+            if (avail >= total) {
+                client_result r;
+                r.event = client_event::close;
+                r.consumed = pos;
+                r.sqlstate = "08P01";
+                r.message = "malformed extended-protocol message";
+                return r;
+            }
+            if (avail >= std::min(total, settings_.max_held)) return too_large("a message head");
+            return need_more();
+        }
+        if (type == proto::msg::parse) {
+            std::string name(as_view(msg + 5, first - 5));
+            if (name.empty()) {
+                // The unnamed statement goes to the server as it is, streamed.
+                if (!linked_) return client_result{client_event::need_server, pos};
+                obs_.on_client_parse();
+                forwarded(type);
+                pos += 5;
+                client_pass_ = body_length;
+                client_discard_ = false;
+                done = true;
+                return {};
+            }
+            // A named Parse is answered here and remembered: it is prepared on a server when
+            // a Bind or Describe needs it. Its text is kept, so it is held whole.
+            if (total > settings_.max_held) return too_large("prepared statement \"" + name + "\"");
+            if (avail < total) return need_more();
+            if (!proto::decode_parse({msg + 5, body_length})) {
+                client_result r;
+                r.event = client_event::close;
+                r.consumed = pos;
+                r.sqlstate = "08P01";
+                r.message = "malformed extended-protocol message";
+                return r;
+            }
+            obs_.on_client_parse();
+            to_server_.skip(pos, total);
+            pos += total;
+            done = true;
+            in_batch_ = true;
+            if (statements_.count(name)) {
+                // As PostgreSQL: a name is not silently redefined.
+                fail_batch("42P05", "prepared statement \"" + name + "\" already exists");
+                return {};
+            }
+            std::string rest(as_view(msg + first + 1, total - first - 1));
+            statements_[name] = client_statement{server_statement_name(rest), std::move(rest)};
+            reply r;
+            r.request = 'P';
+            r.action = reply::inject;
+            r.client_name = name;
+            proto::writer(r.bytes).parse_complete();
+            pending_.push_back(std::move(r));
+            return {};
+        }
+        // Bind: a client statement is renamed; the parameters that follow are streamed.
+        std::string statement(as_view(msg + first + 1, second - first - 1));
+        auto it = statement.empty() ? statements_.end() : statements_.find(statement);
+        if (!linked_) return client_result{client_event::need_server, pos};
+        obs_.on_client_bind();
+        if (it != statements_.end()) {
+            to_server_.skip(pos, second + 1);
+            ensure_prepared(it->second, pos);
+            const auto& server_name = it->second.server_name;
+            std::string head =
+                header_bytes(type, body_length - statement.size() + server_name.size());
+            head.append(as_view(msg + 5, first + 1 - 5));  // portal and its NUL
+            head += server_name;
+            head += '\0';
+            to_server_.insert(pos, std::move(head));
+            pos += second + 1;
+            client_pass_ = total - (second + 1);
+        } else {
+            pos += 5;
+            client_pass_ = body_length;
+        }
+        client_discard_ = false;
+        forwarded(type);
+        done = true;
+        return {};
+    }
+
+    // Describe and Close: small, held whole.
+    if (total > settings_.max_held) return too_large("a Describe or Close message");
+    if (avail < total) return need_more();
+    auto d = proto::decode_describe_or_close({msg + 5, body_length});
+    if (!d) {
+        client_result r;
+        r.event = client_event::close;
+        r.consumed = pos;
+        r.sqlstate = "08P01";
+        r.message = "malformed extended-protocol message";
+        return r;
+    }
+    std::string name(d->name);
+    auto it = d->kind == 'S' && !name.empty() ? statements_.find(name) : statements_.end();
+    if (type == proto::msg::close && it != statements_.end()) {
+        // The server copy is shared and LRU-managed: only the client's name goes.
+        reply r;
+        r.request = 'C';
+        r.action = reply::inject;
+        r.client_name = name;
+        r.restore = std::move(it->second);
+        statements_.erase(it);
+        proto::writer(r.bytes).close_complete();
+        pending_.push_back(std::move(r));
+        to_server_.skip(pos, total);
+        pos += total;
+        in_batch_ = true;
+        done = true;
+        return {};
+    }
+    if (!linked_) return client_result{client_event::need_server, pos};
+    if (type == proto::msg::describe && it != statements_.end()) {
+        to_server_.skip(pos, total);
+        ensure_prepared(it->second, pos);
+        std::string m;
+        proto::writer w(m);
+        w.header(proto::msg::describe);
+        w.u8('S');
+        w.cstring(it->second.server_name);
+        w.finish();
+        to_server_.insert(pos, std::move(m));
+        pos += total;
+    } else {
+        pos += total;  // forwarded unchanged (a portal, an unnamed or unknown statement)
+    }
+    forwarded(type);
+    done = true;
+    return {};
+}
+
+client_result machine::on_client_data(std::span<const std::uint8_t> in) {
+    auto r = scan_client(in);
+    to_server_.finish(r.consumed);
+    return r;
+}
+
+server_result machine::on_server_data(std::span<const std::uint8_t> in) {
+    auto r = scan_server(in);
+    to_client_.finish(r.consumed);
+    return r;
+}
+
+client_result machine::scan_client(std::span<const std::uint8_t> in) {
+    const std::uint8_t* data = in.data();
+    const std::size_t size = in.size();
+    to_server_.reset(data);
+    std::size_t pos = 0;
+    auto stop = [&](client_event e, std::string sqlstate = {}, std::string message = {}) {
+        client_result r;
+        r.event = e;
+        r.consumed = pos;
+        r.sqlstate = std::move(sqlstate);
+        r.message = std::move(message);
+        return r;
+    };
+    while (pos < size) {
+        if (client_pass_ > 0) {
+            auto take = std::min<std::uint64_t>(client_pass_, size - pos);
+            if (client_discard_) to_server_.skip(pos, take);
+            pos += take;
+            client_pass_ -= take;
+            continue;
+        }
+        proto::frame_header h;
+        std::error_code ec;
+        auto st = proto::scan_header({data + pos, size - pos}, settings_.max_packet, h, ec);
+        if (st == proto::scan_status::need_more) break;
+        if (st == proto::scan_status::error)
+            return stop(client_event::close, "08P01", "invalid message from client: " + ec.message());
+        const char type = char(h.type);
+        if (type == proto::msg::terminate) return stop(client_event::terminate);
+        if (!is_frontend_type(type))  // as PostgreSQL: a protocol violation
+            return stop(client_event::close, "08P01",
+                        "invalid frontend message type " + std::to_string(int(h.type)));
+
+        if (settings_.rate_limited && skip_ == skip::none && is_request_start(type)) {
+            if (!admitted_) {
+                client_result r = stop(client_event::need_admission);
+                r.new_transaction = transaction_status_ == 'I' && outstanding_ == 0;
+                return r;
+            }
+            admitted_ = false;
+        }
+
+        const bool ends_request = type == proto::msg::query ||
+                                  type == proto::msg::function_call || type == proto::msg::sync;
+        if (skip_ == skip::rejected) {
+            drop_message(pos, h.body_length);
+            if (ends_request) {
+                reply r;
+                r.request = 'S';
+                r.action = reply::inject;
+                r.bytes = std::move(rejection_);
+                pending_.push_back(std::move(r));
+                skip_ = skip::none;
+                in_batch_ = false;
+            } else {
+                in_batch_ = true;
+            }
+            continue;
+        }
+        if (skip_ == skip::failed) {
+            if (!ends_request) {
+                drop_message(pos, h.body_length);
+                continue;
+            }
+            skip_ = skip::none;  // the Sync (or Query) itself is handled as usual below
+        }
+        if (server_skipping_ && (is_extended(type) || type == proto::msg::flush)) {
+            // PostgreSQL skips these until Sync after an error: they get no reply.
+            drop_message(pos, h.body_length);
+            continue;
+        }
+        if (!linked_ && !batch_forwarded_ &&
+            (type == proto::msg::sync || type == proto::msg::flush)) {
+            // A Sync ending a batch that reached no server is answered here (a client
+            // preparing while its siblings hold every server would otherwise wait), and a
+            // Flush with nothing to flush is dropped.
+            drop_message(pos, h.body_length);
+            if (type == proto::msg::sync) {
+                reply r;
+                r.request = 'S';
+                r.action = reply::inject;
+                pending_.push_back(std::move(r));
+                in_batch_ = false;
+            }
+            continue;
+        }
+
+        if (settings_.track_prepared &&
+            (type == proto::msg::parse || type == proto::msg::bind ||
+             type == proto::msg::describe || type == proto::msg::close)) {
+            bool done = false;
+            auto r = handle_held(type, data + pos, std::min<std::size_t>(size - pos, h.total()),
+                                 h.total(), pos, done);
+            if (!done) return r;
+            continue;
+        }
+
+        if (!linked_) return stop(client_event::need_server);
+        if (type == proto::msg::parse) obs_.on_client_parse();
+        if (type == proto::msg::bind) obs_.on_client_bind();
+        forwarded(type);
+        pos += 5;
+        client_pass_ = h.body_length;
+        client_discard_ = false;
+    }
+    return stop(client_event::need_more);
+}
+
+bool machine::injections_due() const {
+    return !pending_.empty() && pending_.front().action == reply::inject;
+}
+
+void machine::take_injections(std::string& out) {
+    while (!pending_.empty() && pending_.front().action == reply::inject) {
+        auto& f = pending_.front();
+        out += f.bytes;
+        // A request answered here ends like any request: ReadyForQuery with the client's
+        // true transaction state (known now that everything before it was answered).
+        if (f.request == 'S') proto::writer(out).ready_for_query(transaction_status_);
+        pending_.pop_front();
+    }
+}
+
+void machine::inject_front(std::size_t pos) {
+    if (!injections_due()) return;
+    std::string bytes;
+    take_injections(bytes);
+    to_client_.insert(pos, std::move(bytes));
+}
+
+// A skipped request had side effects Sluice applied in advance: undo them.
+void machine::undo_skipped(reply& r) {
+    if (r.request == 'P') {
+        if (!r.server_statement.empty() && server_statements_)
+            server_statements_->erase(r.server_statement);  // never created
+        if (!r.client_name.empty()) statements_.erase(r.client_name);
+    } else if (r.request == 'C') {
+        if (r.evicted && server_statements_)
+            server_statements_->add_oldest(r.server_statement);  // still on the server
+        if (r.restore) statements_[r.client_name] = std::move(*r.restore);
+    }
+}
+
+void machine::on_error_completing_front() {
+    // The front request failed. If it was an extended message, PostgreSQL now skips every
+    // extended message until Sync: so do their replies, and whatever they were meant to do.
+    reply front = std::move(pending_.front());
+    pending_.pop_front();
+    if (front.request == 'P' && !front.server_statement.empty() && server_statements_)
+        server_statements_->erase(front.server_statement);  // a failed Parse created nothing
+    if (front.request == 'P' && !front.client_name.empty())
+        statements_.erase(front.client_name);
+    if (front.evicted && server_statements_) server_statements_->erase(front.server_statement);
+    if (!is_extended(front.request)) return;
+    while (!pending_.empty() && is_extended(pending_.front().request)) {
+        undo_skipped(pending_.front());
+        pending_.pop_front();
+    }
+    // No Sync forwarded yet: extended messages the client sends from now on are skipped
+    // by the server too.
+    // (A Sync already forwarded ends the skipping; unsynced_ alone could belong to the next
+    // batch.)
+    const bool sync_next = !pending_.empty() && pending_.front().request == 'S' &&
+                           pending_.front().action == reply::forward;
+    server_skipping_ = unsynced_ && !sync_next;
+}
+
+void machine::drop_syncs_ignored_during_copy() {
+    // PostgreSQL ignores Sync (and Flush) received in copy-in mode. The Syncs the client sent
+    // after the request that started this COPY and before its CopyDone/CopyFail get no
+    // reply (libpq and JDBC send Execute and Sync together).
+    const std::uint32_t stamp = pending_.front().copy_ends;
+    for (auto it = std::next(pending_.begin()); it != pending_.end();) {
+        if (it->request == 'S' && it->action == reply::forward && it->copy_ends == stamp) {
+            it = pending_.erase(it);
+            if (outstanding_ > 0) outstanding_--;
+        } else {
+            ++it;
+        }
+    }
+}
+
+void machine::on_ready_for_query(char status) {
+    if (outstanding_ > 0) outstanding_--;
+    char previous = transaction_status_;
+    transaction_status_ = status;
+    obs_.on_ready_for_query(status, previous, outstanding_ > 0);
+    if (outstanding_ > 0) obs_.on_query_start();
+}
+
+void machine::on_command_complete(std::string_view tag) {
+    if (tag == "SET" || tag == "RESET") {
+        refresh_parameters_ = true;
+    } else if (tag == "DISCARD ALL" || tag == "DEALLOCATE ALL") {
+        // Every prepared statement of the server session is gone, the client's too.
+        if (server_statements_) server_statements_->clear();
+        statements_.clear();
+        if (tag == "DISCARD ALL") refresh_parameters_ = true;
+    }
+}
+
+server_result machine::scan_server(std::span<const std::uint8_t> in) {
+    const std::uint8_t* data = in.data();
+    const std::size_t size = in.size();
+    to_client_.reset(data);
+    std::size_t pos = 0;
+    while (pos < size) {
+        if (server_pass_ > 0) {
+            auto take = std::min<std::uint64_t>(server_pass_, size - pos);
+            if (server_discard_) to_client_.skip(pos, take);
+            pos += take;
+            server_pass_ -= take;
+            continue;
+        }
+        proto::frame_header h;
+        std::error_code ec;
+        auto st = proto::scan_header({data + pos, size - pos}, settings_.max_packet, h, ec);
+        if (st == proto::scan_status::need_more) break;
+        if (st == proto::scan_status::error) {
+            server_dirty_ = true;
+            server_result r;
+            r.event = server_event::close;
+            r.consumed = pos;
+            r.sqlstate = "08P01";
+            r.message = "invalid message from server: " + ec.message();
+            return r;
+        }
+        const char t = char(h.type);
+        const bool needs_body = t == proto::msg::ready_for_query ||
+                                t == proto::msg::parameter_status ||
+                                t == proto::msg::command_complete ||
+                                t == proto::msg::error_response;
+        if (needs_body && size - pos < h.total()) {
+            if (h.total() > settings_.max_held) {
+                // Nothing the pooler reads is this large: the server misbehaves.
+                server_dirty_ = true;
+                return {server_event::close, pos, "08P01", "oversized message from server"};
+            }
+            break;
+        }
+        inject_front(pos);  // replies Sluice gives itself go out in their turn, before this
+
+        const bool async_message = t == proto::msg::notice_response ||
+                                   t == proto::msg::notification_response ||
+                                   t == proto::msg::parameter_status;
+        bool swallow = false;
+        if (!async_message) {
+            if (pending_.empty()) {
+                // Nobody asked: a FATAL after pg_terminate_backend, or a confused server.
+                // It still reaches the client, but the server never goes back to the pool.
+                server_dirty_ = true;
+            } else {
+                auto& front = pending_.front();
+                swallow = front.action == reply::swallow && t != proto::msg::error_response;
+                if (t == proto::msg::copy_in_response &&
+                    (front.request == 'E' || front.request == 'Q'))
+                    drop_syncs_ignored_during_copy();
+                if (completes(front.request, t)) {
+                    if (t == proto::msg::error_response)
+                        on_error_completing_front();
+                    else
+                        pending_.pop_front();
+                }
+            }
+        }
+
+        if (needs_body) {
+            std::span<const std::uint8_t> body(data + pos + 5, h.body_length);
+            if (t == proto::msg::ready_for_query) {
+                char status = proto::decode_ready_for_query(body).value_or('E');
+                on_ready_for_query(status);
+                if (status != 'I' && settings_.mode == config::pool_mode::statement) {
+                    // Statement mode: the server goes back after every statement, so a
+                    // transaction block cannot work. As PgBouncer: refuse and close (the
+                    // error replaces the ReadyForQuery; the server is dirty).
+                    server_dirty_ = true;
+                    std::string err;
+                    proto::writer(err).error_response(
+                        "25000", "transaction blocks not allowed in statement pooling mode",
+                        "use pool_mode transaction for clients that open transactions",
+                        "FATAL");
+                    to_client_.skip(pos, h.total());
+                    to_client_.insert(pos + h.total(), std::move(err));
+                    pos += h.total();
+                    return {server_event::close, pos, {}, "transaction block in statement mode"};
+                }
+            } else if (t == proto::msg::parameter_status) {
+                if (auto ps = proto::decode_parameter_status(body))
+                    obs_.on_parameter_status(ps->first, ps->second);
+            } else if (t == proto::msg::command_complete) {
+                if (auto tag = proto::decode_cstring(body)) on_command_complete(*tag);
+            } else if (is_fatal_error(body)) {
+                server_dirty_ = true;  // the server is closing this session
+            }
+            if (swallow) to_client_.skip(pos, h.total());
+            pos += h.total();
+            continue;
+        }
+        if (swallow) to_client_.skip(pos, 5);
+        pos += 5;
+        server_pass_ = h.body_length;
+        server_discard_ = swallow;
+    }
+    if (server_pass_ == 0) inject_front(pos);
+    return {server_event::need_more, pos, {}, {}};
+}
+
+bool machine::server_clean() const {
+    return linked_ && pending_.empty() && outstanding_ == 0 && !unsynced_ &&
+           transaction_status_ == 'I' && server_pass_ == 0 && !server_dirty_ &&
+           !(client_pass_ > 0 && !client_discard_) && skip_ == skip::none;
+}
+
+bool machine::take_parameter_refresh() {
+    bool r = refresh_parameters_ && settings_.mode != config::pool_mode::session;
+    refresh_parameters_ = false;
+    return r;
+}
+
+}  // namespace sluice::proxy::relay

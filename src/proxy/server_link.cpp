@@ -1,0 +1,185 @@
+// Linking a server to a client (pool checkout, parameter sync) and giving it back
+// (reset query in session mode, waiting out in-flight cancels).
+#include "sluice/proxy/client_session.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "sluice/proxy/parameters.hpp"
+#include "sluice/proxy/runtime.hpp"
+
+namespace sluice::proxy {
+
+namespace proto = sluice::protocol;
+
+asio::awaitable<bool> client_session::link_server() {
+    state = client_state::waiting;
+    request_time = steady_clock::now();
+    auto r = co_await pool_->acquire(executor(), worker_);
+    auto waited_us = std::chrono::duration_cast<std::chrono::microseconds>(r.waited).count();
+    pool_->stats.wait_time_us += waited_us;
+    pool_->stats.wait_latency.record(waited_us);
+    if (!r.server) {
+        // (no conditional expression inside co_await: gcc 12 mishandles its temporaries)
+        std::string sqlstate = r.sqlstate;
+        if (sqlstate.empty()) sqlstate = "08006";
+        co_await send_error(sqlstate, r.message);
+        co_return false;
+    }
+    if (fatal_ || !socket_.is_open()) {
+        // The client went away (KILL) while waiting: the server is clean, give it back.
+        release_server(std::move(r.server), true);
+        co_return false;
+    }
+    server_ = std::move(r.server);
+    server_->link_client_id = id;
+    linked_server_id = server_->id;
+    if (!co_await sync_parameters(*server_)) {
+        auto s = std::move(server_);
+        linked_server_id = 0;
+        pool_->discard(s);
+        co_await send_error("08006", "could not set session parameters on the server: " +
+                                         s->last_error);
+        co_return false;
+    }
+    relay_->on_server_linked(&server_->statements);
+    pool_->active_clients++;
+    server_loop_running_ = true;
+    asio::co_spawn(executor(), server_loop(server_),
+                   [self = shared_from_this()](std::exception_ptr e) {
+                       if (e) spdlog::error("client {}: server relay ended with an exception", self->id);
+                       self->server_loop_done();
+                   });
+    state = client_state::active;
+    co_return true;
+}
+
+asio::awaitable<bool> client_session::sync_parameters(pool::server_connection& s) {
+    // One round trip with every SET the server needs to match what this client believes.
+    std::string sql;
+    for (auto& [k, v] : wanted_params_) {
+        auto it = s.parameters.find(k);
+        if (it != s.parameters.end() && it->second == v) continue;
+        // set_config() takes the value as the setting's own text (SET with a quoted
+        // literal would turn a list like search_path into a single element).
+        sql += (sql.empty() ? "SELECT " : ", ") + std::string("pg_catalog.set_config(") +
+               quote_literal(k) + ", " + quote_literal(v) + ", false)";
+    }
+    if (sql.empty()) co_return true;
+    bool ok = co_await s.run_internal_query(std::move(sql), max_packet_);
+    if (!ok) co_return false;
+    // Parameters PostgreSQL does not report (search_path before 18, ...) are recorded by hand.
+    for (auto& [k, v] : wanted_params_) s.parameters[k] = v;
+    co_return true;
+}
+
+asio::awaitable<bool> client_session::refresh_untracked_parameters(pool::server_connection& s) {
+    std::vector<std::string> names;
+    for (auto& [k, v] : wanted_params_)
+        if (!reported_by_server(k)) names.push_back(k);
+    if (names.empty()) co_return true;
+    std::string sql = "SELECT ";
+    for (std::size_t i = 0; i < names.size(); ++i)
+        sql += (i ? ", " : "") + std::string("current_setting(") + quote_literal(names[i]) + ", true)";
+    std::vector<std::optional<std::string>> row;
+    bool ok = co_await s.run_internal_query(std::move(sql), max_packet_, &row);
+    if (!ok || row.size() != names.size()) co_return false;
+    for (std::size_t i = 0; i < names.size(); ++i)
+        if (row[i]) wanted_params_[names[i]] = s.parameters[names[i]] = *row[i];
+    co_return true;
+}
+
+void client_session::server_loop_done() {
+    server_loop_running_ = false;
+    if (pool_) pool_->active_clients--;
+    server_loop_done_.cancel();
+}
+
+asio::awaitable<void> client_session::finish_server() {
+    client_gone_ = true;
+    if (server_loop_running_ && server_) {
+        error_code ignored;
+        server_->socket.cancel(ignored);
+        socket_.cancel(ignored);  // a relay blocked writing to a vanished client
+        while (server_loop_running_) {
+            server_loop_done_.expires_at(steady_clock::time_point::max());
+            co_await server_loop_done_.async_wait(use_nothrow);
+        }
+    }
+    if (!server_) co_return;
+    auto s = std::move(server_);
+    linked_server_id = 0;
+    // A server is clean only if the client left between transactions with nothing in
+    // flight; anything else (open transaction, pending results, COPY) closes it.
+    bool clean = relay_->server_clean() && s->buffer.empty() && s->socket.is_open() &&
+                 !s->close_needed;
+    relay_->on_server_released();
+    if (!clean)
+        spdlog::info("client {} left with its server {} not idle: closing the server", id, s->id);
+    release_server(std::move(s), clean);
+}
+
+namespace {
+
+// Runs the reset query (session mode) and waits out in-flight cancels before the server
+// goes back to the pool. Runs on the server's own executor.
+asio::awaitable<void> reset_and_release(pool::server_ptr s, std::string reset_query,
+                                        std::size_t max_packet, steady_clock::duration cancel_wait) {
+    auto deadline = steady_clock::now() + cancel_wait;
+    asio::steady_timer t(s->socket.get_executor());
+    while (s->cancels_in_flight.load() > 0 && steady_clock::now() < deadline) {
+        t.expires_after(std::chrono::milliseconds(5));
+        co_await t.async_wait(use_nothrow);
+    }
+    if (s->cancels_in_flight.load() > 0) {
+        s->owner->discard(s);
+        co_return;
+    }
+    if (!reset_query.empty()) {
+        s->state = pool::server_state::used;
+        bool ok = co_await s->run_internal_query(reset_query, max_packet);
+        if (!ok) {
+            spdlog::warn("reset query failed on server {}: {}", s->id, s->last_error);
+            s->owner->discard(s);
+            co_return;
+        }
+        // DISCARD ALL / DEALLOCATE ALL drop every prepared statement, and RESET ALL
+        // puts unreported parameters back to their defaults.
+        s->statements.clear();
+        s->owner->restore_defaults(*s);
+    }
+    s->owner->release(s);
+}
+
+}  // namespace
+
+void client_session::release_server(pool::server_ptr s, bool clean) {
+    if (!clean) {
+        pool_->discard(std::move(s));
+        return;
+    }
+    // The hot path (transaction mode, no cancel in flight) reads no configuration.
+    if (mode_ != config::pool_mode::session && !reset_query_always_ &&
+        s->cancels_in_flight.load() == 0) {
+        pool_->release(std::move(s));
+        return;
+    }
+    auto cfg = rt_.cfg();
+    bool reset = mode_ == config::pool_mode::session || cfg->sluice.server_reset_query_always;
+    std::string query = reset ? cfg->sluice.server_reset_query : std::string();
+    if (query.empty() && s->cancels_in_flight.load() == 0) {
+        pool_->release(std::move(s));
+        return;
+    }
+    auto ex = s->socket.get_executor();
+    asio::co_spawn(ex,
+                   reset_and_release(s, query, max_packet_,
+                                     steady_clock::duration(cfg->sluice.cancel_wait_timeout)),
+                   [s](std::exception_ptr e) {
+                       if (e) {
+                           spdlog::error("server {}: reset failed with an exception", s->id);
+                           s->owner->discard(s);
+                       }
+                   });
+}
+
+}  // namespace sluice::proxy

@@ -1,0 +1,54 @@
+// query_timeout, idle_transaction_timeout, transaction_timeout, client_idle_timeout: a
+// sweeper on another thread compares the session's timestamps (atomics) with its limits;
+// an expired one is acted on in the session's own executor. KILL closes the client.
+#include "sluice/proxy/client_session.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "sluice/proxy/runtime.hpp"
+
+namespace sluice::proxy {
+
+namespace proto = sluice::protocol;
+
+void client_session::check_timeouts(std::int64_t now) {
+    auto expired = [now](std::atomic<std::int64_t>& since, std::int64_t limit) {
+        auto t = since.load(std::memory_order_relaxed);
+        return limit > 0 && t != 0 && now - t > limit && since.compare_exchange_strong(t, 0);
+    };
+    if (expired(query_since_ns, query_timeout_ns)) {
+        // As PgBouncer's query_timeout: cancel the query; PostgreSQL answers 57014.
+        spdlog::info("client {}: query_timeout, cancelling its query", id);
+        asio::co_spawn(executor(), forward_cancel(shared_from_this()), asio::detached);
+    }
+    if (expired(idle_in_xact_since_ns, idle_transaction_timeout_ns))
+        kill("25P03", "idle transaction timeout (idle_transaction_timeout)");
+    if (expired(xact_since_ns, transaction_timeout_ns))
+        kill("25P04", "transaction timeout (transaction_timeout)");
+    if (expired(idle_since_ns, client_idle_timeout_ns))
+        kill("57P05", "client idle timeout (client_idle_timeout)");
+}
+
+void client_session::kill(std::string sqlstate, std::string message) {
+    asio::post(executor(), [self = shared_from_this(), sqlstate, message] {
+        if (self->fatal_) return;
+        self->fatal_ = true;
+        if (!self->writing_client_ && self->socket_.is_open()) {
+            // Best effort: a FATAL the client can show, without waiting on a slow reader.
+            std::string out;
+            proto::writer(out).error_response(sqlstate, message, {}, "FATAL");
+            [[maybe_unused]] auto n = ::send(self->socket_.native_handle(), out.data(), out.size(),
+                                             MSG_DONTWAIT | MSG_NOSIGNAL);
+        }
+        error_code ignored;
+        self->socket_.shutdown(asio::socket_base::shutdown_both, ignored);
+        self->socket_.close(ignored);
+        if (self->server_ && self->server_loop_running_) self->server_->socket.cancel(ignored);
+    });
+}
+
+}  // namespace sluice::proxy
