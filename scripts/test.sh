@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test suite: unit tests (gtest, via ctest), integration tests against real
-# PostgreSQL/Redis/psql/pgbench (pytest), and the unit + core integration tests again on
-# an address+undefined sanitizer build. Ends with one "N passed, N failed" line.
+# PostgreSQL/Redis/psql/pgbench (pytest), the unit + core integration tests again on an
+# address+undefined sanitizer build, and the libFuzzer targets for a fixed budget
+# (scripts/fuzz.sh). Ends with one "N passed, N failed" line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -26,6 +27,13 @@ count_pytest() {  # from pytest's summary line
     f=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+' || echo 0)
     e=$(grep -oE '[0-9]+ errors?' <<<"$line" | grep -oE '[0-9]+' || echo 0)
     passed=$((passed + p)); failed=$((failed + f + e))
+}
+count_fuzz() {  # from scripts/fuzz.sh: one "fuzz NAME: ok|FAILED" line per target
+    local p f
+    p=$(grep -cE '^fuzz [a-z0-9_]+: ok' "$1")
+    f=$(grep -cE '^fuzz [a-z0-9_]+: FAILED' "$1")
+    if [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then return 1; fi
+    passed=$((passed + p)); failed=$((failed + f))
 }
 suite() {  # suite NAME COUNTER COMMAND...
     local name=$1 counter=$2; shift 2
@@ -54,6 +62,11 @@ if [ "${SLUICE_SKIP_SANITIZERS:-0}" != 1 ]; then
     else
         echo "sanitizer build failed"; failed=$((failed + 1)); failed_suites+=("build-asan")
     fi
+fi
+
+if [ "${SLUICE_SKIP_FUZZ:-0}" != 1 ]; then
+    # libFuzzer targets (clang, address+undefined), FUZZ_SECONDS each on a scratch corpus.
+    suite fuzz count_fuzz bash scripts/fuzz.sh
 fi
 
 echo
