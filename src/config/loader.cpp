@@ -1066,7 +1066,9 @@ std::string percent_decode(std::string_view s, bool& ok) {
             continue;
         }
         int v = 0;
-        if (i + 2 >= s.size()) {
+        // Exactly two hex digits: from_chars alone would also take "%-1" (as 0xff).
+        if (i + 2 >= s.size() || !std::isxdigit(static_cast<unsigned char>(s[i + 1])) ||
+            !std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
             ok = false;
             return out;
         }

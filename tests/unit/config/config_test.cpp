@@ -360,6 +360,16 @@ TEST(ConfigRedisUrl, Forms) {
         EXPECT_FALSE(parse_redis_url(bad)) << bad;
 }
 
+TEST(ConfigRedisUrl, PercentEscapesAreTwoHexDigits) {
+    auto a = parse_redis_url("redis://:%41%7e%7E@h");
+    ASSERT_TRUE(a);
+    EXPECT_EQ(a->password, "A~~");
+    // "%-1" once decoded to the byte 0xff (from_chars takes a sign).
+    for (const char* bad : {"redis://:%-1@h", "redis://:%+1@h", "redis://:%4@h", "redis://:%g0@h",
+                            "redis://:% 1@h", "redis://%-1:p@h"})
+        EXPECT_FALSE(parse_redis_url(bad)) << bad;
+}
+
 // ---------------------------------------------------------------------------------------
 // Durations
 
