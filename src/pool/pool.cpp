@@ -175,12 +175,14 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
 
 asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, int worker,
                                        const settings& cfg) {
-    // A server back from a client a moment ago is trusted (a poll() per transaction is
-    // measurable); one idle for longer is checked for a close or a stray message that
-    // arrived meanwhile (PostgreSQL restarted, pg_terminate_backend).
-    constexpr auto trusted_for = std::chrono::milliseconds(500);
-    if (steady_clock::now() - s->last_used > trusted_for && s->broken_while_idle()) {
-        spdlog::info("server {} of {}/{} closed while idle; dropping it", s->id, database_, user_);
+    // A server handed to a client has no unread bytes: an idle server has nothing to say,
+    // so anything readable (EOF after pg_terminate_backend or a restart, a FATAL, a
+    // NOTIFY for a LISTEN a former client left behind) means it is not fit to hand out.
+    // One poll() per checkout; trusting a recently used server let such bytes reach the
+    // next client.
+    if (!s->buffer.empty() || s->broken_while_idle()) {
+        spdlog::info("server {} of {}/{} closed or spoke while idle; dropping it", s->id,
+                     database_, user_);
         discard(s);
         co_return false;
     }
