@@ -369,7 +369,17 @@ client_result machine::scan_client(std::span<const std::uint8_t> in) {
         r.message = std::move(message);
         return r;
     };
+    // An admission holds for the message it was asked for until that message is handled:
+    // the core may stop at it first (to link a server, or to read the rest of it).
+    std::size_t admitted_at = admitted_ ? 0 : std::string::npos;
+    auto settle_admission = [&] {
+        if (admitted_at != std::string::npos && pos > admitted_at) {
+            admitted_ = false;
+            admitted_at = std::string::npos;
+        }
+    };
     while (pos < size) {
+        settle_admission();
         if (client_pass_ > 0) {
             auto take = std::min<std::uint64_t>(client_pass_, size - pos);
             if (client_discard_) to_server_.skip(pos, take);
@@ -395,7 +405,7 @@ client_result machine::scan_client(std::span<const std::uint8_t> in) {
                 r.new_transaction = transaction_status_ == 'I' && outstanding_ == 0;
                 return r;
             }
-            admitted_ = false;
+            admitted_at = pos;
         }
 
         const bool ends_request = type == proto::msg::query ||
@@ -461,6 +471,7 @@ client_result machine::scan_client(std::span<const std::uint8_t> in) {
         client_pass_ = h.body_length;
         client_discard_ = false;
     }
+    settle_admission();
     return stop(client_event::need_more);
 }
 

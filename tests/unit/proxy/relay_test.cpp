@@ -109,7 +109,7 @@ struct harness {
     std::string cbuf, sbuf;            // unconsumed input, as a driver's buffers
     std::string to_server, to_client;  // everything delivered so far
     std::size_t max_cbuf = 0;          // the most client bytes held at once
-    int links = 0, releases = 0;
+    int links = 0, releases = 0, admissions = 0;
     bool admit = true;
     std::optional<proxy::relay::client_result> closed;
     bool terminated = false, server_closed = false;
@@ -140,6 +140,7 @@ struct harness {
                     m.on_server_linked(&server);
                     continue;
                 case client_event::need_admission:
+                    ++admissions;
                     m.on_admission(admit, std::chrono::milliseconds(250), "acme");
                     continue;
                 case client_event::close: closed = r; return;
@@ -597,6 +598,22 @@ TEST(relay, rejected_query_is_answered_without_a_server) {
         h.client(parse("", "SELECT 1") + bind_msg("") + execute() + sync());
         EXPECT_EQ(h.links, 1);
     }, s);
+}
+
+TEST(relay, one_admission_per_request_even_when_it_waits_for_a_server) {
+    // The core stops at the first message of a batch to link a server (and, in
+    // transaction mode, to read a held message whole): the request still costs one token.
+    for (bool prepared : {false, true}) {
+        settings s = prepared ? transaction_mode() : session_mode();
+        s.rate_limited = true;
+        for_every_split([&](harness& h) {
+            h.client(parse("", "SELECT 1") + bind_msg("") + execute() + sync());
+            EXPECT_EQ(h.admissions, 1);
+            h.backend(parse_complete() + bind_complete() + command_complete("SELECT 1") + ready('I'));
+            h.client(parse("s1", "SELECT 1") + bind_msg("s1") + execute() + sync() + query("SELECT 2"));
+            EXPECT_EQ(h.admissions, 3);
+        }, s);
+    }
 }
 
 TEST(relay, rejected_extended_batch_is_answered_once_at_sync) {
