@@ -270,8 +270,8 @@ table show_servers(proxy::runtime& rt) {
             cell link;
             if (s->link_client_id)
                 if (auto c = rt.sessions.find_by_id(s->link_client_id)) link = ptr_text(c.get());
-            t.rows.push_back({"S", p->user(), p->database(), "none", server_state_name(s->state),
-                              s->host, num(s->port), std::nullopt, "0", format_time(s->connect_time),
+            t.rows.push_back({"S", p->user(), p->database(), "none", server_state_name(s->state.load()),
+                              s->host(), num(s->port.load()), std::nullopt, "0", format_time(s->connect_time),
                               format_time(s->request_time.time_since_epoch().count() ? s->request_time : s->connect_time),
                               "0", "0", s->close_needed ? "1" : "0",
                               ptr_text(s.get()), link, unum(s->backend_key.process_id), std::nullopt,

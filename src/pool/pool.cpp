@@ -301,7 +301,7 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
                 if (auto it = welcome_.find(k); it != welcome_.end()) s->parameters[k] = it->second;
         s->state = server_state::active;
     }
-    spdlog::debug("new server connection {} to {}:{} for {}/{}", s->id, s->host, s->port,
+    spdlog::debug("new server connection {} to {}:{} for {}/{}", s->id, s->host(), s->port.load(),
                   database_, user_);
     stats.server_assignment_count++;
     co_return acquire_result{s, {}, {}};

@@ -122,8 +122,7 @@ asio::awaitable<bool> server_connection::connect(login_params p) {
     bool connected = false;
     for (const auto& h : p.hosts) {
         if (co_await connect_socket(socket, h, p.port, last_error)) {
-            host = h;
-            port = p.port;
+            set_host(h, p.port);
             connected = true;
             break;
         }

@@ -49,7 +49,7 @@ asio::awaitable<void> client_session::forward_cancel(std::shared_ptr<client_sess
             sock.close(ignored);
         }
     });
-    if (!co_await pool::connect_socket(sock, s->host, s->port, error)) {
+    if (!co_await pool::connect_socket(sock, s->host(), s->port.load(), error)) {
         spdlog::warn("cancel for client {}: {}", self->id, error);
         watchdog.cancel();
         co_return;

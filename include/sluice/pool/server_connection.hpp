@@ -4,6 +4,7 @@
 #include <atomic>
 #include <list>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <optional>
 #include <string>
@@ -62,13 +63,24 @@ public:
     pool* owner = nullptr;
     int worker = 0;
 
-    std::string host;  // where it is connected (for cancel requests)
-    int port = 0;
+    // Where it is connected (cancel requests, SHOW SERVERS): set during connect while the
+    // console may already list the server, so behind a lock.
+    std::string host() const {
+        std::lock_guard lk(host_mutex_);
+        return host_;
+    }
+    void set_host(std::string h, int p) {
+        std::lock_guard lk(host_mutex_);
+        host_ = std::move(h);
+        port = p;
+    }
+    std::atomic<int> port{0};
     protocol::cancel_request backend_key{};
     std::map<std::string, std::string> parameters;  // last ParameterStatus values
-    char transaction_status = 'I';
-    server_state state = server_state::login;
-    bool close_needed = false;  // RECONNECT, reload or an error: close when released
+    // Read by the console and other workers while the owner writes them: atomics.
+    std::atomic<char> transaction_status{'I'};
+    std::atomic<server_state> state{server_state::login};
+    std::atomic<bool> close_needed{false};  // RECONNECT, reload or an error: close when released
     steady_clock::time_point connect_time, last_used, request_time;
     std::string last_error;
     std::optional<protocol::error_fields> last_error_fields;
@@ -80,7 +92,11 @@ public:
     // Protocol-level prepared statements that exist on this server (server-side names).
     server_statements statements;
 
-    std::uint64_t link_client_id = 0;  // for SHOW SERVERS
+    std::atomic<std::uint64_t> link_client_id{0};  // for SHOW SERVERS
+
+private:
+    mutable std::mutex host_mutex_;
+    std::string host_;
 };
 
 using server_ptr = std::shared_ptr<server_connection>;
