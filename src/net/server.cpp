@@ -196,6 +196,19 @@ asio::awaitable<void> server::signal_loop() {
     }
 }
 
+void server::supervise(const char* name, std::function<asio::awaitable<void>()> start) {
+    asio::co_spawn(main_, start(), [this, name, start](std::exception_ptr e) {
+        if (!e) return;  // ended by itself (listener closed, stopping)
+        rt_.task_failures++;
+        spdlog::error("{} failed: {}; restarting it", name, proxy::runtime::exception_text(e));
+        if (stop_ == stop_mode::now) return;
+        auto t = std::make_shared<asio::steady_timer>(main_, 100ms);
+        t->async_wait([this, name, start, t](error_code ec) {
+            if (!ec && stop_ != stop_mode::now) supervise(name, start);
+        });
+    });
+}
+
 asio::awaitable<void> server::janitor_loop() {
     asio::steady_timer t(main_);
     int tick = 0;
@@ -210,7 +223,7 @@ asio::awaitable<void> server::janitor_loop() {
                     unsigned w = next_worker_++ % workers_.size();
                     asio::co_spawn(workers_[w]->get_executor(),
                                    p->warm_up(workers_[w]->get_executor(), int(w)),
-                                   asio::detached);
+                                   rt_.log_failure("min_pool_size warm-up"));
                 }
             }
         }
@@ -303,10 +316,12 @@ int server::run() {
     for (auto& [name, db] : rt_.cfg()->databases)
         if (name != "*" && !db.user.empty()) rt_.pools.get(name, db.user);
     for (auto& w : workers_) threads_.emplace_back([ctx = w.get()] { ctx->run(); });
-    for (auto& a : acceptors_)
-        asio::co_spawn(main_, accept_loop(*a), asio::detached);
-    asio::co_spawn(main_, signal_loop(), asio::detached);
-    asio::co_spawn(main_, janitor_loop(), asio::detached);
+    for (auto& a : acceptors_) {
+        auto* acceptor = a.get();
+        supervise("accept loop", [this, acceptor] { return accept_loop(*acceptor); });
+    }
+    supervise("signal loop", [this] { return signal_loop(); });
+    supervise("janitor", [this] { return janitor_loop(); });
     rt_.request_shutdown = [this](int how) {
         asio::post(main_, [this, how] {
             if (how == 0) shutdown_now();

@@ -120,9 +120,12 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
         if (cfg.reserve_pool_size > 0 && reserve_at < wake && steady_clock::now() < reserve_at)
             wake = reserve_at;
         // Limits shared with other pools (max_db_connections, max_user_connections) free
-        // up without telling us; look again now and then.
+        // up without telling us; look again now and then. Otherwise look again every
+        // second anyway: a missed wake-up then costs a second, never query_wait_timeout.
         if (manager_.db_limit(database_) > 0 || manager_.user_limit(user_) > 0)
             wake = std::min(wake, steady_clock::now() + std::chrono::milliseconds(100));
+        else
+            wake = std::min(wake, steady_clock::now() + std::chrono::seconds(1));
         w->timer.expires_at(wake);
         co_await w->timer.async_wait(use_nothrow);
 
@@ -241,10 +244,12 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
         auto now = steady_clock::now();
         if (!login_failed_error_.empty() && now - login_failed_at_ < settings_.server_login_retry) {
             // As PgBouncer: while logins are failing, do not hammer the server; tell the
-            // client why right away.
+            // client why right away. The slot it was given goes to the next waiter, which
+            // hears the same (a slot kept by nobody left waiters stuck after a restart).
             --total_;
             manager_.db_count(database_)--;
             manager_.user_count(user_)--;
+            give_room_to_waiter_locked();
             co_return acquire_result{nullptr, login_failed_sqlstate_,
                                      "server login has been failing, try again later "
                                      "(server_login_retry): " + login_failed_error_};
@@ -345,6 +350,10 @@ void pool::server_gone_locked() {
     manager_.db_count(database_)--;
     manager_.user_count(user_)--;
     manager_.total_servers--;
+    give_room_to_waiter_locked();
+}
+
+void pool::give_room_to_waiter_locked() {
     if (!paused.load() && !waiters_.empty() && room_locked(false)) {
         auto w = waiters_.front();
         waiters_.pop_front();

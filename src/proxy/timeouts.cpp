@@ -23,7 +23,8 @@ void client_session::check_timeouts(std::int64_t now) {
     if (expired(query_since_ns, query_timeout_ns)) {
         // As PgBouncer's query_timeout: cancel the query; PostgreSQL answers 57014.
         spdlog::info("client {}: query_timeout, cancelling its query", id);
-        asio::co_spawn(executor(), forward_cancel(shared_from_this()), asio::detached);
+        asio::co_spawn(executor(), forward_cancel(shared_from_this()),
+                       rt_.log_failure("query_timeout cancel"));
     }
     if (expired(idle_in_xact_since_ns, idle_transaction_timeout_ns))
         kill("25P03", "idle transaction timeout (idle_transaction_timeout)");

@@ -28,6 +28,9 @@ private:
     asio::awaitable<void> accept_loop(stream_acceptor& acceptor);
     asio::awaitable<void> signal_loop();
     asio::awaitable<void> janitor_loop();
+    // Runs a loop that must keep running: an exception is logged, counted and the loop
+    // started again (after a pause), unless Sluice is stopping.
+    void supervise(const char* name, std::function<asio::awaitable<void>()> start);
     void check_shutdown();
 
     proxy::runtime& rt_;

@@ -129,6 +129,7 @@ private:
     bool room_locked(bool reserve) const;
     void wake_locked(const std::shared_ptr<waiter>& w);
     void server_gone_locked();
+    void give_room_to_waiter_locked();  // a slot is free: the first waiter may connect
     asio::awaitable<acquire_result> open_server(asio::any_io_executor ex, int worker);
     // Health check and move to the client's worker; false if the server was dropped.
     asio::awaitable<bool> check_out(server_ptr s, asio::any_io_executor ex, int worker,

@@ -12,6 +12,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 #include "sluice/auth/userlist.hpp"
 #include "sluice/config/config.hpp"
 #include "sluice/net/io.hpp"
@@ -65,6 +67,26 @@ public:
     std::atomic<bool> accepting{true};
     std::atomic<bool> paused{false};      // PAUSE / SUSPEND: no new server assignments
     std::atomic<std::uint64_t> next_client_id{0};
+    // Background coroutines (accept, signals, janitor, warm-up, cancels) that ended with an
+    // exception: each is logged, counted here and, if it must keep running, restarted.
+    std::atomic<std::uint64_t> task_failures{0};
+    // A completion handler for co_spawn that logs and counts a failure of `what`.
+    static std::string exception_text(std::exception_ptr e) {
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            return ex.what();
+        } catch (...) {
+            return "unknown exception";
+        }
+    }
+    auto log_failure(const char* what) {
+        return [this, what](std::exception_ptr e) {
+            if (!e) return;
+            task_failures++;
+            spdlog::error("{} failed: {}", what, exception_text(e));
+        };
+    }
     steady_clock::time_point started = steady_clock::now();
 
     // Set by net::server: SHUTDOWN from the console. 0 = now, 1 = when servers are
