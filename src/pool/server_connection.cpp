@@ -51,12 +51,6 @@ asio::awaitable<bool> write_all(stream_socket& socket, const std::string& data,
     co_return !ec;
 }
 
-void set_tcp_options(stream_socket& s) {
-    int one = 1;
-    ::setsockopt(s.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    ::setsockopt(s.native_handle(), SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-}
-
 }  // namespace
 
 asio::awaitable<bool> connect_socket(stream_socket& socket, const std::string& host, int port,
@@ -82,7 +76,7 @@ asio::awaitable<bool> connect_socket(stream_socket& socket, const std::string& h
                                                      entry.endpoint().size());
         auto [ec] = co_await socket.async_connect(gep, use_nothrow);
         if (!ec) {
-            set_tcp_options(socket);
+            net::tcp_options{}.apply(socket.native_handle());  // NODELAY, keepalive
             co_return true;
         }
         error = "could not connect to server " + host + ":" + std::to_string(port) + ": " +
@@ -94,6 +88,7 @@ asio::awaitable<bool> connect_socket(stream_socket& socket, const std::string& h
 
 asio::awaitable<bool> server_connection::connect(login_params p) {
     connect_time = last_used = steady_clock::now();
+    internal_query_timeout = p.connect_timeout;
     state = server_state::login;
 
     // A watchdog rather than a timeout per operation: one timer for the whole login.
@@ -122,6 +117,7 @@ asio::awaitable<bool> server_connection::connect(login_params p) {
     bool connected = false;
     for (const auto& h : p.hosts) {
         if (co_await connect_socket(socket, h, p.port, last_error)) {
+            if (h.empty() || h[0] != '/') p.tcp.apply(socket.native_handle());
             set_host(h, p.port);
             connected = true;
             break;
@@ -224,6 +220,28 @@ asio::awaitable<bool> server_connection::connect(login_params p) {
 }
 
 asio::awaitable<bool> server_connection::run_internal_query(
+    std::string sql, std::size_t max_packet_size, std::vector<std::optional<std::string>>* row) {
+    // A server that does not answer an internal query in time is closed: the caller then
+    // discards it (a reset or check query must never hold a client or slot for ever).
+    auto timed_out = std::make_shared<bool>(false);
+    asio::steady_timer watchdog(socket.get_executor(), internal_query_timeout);
+    watchdog.async_wait([this, timed_out](error_code ec) {
+        if (ec) return;
+        *timed_out = true;
+        error_code ignored;
+        socket.close(ignored);
+    });
+    struct cancel_on_exit {
+        asio::steady_timer& t;
+        ~cancel_on_exit() { t.cancel(); }
+    } guard{watchdog};
+    bool ok = co_await run_internal_query_unbounded(std::move(sql), max_packet_size, row);
+    if (!ok && *timed_out)
+        last_error = "internal query timed out (server_connect_timeout): " + last_error;
+    co_return ok;
+}
+
+asio::awaitable<bool> server_connection::run_internal_query_unbounded(
     std::string sql, std::size_t max_packet_size, std::vector<std::optional<std::string>>* row) {
     std::string out;
     proto::writer(out).query(sql);

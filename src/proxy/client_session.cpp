@@ -31,8 +31,7 @@ client_session::client_session(runtime& rt, stream_socket socket, int worker, st
         std::memcpy(tcp_ep.data(), remote.data(), remote.size());
         addr = tcp_ep.address().to_string();
         port = tcp_ep.port();
-        int one = 1;
-        ::setsockopt(socket_.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        net::tcp_options::from(rt_.cfg()->sluice).apply(socket_.native_handle());
     } else {
         addr = "unix";
     }

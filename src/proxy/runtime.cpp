@@ -171,6 +171,7 @@ pool::pool::settings runtime::pool_settings(const std::string& db_name,
         g.server_connect_timeout.count() > 0 ? g.server_connect_timeout
                                              : config::duration(std::chrono::hours(1)));
     s.login.max_packet_size = std::size_t(g.max_packet_size);
+    s.login.tcp = net::tcp_options::from(g);
     s.unreported_tracked.push_back("search_path");
     for (auto& k : g.track_extra_parameters)
         if (!reported_by_server(k) && k != "search_path") s.unreported_tracked.push_back(k);

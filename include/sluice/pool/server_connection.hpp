@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "sluice/net/io.hpp"
+#include "sluice/net/tcp_options.hpp"
 #include "sluice/pool/server_statements.hpp"
 #include "sluice/protocol/codec.hpp"
 
@@ -27,7 +28,9 @@ struct login_params {
     std::optional<std::string> password;
     std::vector<std::uint8_t> scram_client_key, scram_server_key;
     std::vector<std::pair<std::string, std::string>> startup_parameters;  // extra ones
+    // server_connect_timeout: the login, and every internal query (reset, check, SET).
     std::chrono::milliseconds connect_timeout{15000};
+    net::tcp_options tcp;
     std::size_t max_packet_size = 1 << 30;
 };
 
@@ -50,6 +53,9 @@ public:
     asio::awaitable<bool> run_internal_query(
         std::string sql, std::size_t max_packet_size,
         std::vector<std::optional<std::string>>* row = nullptr);
+
+    asio::awaitable<bool> run_internal_query_unbounded(
+        std::string sql, std::size_t max_packet_size, std::vector<std::optional<std::string>>* row);
 
     // Moves the socket to another worker's executor. Only when no operation is pending.
     void migrate(asio::any_io_executor ex);
@@ -83,6 +89,7 @@ public:
     std::atomic<bool> close_needed{false};  // RECONNECT, reload or an error: close when released
     steady_clock::time_point connect_time, last_used, request_time;
     std::string last_error;
+    std::chrono::milliseconds internal_query_timeout{15000};  // from login_params
     std::optional<protocol::error_fields> last_error_fields;
 
     // Cancel requests forwarded to this server and not finished yet: the server is not

@@ -1,0 +1,85 @@
+"""Socket options and internal-query timeouts: tcp_keepalive/tcp_keepidle/tcp_keepintvl on
+client and server sockets, server_connect_timeout bounding reset/check queries, and the
+FATAL a client gets when client_login_timeout expires."""
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+
+import psycopg
+import pytest
+
+from harness import RawPg, startup_packet
+from conftest import APP_PW
+
+
+def keepalive_timers(port: int, direction: str) -> list:
+    """ss's keepalive timers (seconds left) of established TCP sockets with that port."""
+    out = subprocess.run(["ss", "-tnoH", "state", "established", f"( {direction} = :{port} )"],
+                         capture_output=True, text=True, timeout=10).stdout
+    return [float(m) for m in re.findall(r"timer:\(keepalive,([0-9.]+)(?:ms|sec|min)?", out)], out
+
+
+def wait_for(cond, timeout=20.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    return cond()
+
+
+def test_tcp_keepalive_on_client_and_server_sockets(make_sluice, pg):
+    s = make_sluice(pool_mode="session", tcp_keepalive=True, tcp_keepidle=7, tcp_keepintvl=3,
+                    tcp_keepcnt=2, tcp_user_timeout=5000)
+    with psycopg.connect(s.dsn()) as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+        # Sluice's side of the client connection (source port = Sluice's port) and of the
+        # server connection (destination port = PostgreSQL's).
+        # (ss shows one timer per socket: right after traffic it may show a retransmit
+        # or delayed-ack timer first, so look until the keepalive one shows.)
+        for port, direction in ((s.port, "sport"), (pg.port, "dport")):
+            timers, out = wait_for(lambda: (lambda t: t if t[0] else None)(
+                keepalive_timers(port, direction))) or keepalive_timers(port, direction)
+            assert timers, out
+            assert all(t <= 7.0 for t in timers), out  # tcp_keepidle, not the kernel's 7200 s
+
+
+def test_tcp_keepalive_off(make_sluice):
+    s = make_sluice(pool_mode="session", tcp_keepalive=False)
+    with psycopg.connect(s.dsn()) as c:
+        c.execute("SELECT 1")
+        timers, out = keepalive_timers(s.port, "sport")
+        assert timers == [], out
+
+
+def test_check_query_that_never_answers_is_timed_out(make_sluice):
+    # server_check_query runs before an idle server is handed out (server_check_delay 0);
+    # one that hangs is abandoned after server_connect_timeout and the server closed, and
+    # the client gets a fresh server instead of waiting for ever.
+    s = make_sluice(pool_mode="transaction", default_pool_size=2, server_check_delay=0,
+                    server_check_query="SELECT pg_sleep(600)", server_connect_timeout=1)
+    with psycopg.connect(s.dsn(), autocommit=True) as c:
+        first = c.execute("SELECT pg_backend_pid()").fetchone()[0]  # a fresh server: no check
+        time.sleep(0.05)
+        second = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        assert second != first
+    assert wait_for(lambda: "internal query timed out" in s.log_text()), s.log_tail(20)
+
+
+def test_login_timeout_sends_fatal_before_closing(make_sluice):
+    s = make_sluice(client_login_timeout=1)
+    r = RawPg("127.0.0.1", s.port, timeout=15)
+    try:
+        pkt = startup_packet("app", "app")
+        r.send(pkt[:6])  # half a startup packet, then nothing
+        msgs = r.read_until_close(timeout=15)
+    finally:
+        r.close()
+    assert msgs, "the connection was closed without an ErrorResponse"
+    kind, body = msgs[-1]
+    assert kind == b"E"
+    assert b"08P01" in body and b"FATAL" in body
