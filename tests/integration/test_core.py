@@ -444,7 +444,9 @@ def test_half_sent_startup_does_not_block_others(make_sluice):
     try:
         assert_usable(s)
         msgs = c.read_until_close(timeout=6)  # client_login_timeout closes it
-        assert all(k == b"E" for k, _ in msgs), msgs
+        # Exactly one FATAL ErrorResponse, 08P01, then the close (an empty list used to pass).
+        assert [k for k, _ in msgs] == [b"E"], msgs
+        assert b"08P01" in msgs[0][1], msgs
     finally:
         c.close()
 
