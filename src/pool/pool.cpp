@@ -6,34 +6,56 @@
 
 namespace sluice::pool {
 
+// Slots also count against max_db_connections / max_user_connections, shared with the
+// other pools of the same database or user.
+bool pool::shared::try_take() {
+    auto& m = owner.manager_;
+    int db_max = m.db_limit(owner.database_);
+    if (db_max > 0 && m.db_count(owner.database_).load() >= db_max) return false;
+    int user_max = m.user_limit(owner.user_);
+    if (user_max > 0 && m.user_count(owner.user_).load() >= user_max) return false;
+    m.db_count(owner.database_)++;
+    m.user_count(owner.user_)++;
+    return true;
+}
+
+void pool::shared::give_back() {
+    owner.manager_.db_count(owner.database_)--;
+    owner.manager_.user_count(owner.user_)--;
+}
+
 pool::pool(pool_manager& manager, std::string database, std::string user)
-    : manager_(manager), database_(std::move(database)), user_(std::move(user)) {}
+    : manager_(manager), database_(std::move(database)), user_(std::move(user)),
+      shared_(*this), state_(shared_) {}
 
 pool::settings pool::current_settings() const {
     std::lock_guard lk(mutex_);
     return settings_;
 }
 
+pool_limits pool::limits_of(const settings& s) {
+    pool_limits l;
+    l.pool_size = s.pool_size;
+    l.reserve_pool_size = s.reserve_pool_size;
+    l.reserve_pool_timeout = s.reserve_pool_timeout;
+    l.server_idle_timeout = s.server_idle_timeout;
+    l.server_lifetime = s.server_lifetime;
+    return l;
+}
+
 void pool::update_settings(settings s) {
-    std::vector<std::shared_ptr<waiter>> woken;
-    {
-        std::lock_guard lk(mutex_);
-        bool address_changed = s.login.hosts != settings_.login.hosts ||
-                               s.login.port != settings_.login.port ||
-                               s.login.database != settings_.login.database ||
-                               s.login.user != settings_.login.user;
-        settings_ = std::move(s);
-        if (address_changed)
-            for (auto& srv : all_) srv->close_needed = true;
-        // A larger pool_size lets waiting clients open connections now.
-        while (!waiters_.empty() && room_locked(false)) {
-            auto w = waiters_.front();
-            waiters_.pop_front();
-            ++total_;
-            w->may_connect = true;
-            wake_locked(w);
-        }
-    }
+    std::lock_guard lk(mutex_);
+    bool address_changed = s.login.hosts != settings_.login.hosts ||
+                           s.login.port != settings_.login.port ||
+                           s.login.database != settings_.login.database ||
+                           s.login.user != settings_.login.user;
+    settings_ = std::move(s);
+    state_.set_limits(limits_of(settings_));
+    if (address_changed)
+        for (auto& srv : all_) srv->close_needed = true;
+    // A larger pool_size lets waiting clients open connections now.
+    sync_pause_locked();
+    for (auto& g : state_.fill_room()) grant_locked(g);
 }
 
 std::map<std::string, std::string> pool::welcome_parameters() const {
@@ -53,17 +75,26 @@ bool pool::has_scram_keys() const {
     return !scram_client_key_.empty();
 }
 
-bool pool::room_locked(bool reserve) const {
-    int limit = settings_.pool_size + (reserve ? settings_.reserve_pool_size : 0);
-    if (total_ >= limit) return false;
-    int db_max = manager_.db_limit(database_);
-    if (db_max > 0 && manager_.db_count(database_).load() >= db_max) return false;
-    int user_max = manager_.user_limit(user_);
-    if (user_max > 0 && manager_.user_count(user_).load() >= user_max) return false;
-    return true;
+void pool::sync_pause_locked() { state_.set_paused(paused.load()); }
+
+server_ptr pool::find_locked(server_id id) const {
+    for (auto& s : all_)
+        if (s->id == id) return s;
+    return nullptr;
 }
 
-void pool::wake_locked(const std::shared_ptr<waiter>& w) {
+// Performs what the core decided for a waiter: hands it a server, or lets it connect.
+void pool::grant_locked(const grant& g) {
+    auto it = waiting_.find(g.waiter);
+    if (it == waiting_.end()) return;
+    auto w = it->second;
+    waiting_.erase(it);
+    if (g.server) {
+        w->server = find_locked(g.server);
+        w->server->state = server_state::active;
+    } else {
+        w->may_connect = true;
+    }
     w->done = true;
     // The waiter's coroutine runs on its own worker; the timer is touched only there.
     asio::post(w->executor, [w] { w->timer.cancel(); });
@@ -73,49 +104,31 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
     const auto start = steady_clock::now();
     std::shared_ptr<waiter> w;
     settings cfg;
-    for (;;) {
-        server_ptr s;
-        bool open = false;
-        {
-            std::lock_guard lk(mutex_);
-            cfg = settings_;
-            if (!paused.load() && !idle_.empty()) {
-                // Prefer a server already on this worker: no socket migration needed.
-                auto it = std::find_if(idle_.rbegin(), idle_.rend(),
-                                       [&](const server_ptr& p) { return p->worker == worker; });
-                auto pos = it != idle_.rend() ? std::prev(it.base()) : std::prev(idle_.end());
-                s = *pos;
-                idle_.erase(pos);
-                s->state = server_state::active;
-            } else if (!paused.load() && room_locked(false)) {
-                ++total_;
-                manager_.db_count(database_)++;
-                manager_.user_count(user_)++;
-                open = true;
-            } else {
-                w = std::make_shared<waiter>(ex);
-                waiters_.push_back(w);
-            }
+    server_ptr s;
+    bool open = false;
+    {
+        std::lock_guard lk(mutex_);
+        cfg = settings_;
+        sync_pause_locked();
+        auto id = ++next_waiter_;
+        auto c = state_.request(id, worker, start);
+        if (c.kind == checkout::idle_server) {
+            s = find_locked(c.server);
+            s->state = server_state::active;
+        } else if (c.kind == checkout::connect) {
+            open = true;
+        } else {
+            w = std::make_shared<waiter>(ex, id);
+            waiting_[id] = w;
         }
-        if (s) {
-            // (the result is stored first: gcc 12 mishandles co_await inside conditions)
-            bool usable = co_await check_out(s, ex, worker, cfg);
-            if (!usable) continue;
-            co_return acquire_result{s, {}, {}, steady_clock::now() - start};
-        }
-        if (open) {
-            auto r = co_await open_server(ex, worker);
-            r.waited = steady_clock::now() - start;
-            co_return r;
-        }
-        break;
     }
 
-    // Wait in line. Woken by release() (a server), discard() (room to connect), RESUME or
-    // a pool_size increase; or by our own deadlines.
+    // Wait in line. Woken by a grant (release() hands a server, a freed slot lets us
+    // connect, RESUME, a larger pool_size); or by our own timer: the reserve pool, the
+    // shared limits, query_wait_timeout.
     const auto deadline = start + cfg.query_wait_timeout;
     const auto reserve_at = start + cfg.reserve_pool_timeout;
-    for (;;) {
+    while (w) {
         auto wake = deadline;
         if (cfg.reserve_pool_size > 0 && reserve_at < wake && steady_clock::now() < reserve_at)
             wake = reserve_at;
@@ -129,51 +142,44 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
         w->timer.expires_at(wake);
         co_await w->timer.async_wait(use_nothrow);
 
-        server_ptr s;
-        bool open = false;
-        {
-            std::lock_guard lk(mutex_);
-            if (w->done) {
-                s = std::move(w->server);
-                open = w->may_connect;
-            } else {
-                auto now = steady_clock::now();
-                bool reserve = cfg.reserve_pool_size > 0 && now >= reserve_at;
-                if (!paused.load() && room_locked(reserve)) {
-                    ++total_;
-                    manager_.db_count(database_)++;
-                    manager_.user_count(user_)++;
-                    open = true;
-                } else if (now >= deadline) {
-                    waiters_.erase(std::remove(waiters_.begin(), waiters_.end(), w),
-                                   waiters_.end());
-                    stats.errors_wait_timeout++;
-                    co_return acquire_result{
-                        nullptr, "53300",
-                        "query_wait_timeout: no server connection became free in time",
-                        now - start};
-                } else {
-                    continue;
-                }
-                waiters_.erase(std::remove(waiters_.begin(), waiters_.end(), w), waiters_.end());
-            }
+        std::lock_guard lk(mutex_);
+        if (w->done) {
+            s = std::move(w->server);
+            open = w->may_connect;
+            break;
         }
-        if (s) {
-            bool usable = co_await check_out(s, ex, worker, cfg);
-            if (usable) co_return acquire_result{s, {}, {}, steady_clock::now() - start};
-            // It was broken; our turn came, so take the slot it freed.
-            std::lock_guard lk(mutex_);
-            ++total_;
-            manager_.db_count(database_)++;
-            manager_.user_count(user_)++;
+        sync_pause_locked();
+        auto now = steady_clock::now();
+        auto c = state_.retry(w->id, start, now);
+        if (c.kind == checkout::idle_server) {
+            waiting_.erase(w->id);
+            s = find_locked(c.server);
+            s->state = server_state::active;
+            break;
+        }
+        if (c.kind == checkout::connect) {
+            waiting_.erase(w->id);
             open = true;
+            break;
         }
-        if (open) {
-            auto r = co_await open_server(ex, worker);
-            r.waited = steady_clock::now() - start;
-            co_return r;
+        if (now >= deadline) {
+            state_.cancel(w->id);
+            waiting_.erase(w->id);
+            stats.errors_wait_timeout++;
+            co_return acquire_result{nullptr, "53300",
+                                     "query_wait_timeout: no server connection became free in time",
+                                     now - start};
         }
     }
+    if (s) {
+        // (the result is stored first: gcc 12 mishandles co_await inside conditions)
+        bool usable = co_await check_out(s, ex, worker, cfg);
+        if (usable) co_return acquire_result{s, {}, {}, steady_clock::now() - start};
+        open = true;  // it was broken: connect in the slot it held
+    }
+    auto r = co_await open_server(ex, worker);
+    r.waited = steady_clock::now() - start;
+    co_return r;
 }
 
 asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, int worker,
@@ -186,7 +192,7 @@ asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, in
     if (!s->buffer.empty() || s->broken_while_idle()) {
         spdlog::info("server {} of {}/{} closed or spoke while idle; dropping it", s->id,
                      database_, user_);
-        discard(s);
+        retire(s, false);  // the client connects in its slot
         co_return false;
     }
     s->migrate(ex);
@@ -201,7 +207,7 @@ asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, in
         if (!alive) {
             spdlog::info("server {} of {}/{} failed server_check_query: {}", s->id, database_,
                          user_, s->last_error);
-            discard(s);
+            retire(s, false);
             co_return false;
         }
         s->state = server_state::active;
@@ -213,7 +219,7 @@ asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, in
 
 bool pool::wants_servers() const {
     std::lock_guard lk(mutex_);
-    return total_ < settings_.min_pool_size && total_ < settings_.pool_size &&
+    return state_.slots() < settings_.min_pool_size && state_.slots() < settings_.pool_size &&
            (login_failed_error_.empty() ||
             steady_clock::now() - login_failed_at_ >= settings_.server_login_retry);
 }
@@ -221,10 +227,7 @@ bool pool::wants_servers() const {
 asio::awaitable<void> pool::warm_up(asio::any_io_executor ex, int worker) {
     {
         std::lock_guard lk(mutex_);
-        if (total_ >= settings_.min_pool_size || !room_locked(false)) co_return;
-        ++total_;
-        manager_.db_count(database_)++;
-        manager_.user_count(user_)++;
+        if (state_.slots() >= settings_.min_pool_size || !state_.take_slot()) co_return;
     }
     auto r = co_await open_server(ex, worker);
     if (r.server) {
@@ -246,10 +249,7 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
             // As PgBouncer: while logins are failing, do not hammer the server; tell the
             // client why right away. The slot it was given goes to the next waiter, which
             // hears the same (a slot kept by nobody left waiters stuck after a restart).
-            --total_;
-            manager_.db_count(database_)--;
-            manager_.user_count(user_)--;
-            give_room_to_waiter_locked();
+            if (auto g = state_.slot_freed()) grant_locked(*g);
             co_return acquire_result{nullptr, login_failed_sqlstate_,
                                      "server login has been failing, try again later "
                                      "(server_login_retry): " + login_failed_error_};
@@ -316,83 +316,61 @@ void pool::release(server_ptr s) {
     auto now = steady_clock::now();
     s->last_used = now;
     s->link_client_id = 0;
-    std::unique_lock lk(mutex_);
-    if (s->close_needed || !s->socket.is_open() ||
-        (settings_.server_lifetime.count() > 0 && now - s->connect_time > settings_.server_lifetime)) {
-        lk.unlock();
-        discard(std::move(s));
-        return;
-    }
-    if (!paused.load() && !waiters_.empty()) {
-        auto w = waiters_.front();
-        waiters_.pop_front();
-        s->state = server_state::active;
-        w->server = std::move(s);
-        wake_locked(w);
+    std::lock_guard lk(mutex_);
+    const bool reusable = !s->close_needed && s->socket.is_open() &&
+                          !(settings_.server_lifetime.count() > 0 &&
+                            now - s->connect_time > settings_.server_lifetime);
+    if (!reusable) {
+        close_locked(s);
+        if (auto g = state_.slot_freed()) grant_locked(*g);
         return;
     }
     s->state = server_state::idle;
-    idle_.push_back(std::move(s));
+    sync_pause_locked();
+    if (auto g = state_.released(s->id, s->worker, s->connect_time, now, true)) grant_locked(*g);
+}
+
+// Takes `s` out of the pool and closes it (on its own executor). False if already gone.
+bool pool::close_locked(const server_ptr& s) {
+    asio::post(s->socket.get_executor(), [s] { s->close(); });
+    auto it = std::find(all_.begin(), all_.end(), s);
+    if (it == all_.end()) return false;
+    all_.erase(it);
+    state_.remove_idle(s->id);
+    manager_.total_servers--;
+    return true;
 }
 
 void pool::discard(server_ptr s) {
-    asio::post(s->socket.get_executor(), [s] { s->close(); });
     std::lock_guard lk(mutex_);
-    auto it = std::find(all_.begin(), all_.end(), s);
-    if (it == all_.end()) return;  // already discarded
-    all_.erase(it);
-    idle_.erase(std::remove(idle_.begin(), idle_.end(), s), idle_.end());
-    server_gone_locked();
+    if (!close_locked(s)) return;  // already discarded
+    sync_pause_locked();
+    if (auto g = state_.slot_freed()) grant_locked(*g);
 }
 
-void pool::server_gone_locked() {
-    --total_;
-    manager_.db_count(database_)--;
-    manager_.user_count(user_)--;
-    manager_.total_servers--;
-    give_room_to_waiter_locked();
-}
-
-void pool::give_room_to_waiter_locked() {
-    if (!paused.load() && !waiters_.empty() && room_locked(false)) {
-        auto w = waiters_.front();
-        waiters_.pop_front();
-        ++total_;
-        manager_.db_count(database_)++;
-        manager_.user_count(user_)++;
-        w->may_connect = true;
-        wake_locked(w);
-    }
+void pool::retire(const server_ptr& s, bool free_slot) {
+    if (free_slot) return discard(s);
+    std::lock_guard lk(mutex_);
+    close_locked(s);
 }
 
 void pool::maintain(bool close_all_idle) {
-    std::vector<server_ptr> victims;
-    {
-        std::lock_guard lk(mutex_);
-        auto now = steady_clock::now();
-        for (auto& s : idle_) {
-            bool idle_too_long = settings_.server_idle_timeout.count() > 0 &&
-                                 now - s->last_used > settings_.server_idle_timeout;
-            bool too_old = settings_.server_lifetime.count() > 0 &&
-                           now - s->connect_time > settings_.server_lifetime;
-            if (close_all_idle || idle_too_long || too_old || s->close_needed)
-                victims.push_back(s);
-        }
-        // Waiters may be stuck behind a pause that ended or a limit that rose.
-        while (!paused.load() && !waiters_.empty() && !idle_.empty()) {
-            auto w = waiters_.front();
-            waiters_.pop_front();
-            auto s = idle_.back();
-            idle_.pop_back();
-            s->state = server_state::active;
-            w->server = s;
-            wake_locked(w);
+    std::lock_guard lk(mutex_);
+    auto now = steady_clock::now();
+    sync_pause_locked();
+    std::vector<server_id> victims = state_.expire(now, close_all_idle);
+    for (auto& s : all_)  // marked by RECONNECT or a reload of the address
+        if (s->close_needed && s->state == server_state::idle && state_.remove_idle(s->id))
+            victims.push_back(s->id);
+    for (auto id : victims) {
+        if (auto s = find_locked(id)) {
+            spdlog::debug("closing idle server {} of {}/{}", s->id, database_, user_);
+            close_locked(s);
+            if (auto g = state_.slot_freed()) grant_locked(*g);
         }
     }
-    for (auto& s : victims) {
-        spdlog::debug("closing idle server {} of {}/{}", s->id, database_, user_);
-        discard(s);
-    }
+    // Waiters may be stuck behind a pause that ended or a limit that rose.
+    for (auto& g : state_.match_idle()) grant_locked(g);
 }
 
 void pool::restore_defaults(server_connection& s) const {
@@ -404,7 +382,7 @@ void pool::restore_defaults(server_connection& s) const {
 void pool::close_all_now() {
     std::lock_guard lk(mutex_);
     for (auto& s : all_) s->close();
-    idle_.clear();
+    for (auto id : state_.expire(steady_clock::now(), true)) (void)id;
     all_.clear();
 }
 
@@ -418,27 +396,18 @@ void pool::mark_all_close_needed() {
 
 void pool::resume() {
     paused = false;
-    maintain();  // hands idle servers to waiters first
     std::lock_guard lk(mutex_);
-    // Waiters left with no idle server to take get room to connect, as a release or a
-    // larger pool_size would give them.
-    while (!waiters_.empty() && idle_.empty() && room_locked(false)) {
-        auto w = waiters_.front();
-        waiters_.pop_front();
-        ++total_;
-        manager_.db_count(database_)++;
-        manager_.user_count(user_)++;
-        w->may_connect = true;
-        wake_locked(w);
-    }
+    sync_pause_locked();
+    // Idle servers first, then room to connect, as a release or a larger pool_size would.
+    for (auto& g : state_.fill_room()) grant_locked(g);
 }
 
 pool::snapshot pool::take_snapshot() const {
     std::lock_guard lk(mutex_);
     snapshot snap;
-    snap.cl_waiting = int(waiters_.size());
+    snap.cl_waiting = int(waiting_.size());
     auto now = steady_clock::now();
-    for (auto& w : waiters_) snap.maxwait = std::max(snap.maxwait, now - w->since);
+    for (auto& [id, w] : waiting_) snap.maxwait = std::max(snap.maxwait, now - w->since);
     for (auto& s : all_) {
         switch (s->state) {
             case server_state::login: snap.sv_login++; break;

@@ -13,12 +13,14 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <unordered_map>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
 
 #include "sluice/config/config.hpp"
+#include "sluice/pool/pool_state.hpp"
 #include "sluice/pool/server_connection.hpp"
 #include "sluice/stats/histogram.hpp"
 
@@ -117,19 +119,32 @@ public:
     pool_stats stats;
 
 private:
+    friend class pool_manager;
     struct waiter {
-        explicit waiter(asio::any_io_executor ex) : timer(ex), executor(ex) {}
+        waiter(asio::any_io_executor ex, waiter_id id) : timer(ex), executor(ex), id(id) {}
         asio::steady_timer timer;
         asio::any_io_executor executor;
+        waiter_id id;
         steady_clock::time_point since = steady_clock::now();
-        server_ptr server;        // handed over by release()
-        bool may_connect = false;  // a slot freed up: open a new connection
+        server_ptr server;         // granted: a server handed over
+        bool may_connect = false;  // granted: a slot to open a new connection in
         bool done = false;
     };
-    bool room_locked(bool reserve) const;
-    void wake_locked(const std::shared_ptr<waiter>& w);
-    void server_gone_locked();
-    void give_room_to_waiter_locked();  // a slot is free: the first waiter may connect
+    // max_db_connections / max_user_connections, as the core sees them.
+    struct shared : shared_limits {
+        explicit shared(pool& p) : owner(p) {}
+        bool try_take() override;
+        void give_back() override;
+        pool& owner;
+    };
+    static pool_limits limits_of(const settings& s);
+    void sync_pause_locked();
+    server_ptr find_locked(server_id id) const;
+    void grant_locked(const grant& g);
+    bool close_locked(const server_ptr& s);
+    // Closes `s`; its slot goes to the next waiter, or (free_slot false) stays with the
+    // caller, which connects in it.
+    void retire(const server_ptr& s, bool free_slot);
     asio::awaitable<acquire_result> open_server(asio::any_io_executor ex, int worker);
     // Health check and move to the client's worker; false if the server was dropped.
     asio::awaitable<bool> check_out(server_ptr s, asio::any_io_executor ex, int worker,
@@ -139,10 +154,11 @@ private:
     std::string database_, user_;
     mutable std::mutex mutex_;
     settings settings_;
-    std::vector<server_ptr> idle_;          // LIFO: the most recently used is warmest
+    shared shared_;
+    pool_state state_;                      // slots, idle list, waiters: the decisions
     std::vector<server_ptr> all_;           // every open or connecting server
-    std::deque<std::shared_ptr<waiter>> waiters_;
-    int total_ = 0;                         // servers counted against the limits
+    std::unordered_map<waiter_id, std::shared_ptr<waiter>> waiting_;
+    waiter_id next_waiter_ = 0;
     std::map<std::string, std::string> welcome_;
     std::vector<std::uint8_t> scram_client_key_, scram_server_key_;
     steady_clock::time_point login_failed_at_{};
