@@ -93,7 +93,7 @@ std::map<std::string, stats::counters> totals_by_database(proxy::runtime& rt) {
     auto cfg = rt.cfg();
     for (auto& [name, db] : cfg->databases)
         if (name != "*") out[name];
-    for (auto* p : rt.pools.all()) out[p->database()] += counters_of(p->stats);
+    for (auto& p : rt.pools.all()) out[p->database()] += counters_of(p->stats);
     return out;
 }
 
@@ -136,7 +136,7 @@ table show_pools(proxy::runtime& rt) {
         if (s->state.load() != proxy::client_state::login && is_console_db(s->database)) ++console_clients;
     t.rows.push_back({"pgbouncer", "pgbouncer", num(console_clients), "0", "0", "0", "0", "0", "0",
                       "0", "0", "0", "0", "0", "0", "statement", std::nullopt});
-    for (auto* p : rt.pools.all()) {
+    for (auto& p : rt.pools.all()) {
         auto snap = p->take_snapshot();
         int being_canceled = 0;
         for (auto& s : snap.servers)
@@ -204,12 +204,12 @@ table show_totals(proxy::runtime& rt) {
 
 struct server_index {
     // server id -> (server, pool)
-    std::map<std::uint64_t, std::pair<pool::server_ptr, pool::pool*>> by_id;
+    std::map<std::uint64_t, std::pair<pool::server_ptr, std::shared_ptr<pool::pool>>> by_id;
 };
 
 server_index index_servers(proxy::runtime& rt) {
     server_index idx;
-    for (auto* p : rt.pools.all())
+    for (auto& p : rt.pools.all())
         for (auto& s : p->take_snapshot().servers) idx.by_id[s->id] = {s, p};
     return idx;
 }
@@ -262,7 +262,7 @@ table show_clients(proxy::runtime& rt) {
 table show_servers(proxy::runtime& rt) {
     table t;
     add_connection_columns(t);
-    for (auto* p : rt.pools.all()) {
+    for (auto& p : rt.pools.all()) {
         auto snap = p->take_snapshot();
         std::sort(snap.servers.begin(), snap.servers.end(),
                   [](auto& a, auto& b) { return a->id < b->id; });
@@ -298,7 +298,7 @@ table show_databases(proxy::runtime& rt) {
     auto cfg = rt.cfg();
     const auto& g = cfg->sluice;
     std::map<std::string, int> clients_by_db;
-    for (auto* p : rt.pools.all()) clients_by_db[p->database()] += p->clients.load();
+    for (auto& p : rt.pools.all()) clients_by_db[p->database()] += p->clients.load();
     int console_clients = 0;
     for (auto& s : rt.sessions.all())
         if (s->state.load() != proxy::client_state::login && is_console_db(s->database)) ++console_clients;
@@ -306,7 +306,7 @@ table show_databases(proxy::runtime& rt) {
     std::set<std::string> names;
     for (auto& [name, db] : cfg->databases)
         if (name != "*") names.insert(name);
-    for (auto* p : rt.pools.all()) names.insert(p->database());  // via the "*" fallback
+    for (auto& p : rt.pools.all()) names.insert(p->database());  // via the "*" fallback
 
     t.rows.push_back({"pgbouncer", std::nullopt, num(g.listen_port), "pgbouncer", "pgbouncer", "2",
                       "0", "0", "0", "statement", std::nullopt, "0", "0", "0",
@@ -346,7 +346,7 @@ table show_users(proxy::runtime& rt) {
     const auto& g = cfg->sluice;
     std::set<std::string> names;
     for (auto& [name, u] : cfg->users) names.insert(name);
-    for (auto* p : rt.pools.all()) names.insert(p->user());
+    for (auto& p : rt.pools.all()) names.insert(p->user());
     std::map<std::string, int> clients_by_user;
     for (auto& s : rt.sessions.all()) {
         if (s->state.load() == proxy::client_state::login) continue;
@@ -388,7 +388,7 @@ table show_lists(proxy::runtime& rt) {
     for (auto& [name, db] : cfg->databases)
         if (name != "*") dbs.insert(name);
     for (auto& [name, u] : cfg->users) users.insert(name);
-    for (auto* p : pools) {
+    for (auto& p : pools) {
         dbs.insert(p->database());
         users.insert(p->user());
     }
@@ -396,7 +396,7 @@ table show_lists(proxy::runtime& rt) {
     for (auto& s : rt.sessions.all())
         (s->state.load() == proxy::client_state::login ? login_clients : used_clients)++;
     int servers = 0, idle_servers = 0;
-    for (auto* p : pools) {
+    for (auto& p : pools) {
         auto snap = p->take_snapshot();
         servers += int(snap.servers.size()) - snap.sv_idle;
         idle_servers += snap.sv_idle;
@@ -447,7 +447,7 @@ table show_mem(proxy::runtime& rt) {
     auto cfg = rt.cfg();
     auto pools = rt.pools.all();
     std::size_t servers = 0;
-    for (auto* p : pools) servers += p->take_snapshot().servers.size();
+    for (auto& p : pools) servers += p->take_snapshot().servers.size();
     std::size_t clients = rt.sessions.size();
     auto row = [&](const char* name, std::size_t size, std::size_t used) {
         t.rows.push_back({name, unum(size), unum(used), "0", unum(size * used)});
@@ -470,7 +470,7 @@ table show_latency(proxy::runtime& rt) {
         t.column(std::string(k) + "_count", int8_oid);
         for (auto* q : {"p50", "p90", "p99", "p99_9"}) t.column(std::string(k) + "_" + q, int8_oid);
     }
-    for (auto* p : rt.pools.all()) {
+    for (auto& p : rt.pools.all()) {
         std::vector<cell> row{p->database(), p->user()};
         for (auto* h : {&p->stats.query_latency, &p->stats.xact_latency, &p->stats.wait_latency}) {
             row.push_back(unum(h->count()));
@@ -586,9 +586,9 @@ void write_error(std::string& out, std::string_view sqlstate, std::string_view m
 }
 
 // Pools a control command applies to: all, or those of one database.
-std::vector<pool::pool*> pools_of(proxy::runtime& rt, const std::optional<std::string>& db) {
-    std::vector<pool::pool*> out;
-    for (auto* p : rt.pools.all())
+std::vector<std::shared_ptr<pool::pool>> pools_of(proxy::runtime& rt, const std::optional<std::string>& db) {
+    std::vector<std::shared_ptr<pool::pool>> out;
+    for (auto& p : rt.pools.all())
         if (!db || p->database() == *db) out.push_back(p);
     return out;
 }
@@ -596,14 +596,14 @@ std::vector<pool::pool*> pools_of(proxy::runtime& rt, const std::optional<std::s
 bool database_known(proxy::runtime& rt, const std::string& db) {
     auto cfg = rt.cfg();
     if (cfg->databases.count(db)) return true;
-    for (auto* p : rt.pools.all())
+    for (auto& p : rt.pools.all())
         if (p->database() == db) return true;
     return false;
 }
 
 int busy_servers(proxy::runtime& rt, const std::optional<std::string>& db) {
     int busy = 0;
-    for (auto* p : pools_of(rt, db)) {
+    for (auto& p : pools_of(rt, db)) {
         auto snap = p->take_snapshot();
         busy += snap.sv_active + snap.sv_used;
     }
@@ -612,7 +612,7 @@ int busy_servers(proxy::runtime& rt, const std::optional<std::string>& db) {
 
 int close_needed_servers(proxy::runtime& rt, const std::optional<std::string>& db) {
     int n = 0;
-    for (auto* p : pools_of(rt, db))
+    for (auto& p : pools_of(rt, db))
         for (auto& s : p->take_snapshot().servers)
             if (s->close_needed) ++n;
     return n;
@@ -802,7 +802,7 @@ asio::awaitable<outcome> run_control(exec_context& cx, const command& c) {
             s->kill("57P01", "terminating connection due to administrator command (KILL)");
             ++killed;
         }
-        for (auto* p : pools_of(rt, c.arg)) p->mark_all_close_needed();
+        for (auto& p : pools_of(rt, c.arg)) p->mark_all_close_needed();
         spdlog::info("console: KILL {}: {} clients dropped", db_text, killed);
         co_return ok("KILL");
     }
@@ -816,7 +816,7 @@ asio::awaitable<outcome> run_control(exec_context& cx, const command& c) {
         co_return ok("KILL_CLIENT");
     }
     if (v == "RECONNECT") {
-        for (auto* p : pools_of(rt, c.arg)) p->mark_all_close_needed();
+        for (auto& p : pools_of(rt, c.arg)) p->mark_all_close_needed();
         co_return ok("RECONNECT");
     }
     if (v == "WAIT_CLOSE") {

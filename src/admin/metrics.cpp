@@ -32,8 +32,8 @@ std::string render_metrics(proxy::runtime& rt) {
     };
     std::vector<pool_view> views;
     views.reserve(pools.size());
-    for (auto* p : pools)
-        views.push_back({p, {{"database", p->database()}, {"user", p->user()}}, p->take_snapshot(),
+    for (auto& p : pools)
+        views.push_back({p.get(), {{"database", p->database()}, {"user", p->user()}}, p->take_snapshot(),
                          p->current_settings()});
     auto with = [](stats::label_set l, const char* k, std::string v) {
         l.emplace_back(k, std::move(v));

@@ -217,15 +217,17 @@ asio::awaitable<void> server::janitor_loop() {
         auto [ec] = co_await t.async_wait(use_nothrow);
         if (ec) co_return;
         if (++tick % 5 == 0) {
-            for (auto* p : rt_.pools.all()) {
+            for (auto& p : rt_.pools.all()) {
                 p->maintain();
                 if (p->wants_servers() && !rt_.paused.load()) {
                     unsigned w = next_worker_++ % workers_.size();
                     asio::co_spawn(workers_[w]->get_executor(),
                                    p->warm_up(workers_[w]->get_executor(), int(w)),
-                                   rt_.log_failure("min_pool_size warm-up"));
+                                   [p, log = rt_.log_failure("min_pool_size warm-up")](
+                                       std::exception_ptr e) { log(e); });  // p: kept alive
                 }
             }
+            rt_.pools.free_idle(steady_clock::now());
         }
         // Client timeouts: each session keeps timestamps; act only on expired ones.
         auto now = proxy::client_session::now_ns();
@@ -262,7 +264,7 @@ void server::check_shutdown() {
             return;
         case stop_mode::servers_idle: {
             int busy = 0;
-            for (auto* p : rt_.pools.all()) {
+            for (auto& p : rt_.pools.all()) {
                 auto snap = p->take_snapshot();
                 busy += snap.sv_active + snap.sv_used + snap.sv_login;
             }
@@ -341,7 +343,7 @@ int server::run() {
     // Sockets that belong to the workers' contexts go before the contexts do: the
     // limiter's Redis connections and every server connection.
     rt_.limiter.reset();
-    for (auto* p : rt_.pools.all()) p->close_all_now();
+    for (auto& p : rt_.pools.all()) p->close_all_now();
     return exit_code_;
 }
 

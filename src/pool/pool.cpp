@@ -423,15 +423,57 @@ pool::snapshot pool::take_snapshot() const {
 
 // --- pool_manager ---------------------------------------------------------------------
 
-pool& pool_manager::get(const std::string& database, const std::string& user) {
-    std::lock_guard lk(mutex_);
+std::shared_ptr<pool>& pool_manager::get_locked(const std::string& database,
+                                                const std::string& user) {
     auto& slot = pools_[{database, user}];
     if (!slot) {
-        slot = std::make_unique<pool>(*this, database, user);
-        slot->update_settings(make_settings_(database, user));
+        slot = std::make_shared<pool>(*this, database, user);
+        auto s = make_settings_(database, user);
+        if (s.auto_database) spdlog::info("registered new auto-database: db={}", database);
+        slot->update_settings(std::move(s));
         slot->paused = pause_all_ || paused_dbs_.count(database) > 0;
     }
-    return *slot;
+    return slot;
+}
+
+pool& pool_manager::get(const std::string& database, const std::string& user) {
+    std::lock_guard lk(mutex_);
+    return *get_locked(database, user);
+}
+
+std::shared_ptr<pool> pool_manager::attach(const std::string& database, const std::string& user) {
+    std::lock_guard lk(mutex_);
+    auto p = get_locked(database, user);
+    p->clients++;
+    return p;
+}
+
+bool pool::empty() const {
+    std::lock_guard lk(mutex_);
+    return all_.empty() && waiting_.empty() && state_.slots() == 0;
+}
+
+void pool_manager::free_idle(steady_clock::time_point now) {
+    std::vector<std::shared_ptr<pool>> freed;  // destroyed outside the lock
+    std::lock_guard lk(mutex_);
+    for (auto it = pools_.begin(); it != pools_.end();) {
+        auto& p = it->second;
+        if (p->clients.load() > 0 || !p->empty()) {
+            p->empty_since_.reset();
+            ++it;
+            continue;
+        }
+        if (!p->empty_since_) p->empty_since_ = now;
+        auto s = p->current_settings();
+        auto limit = s.auto_database ? s.autodb_idle_timeout : s.pool_idle_timeout;
+        if (limit.count() > 0 && now - *p->empty_since_ >= limit) {
+            spdlog::info("cleaning up idle pool: db={} user={}", p->database(), p->user());
+            freed.push_back(std::move(p));
+            it = pools_.erase(it);
+        } else {
+            ++it;
+        }
+    }
 }
 
 void pool_manager::pause(const std::string& database) {
@@ -465,15 +507,15 @@ bool pool_manager::paused(const std::string& database) const {
     return pause_all_ || paused_dbs_.count(database) > 0;
 }
 
-std::vector<pool*> pool_manager::all() const {
+std::vector<std::shared_ptr<pool>> pool_manager::all() const {
     std::lock_guard lk(mutex_);
-    std::vector<pool*> out;
-    for (auto& [k, p] : pools_) out.push_back(p.get());
+    std::vector<std::shared_ptr<pool>> out;
+    for (auto& [k, p] : pools_) out.push_back(p);
     return out;
 }
 
 void pool_manager::refresh_settings() {
-    for (auto* p : all()) p->update_settings(make_settings_(p->database(), p->user()));
+    for (auto& p : all()) p->update_settings(make_settings_(p->database(), p->user()));
 }
 
 int pool_manager::db_limit(const std::string& db) const {

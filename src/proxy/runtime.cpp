@@ -154,6 +154,9 @@ pool::pool::settings runtime::pool_settings(const std::string& db_name,
     s.server_login_retry = g.server_login_retry;
     s.server_check_delay = g.server_check_delay;
     s.server_check_query = g.server_check_query;
+    s.auto_database = db && db->name == "*";
+    s.autodb_idle_timeout = g.autodb_idle_timeout;
+    s.pool_idle_timeout = g.pool_idle_timeout;
     if (db) {
         s.login.hosts = db->host;
         s.login.port = db->port;

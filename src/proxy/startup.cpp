@@ -192,8 +192,7 @@ asio::awaitable<bool> client_session::startup() {
 
     std::string pool_user = db->user.empty() ? user : db->user;
     if (!co_await admit_login(*cfg, *db, startup_msg)) co_return false;
-    pool_ = &rt_.pools.get(database, pool_user);
-    pool_->clients++;
+    pool_ = rt_.pools.attach(database, pool_user);
     pool_->stats.client_login_count++;
     mode_ = pool_->current_settings().mode;
     {

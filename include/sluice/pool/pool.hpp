@@ -13,6 +13,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <optional>
 #include <unordered_map>
 #include <memory>
 #include <mutex>
@@ -76,6 +77,12 @@ public:
         // Tracked parameters PostgreSQL does not report (search_path, ...): their
         // defaults are read once from the first server and assumed for every new one.
         std::vector<std::string> unreported_tracked;
+        // Freeing the pool object once it has no client and no server: after
+        // autodb_idle_timeout for a database created through the "*" entry, after
+        // pool_idle_timeout (0 = never) for any other.
+        bool auto_database = false;
+        steady_clock::duration autodb_idle_timeout = std::chrono::seconds(3600);
+        steady_clock::duration pool_idle_timeout{0};
     };
     settings current_settings() const;
     void update_settings(settings s);
@@ -112,6 +119,8 @@ public:
         std::vector<server_ptr> servers;
     };
     snapshot take_snapshot() const;
+    // True while the pool has no server and no waiter (clients are counted apart).
+    bool empty() const;
 
     std::atomic<int> clients{0};         // clients logged in to this pool
     std::atomic<int> active_clients{0};  // clients linked to a server right now
@@ -162,6 +171,7 @@ private:
     std::map<std::string, std::string> welcome_;
     std::vector<std::uint8_t> scram_client_key_, scram_server_key_;
     steady_clock::time_point login_failed_at_{};
+    std::optional<steady_clock::time_point> empty_since_;  // under the manager's mutex
     std::string login_failed_error_, login_failed_sqlstate_;
 };
 
@@ -173,7 +183,13 @@ public:
     explicit pool_manager(settings_fn make_settings) : make_settings_(std::move(make_settings)) {}
 
     pool& get(const std::string& database, const std::string& user);
-    std::vector<pool*> all() const;
+    // The pool a client logs in to: counted in `clients` under the manager's lock, so that
+    // free_idle() never frees a pool a client is about to use.
+    std::shared_ptr<pool> attach(const std::string& database, const std::string& user);
+    std::vector<std::shared_ptr<pool>> all() const;
+    // Frees pools with no client, no server and no waiter for longer than their
+    // autodb_idle_timeout / pool_idle_timeout. Holders of a shared_ptr keep theirs alive.
+    void free_idle(steady_clock::time_point now);
 
     // PAUSE / RESUME (console, signals): an empty name means every database. Pools
     // created while a pause is in effect start paused.
@@ -199,7 +215,8 @@ private:
     settings_fn make_settings_;
     mutable std::mutex mutex_;         // pools_; taken before a pool's own mutex
     mutable std::mutex limits_mutex_;  // the maps below; taken after a pool's mutex
-    std::map<std::pair<std::string, std::string>, std::unique_ptr<pool>> pools_;
+    std::shared_ptr<pool>& get_locked(const std::string& database, const std::string& user);
+    std::map<std::pair<std::string, std::string>, std::shared_ptr<pool>> pools_;
     bool pause_all_ = false;              // under mutex_
     std::set<std::string> paused_dbs_;    // under mutex_
     std::map<std::string, std::unique_ptr<std::atomic<int>>> db_counts_, user_counts_;

@@ -59,7 +59,7 @@ public:
     std::atomic<steady_clock::time_point> request_time{steady_clock::now()};
     std::atomic<client_state> state{client_state::login};
     std::atomic<std::uint64_t> linked_server_id{0};
-    pool::pool* pool_ = nullptr;
+    std::shared_ptr<pool::pool> pool_;  // attached at login (counted in its clients)
 
     // Timestamps (steady clock, ns; 0 = not in that state) read by the timeout sweeper
     // on another thread: query_timeout, idle_transaction_timeout, transaction_timeout,
