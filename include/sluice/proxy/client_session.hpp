@@ -66,9 +66,10 @@ public:
     // client_idle_timeout.
     std::atomic<std::int64_t> query_since_ns{0}, idle_in_xact_since_ns{0}, xact_since_ns{0},
         idle_since_ns{0};
-    // Effective timeouts for this client (user overrides applied), in ns; 0 = off.
-    std::int64_t query_timeout_ns = 0, idle_transaction_timeout_ns = 0,
-                 transaction_timeout_ns = 0, client_idle_timeout_ns = 0;
+    // Effective timeouts for this client (user overrides applied), in ns; 0 = off. Set at
+    // login on the session's worker, read by the sweeper: atomics.
+    std::atomic<std::int64_t> query_timeout_ns{0}, idle_transaction_timeout_ns{0},
+        transaction_timeout_ns{0}, client_idle_timeout_ns{0};
     // Called by the sweeper (any thread): acts on an expired timeout.
     void check_timeouts(std::int64_t now);
     static std::int64_t now_ns() {
