@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every test suite: unit tests (gtest, via ctest), integration tests against real
 # PostgreSQL/Redis/psql/pgbench (pytest), the unit + core integration tests again on an
-# address+undefined sanitizer build, and the libFuzzer targets for a fixed budget
-# (scripts/fuzz.sh). Ends with one "N passed, N failed" line.
+# address+undefined and on a thread sanitizer build, and the libFuzzer targets for a fixed
+# budget (scripts/fuzz.sh). Ends with one "N passed, N failed" line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -35,6 +35,11 @@ count_fuzz() {  # from scripts/fuzz.sh: one "fuzz NAME: ok|FAILED" line per targ
     if [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then return 1; fi
     passed=$((passed + p)); failed=$((failed + f))
 }
+count_tsan() {  # from scripts/tsan_reports.py: "tsan: N reports, D distinct"
+    local n; n=$(grep -oE '^tsan: [0-9]+ reports' "$1" | grep -oE '[0-9]+')
+    if [ -z "$n" ]; then return 1; fi
+    if [ "$n" -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+}
 suite() {  # suite NAME COUNTER COMMAND...
     local name=$1 counter=$2; shift 2
     echo "=== $name"
@@ -61,6 +66,28 @@ if [ "${SLUICE_SKIP_SANITIZERS:-0}" != 1 ]; then
             /usr/bin/python3 -m pytest tests/integration/test_core.py -q -p no:cacheprovider
     else
         echo "sanitizer build failed"; failed=$((failed + 1)); failed_suites+=("build-asan")
+    fi
+fi
+
+if [ "${SLUICE_SKIP_SANITIZERS:-0}" != 1 ] && [ "${SLUICE_SKIP_TSAN:-0}" != 1 ]; then
+    # Thread sanitizer: the unit tests and the core integration suites. Reports do not stop
+    # the process (halt_on_error=0) so that one run shows them all; the harness fails a test
+    # whose Sluice log holds one, and every log is kept so that the tsan-reports check below
+    # fails the run on any report and lists the distinct ones in /tmp/tsan-reports.txt.
+    echo "=== build (thread sanitizer)"
+    if BUILD_DIR=build-tsan bash scripts/build.sh -DSLUICE_SANITIZE=thread -DSLUICE_BENCH=OFF; then
+        export TSAN_OPTIONS=halt_on_error=0:second_deadlock_stack=1:exitcode=66
+        tsan_logs="$logdir/tsan-sluice-logs"
+        mkdir -p "$tsan_logs"
+        suite unit-tsan count_ctest ctest --test-dir build-tsan --output-on-failure -j2 --timeout 600
+        SLUICE_BIN="$root/build-tsan/sluice" SLUICE_LOG_DIR="$tsan_logs" SLUICE_TEST_TIMEOUT=300 \
+            suite integration-tsan count_pytest /usr/bin/python3 -m pytest \
+            tests/integration/test_core.py tests/integration/test_txn.py -q -p no:cacheprovider
+        suite tsan-reports count_tsan /usr/bin/python3 scripts/tsan_reports.py \
+            "${TSAN_REPORTS:-/tmp/tsan-reports.txt}" "$tsan_logs" "$logdir/unit-tsan.log"
+        unset TSAN_OPTIONS
+    else
+        echo "thread-sanitizer build failed"; failed=$((failed + 1)); failed_suites+=("build-tsan")
     fi
 fi
 

@@ -3,12 +3,16 @@
     /usr/bin/python3 -m pytest tests/integration -q
 
 Environment: SLUICE_BIN overrides build/sluice; SLUICE_KEEP_TMP=1 keeps the temp dirs;
-SLUICE_TEST_TIMEOUT sets the per-test time limit in seconds (default 90).
+SLUICE_TEST_TIMEOUT sets the per-test time limit in seconds (default 90); SLUICE_LOG_DIR
+keeps a copy of every Sluice log there, named after its test (scripts/test.sh collects
+sanitizer reports from it).
 """
 from __future__ import annotations
 
 import faulthandler
 import os
+import re
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -28,6 +32,17 @@ STATS_PW = "stats_pw"
 DEFAULT_USERS = {"app": APP_PW, "md5user": MD5_PW, "admin": ADMIN_PW, "stats": STATS_PW}
 
 TEST_TIMEOUT = float(os.environ.get("SLUICE_TEST_TIMEOUT", "90"))
+LOG_DIR = os.environ.get("SLUICE_LOG_DIR")
+
+
+def keep_log(s: Sluice, nodeid: str) -> None:
+    """Copies a stopped Sluice's log to SLUICE_LOG_DIR as <test>-<sluiceN>.log."""
+    if not LOG_DIR or not s.log.exists():
+        return
+    dest = Path(LOG_DIR)
+    dest.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")
+    shutil.copyfile(s.log, dest / f"{name}-{s.dir.name}.log")
 
 
 def pytest_configure(config):
@@ -134,6 +149,7 @@ def make_sluice(pg, workdir, request):
     for s in started:
         s.stop()
         problems += s.problems()
+        keep_log(s, request.node.nodeid)
         if failed or problems:
             print(f"\n----- sluice log {s.log} (tail) -----\n{s.log_tail(60)}")
     if failed:
