@@ -19,10 +19,14 @@ from psycopg import pq
 
 import harness
 from harness import PgError, RawPg, message
-from conftest import APP_PW
+from conftest import ADMIN_PW, APP_PW
 
 PSQL = str(harness.PG_BIN / "psql")
 TXN = "transaction"
+
+# Deadline for anything a test waits on: generous, so that a slow or loaded machine
+# (sanitizer builds, two shared cores) changes how long a test runs, never its verdict.
+DEADLINE = 30.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -46,8 +50,10 @@ def superuser(pg, db="app"):
 @pytest.fixture
 def su(pg):
     c = superuser(pg)
-    # Servers left by an earlier test's Sluice may take a moment to exit.
-    wait_for(lambda: app_servers(c) == 0, 10)
+    # Servers left by an earlier test's Sluice may take a moment to exit (the counts the
+    # tests assert start from zero: checked, not hoped for).
+    assert wait_for(lambda: app_servers(c) == 0, DEADLINE), \
+        f"{app_servers(c)} app servers left over from an earlier test"
     try:
         yield c
     finally:
@@ -75,28 +81,45 @@ def wait_for(pred, timeout: float, interval: float = 0.05) -> bool:
 
 
 class Sampler:
-    """Samples the number of app server connections in pg_stat_activity in a thread."""
+    """Samples the number of app server connections in pg_stat_activity in a thread.
+    Each sample is (start, end, count): when its query was sent, when it was answered."""
 
     def __init__(self, pg, interval: float = 0.1):
         self.pg = pg
         self.interval = interval
-        self.samples: List[int] = []
+        self.timed: List[Tuple[float, float, int]] = []
         self._stop = threading.Event()
+        self._started = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def samples(self) -> List[int]:
+        return [n for _, _, n in self.timed]
+
+    def between(self, t0: float, t1: float) -> List[int]:
+        """Counts sampled wholly within [t0, t1]."""
+        return [n for a, b, n in self.timed if a >= t0 and b <= t1]
 
     def _run(self):
         with superuser(self.pg) as c:
-            while not self._stop.is_set():
-                self.samples.append(app_servers(c))
+            while True:
+                a = time.monotonic()
+                n = app_servers(c)
+                self.timed.append((a, time.monotonic(), n))
+                self._started.set()
+                if self._stop.is_set():
+                    return  # the last sample is taken after the stop was asked
                 self._stop.wait(self.interval)
 
     def __enter__(self):
         self._t.start()
+        assert self._started.wait(DEADLINE), "the sampler took no first sample"
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
-        self._t.join(5)
+        self._t.join(DEADLINE)
+        assert not self._t.is_alive(), "the sampler did not stop"
 
 
 def run_thread(fn):
@@ -129,10 +152,25 @@ def sqlstate(res: pq.PGresult) -> Optional[str]:
     return v.decode() if v else None
 
 
-def raw_login(s, params=None) -> RawPg:
-    c = RawPg("127.0.0.1", s.port)
+def raw_login(s, params=None, timeout: float = 5.0) -> RawPg:
+    c = RawPg("127.0.0.1", s.port, timeout=timeout)
     c.login("app", APP_PW, "app", params)
     return c
+
+
+def console(s):
+    """The admin console (simple query protocol only: no prepared statements)."""
+    return psycopg.connect(s.dsn("admin", ADMIN_PW, "sluice"), autocommit=True,
+                           prepare_threshold=None)
+
+
+def cl_waiting(s) -> int:
+    """Clients of database app queued for a server, as SHOW POOLS counts them."""
+    with console(s) as con:
+        cur = con.execute("SHOW POOLS")
+        cols = [d.name for d in cur.description]
+        return sum(r["cl_waiting"] for r in (dict(zip(cols, x)) for x in cur.fetchall())
+                   if r["database"] == "app")
 
 
 # Extended-protocol frontend messages.
@@ -199,9 +237,10 @@ def assert_clean_server(s, su, max_servers: int):
         assert c.txn_status == "I"
     finally:
         c.terminate()
-    assert app_servers(su, "idle in transaction") == 0
-    assert app_servers(su, "idle in transaction (aborted)") == 0
-    assert app_servers(su) <= max_servers
+    # A server Sluice closed may still be exiting: polled, with a generous deadline.
+    assert wait_for(lambda: app_servers(su, "idle in transaction") == 0, DEADLINE)
+    assert wait_for(lambda: app_servers(su, "idle in transaction (aborted)") == 0, DEADLINE)
+    assert wait_for(lambda: app_servers(su) <= max_servers, DEADLINE), app_servers(su)
 
 
 def assert_usable(s):
@@ -220,16 +259,22 @@ def test_pgbench_50_clients_pool_of_5(pgbench_db, make_sluice, su, proto):
     # protocols). Same -j 2 -c 50 and pool_size 5.
     s = make_sluice(pool_mode=TXN, default_pool_size=5, max_client_conn=200)
     with Sampler(pgbench_db, interval=0.1) as sampler:
+        t0 = time.monotonic()
         r = harness.pgbench(["-n", "-j", "2", "-c", "50", "-T", "8", "-M", proto],
                             "127.0.0.1", s.port, "app", APP_PW, "app", timeout=90)
+        t1 = time.monotonic()
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "number of failed transactions: 0" in r.stdout, out
     res = harness.parse_pgbench(r.stdout)
     assert res.get("processed", 0) > 0, out
-    assert len(sampler.samples) >= 20, sampler.samples
+    # Sampled before, during (however many samples the machine managed: a count of
+    # samples is no property of Sluice) and after the run.
+    assert sampler.between(t0, t1), sampler.timed
     assert max(sampler.samples) <= 5, sampler.samples
-    assert max(sampler.samples) >= 1, sampler.samples
+    # The pool was used up to its size: the bound above was tested at capacity (servers
+    # stay in the pool, so the sample taken after the run sees them all).
+    assert max(sampler.samples) == 5, sampler.samples
     # Nothing left in a transaction afterwards.
     assert app_servers(su, "idle in transaction") == 0
 
@@ -444,18 +489,16 @@ def test_statement_mode(make_sluice, su):
         assert one(c, "SELECT 1") == 1
         assert one(c, "SELECT %s::int + 1", (41,)) == 42  # extended protocol
         assert one(c, "SELECT 'x'") == "x"
-    c = raw_login(s)
+    c = raw_login(s, timeout=DEADLINE)
     try:
-        t0 = time.monotonic()
         try:
             rows, err = c.query("BEGIN")
         except ConnectionError as e:
             pytest.fail(f"closed without an error message: {e}")
         assert err is not None, "BEGIN was accepted in statement mode"
         assert "transaction blocks not allowed in statement pooling mode" in err.get("M", ""), err
-        # The client is disconnected.
-        c.read_until_close(timeout=5)  # raises socket.timeout if it stays open
-        assert time.monotonic() - t0 < 5
+        # The client is disconnected (raises socket.timeout if it stays open).
+        c.read_until_close(timeout=DEADLINE)
     finally:
         c.close()
     # The pool is healthy for the next client, and nothing is left in a transaction.
@@ -566,7 +609,11 @@ def test_copy_in_client_vanishes(make_sluice, su, copy_table):
     kind, _ = c.read_msg()
     assert kind == b"G", kind  # CopyInResponse
     c.send(message(b"d", b"1\ta\n2\tb\n"))
-    time.sleep(0.2)
+    # Vanish once the server has the rows (seen in its COPY progress), not after a
+    # fixed delay that may or may not have let them arrive.
+    assert wait_for(lambda: one(su, "SELECT coalesce(max(tuples_processed), 0) FROM "
+                                    "pg_stat_progress_copy WHERE relid = 'copy_t'::regclass")
+                    >= 2, DEADLINE), "the COPY rows never reached the server"
     c.abort()
     with connect(s) as c2:
         assert one(c2, "SELECT count(*) FROM copy_t") == 0
@@ -586,7 +633,8 @@ def test_copy_out_then_other_client(make_sluice, su, copy_table):
                 for _ in cp.rows():
                     n += 1
         assert n == 20000
-        t.join(10)
+        t.join(DEADLINE)
+        assert not t.is_alive(), "the waiting client was not served after the COPY"
         assert box.get("result") == 99, box
         assert one(c, "SELECT 1") == 1
     assert app_servers(su) <= 1
@@ -664,12 +712,16 @@ def test_syncless_batch_cut_off_by_disconnect(make_sluice, su, flush):
         # No Sync yet, so pg_stat_activity still says 'active'; the lock shows the
         # transaction is open on the server.
         assert wait_for(lambda: one(su, "SELECT count(*) FROM pg_locks WHERE "
-                                        "locktype = 'advisory' AND granted") == 1, 3)
+                                        "locktype = 'advisory' AND granted") == 1, DEADLINE)
     else:
         c.send(batch)
-        time.sleep(0.3)
+        # Nothing is answered without Sync or Flush, but the batch runs: its lock shows
+        # it reached the server (polled, where a fixed 0.3 s sleep hoped so).
+        assert wait_for(lambda: one(su, "SELECT count(*) FROM pg_locks WHERE "
+                                        "locktype = 'advisory' AND granted") == 1, DEADLINE)
     c.abort()
-    time.sleep(0.2)
+    # The next client waits for the pool's one server until Sluice has dealt with the
+    # vanished one; assert_clean_server polls what PostgreSQL shows afterwards.
     assert_clean_server(s, su, 1)
     assert_usable(s)
 
@@ -700,7 +752,7 @@ def test_max_client_conn_53300(make_sluice):
                 return True
             except psycopg.OperationalError:
                 return False
-        assert wait_for(can_connect, 5, 0.2), s.log_tail(20)
+        assert wait_for(can_connect, DEADLINE, 0.2), s.log_tail(20)
         for c in held:
             assert one(c, "SELECT 2") == 2
     finally:
@@ -734,11 +786,14 @@ def test_connection_limit_waits_then_served(make_sluice, su, limit):
         assert app_servers(su) == 2
         waiter = connect(s)
         t, box = run_thread(lambda: one(waiter, "SELECT 42"))
-        time.sleep(1.5)
+        # Queued (seen in SHOW POOLS, not assumed after a fixed delay) ...
+        assert wait_for(lambda: cl_waiting(s) == 1, DEADLINE), f"not queued: {box}"
+        # ... and kept so (the pool also looks at its waiters every second).
+        t.join(1.5)
         assert t.is_alive(), f"served beyond the limit: {box}"
         assert app_servers(su) == 2
         held[0].execute("COMMIT")
-        t.join(5)
+        t.join(DEADLINE)
         assert not t.is_alive(), "waiting client was not served after a server was freed"
         assert box.get("result") == 42, box
         assert app_servers(su) <= 2
@@ -759,7 +814,7 @@ def test_connection_limit_query_wait_timeout(make_sluice, su, limit):
         err, elapsed = _wait_timeout_error(s, "SELECT 42")
         assert err.get("C") == "53300", err
         assert "query_wait_timeout" in err.get("M", ""), err
-        assert 0.8 <= elapsed <= 3.5, elapsed
+        assert elapsed >= 0.8, elapsed  # not early; no upper bound (the deadline is 30 s)
         assert app_servers(su) == 2
     finally:
         for c in held:
@@ -768,8 +823,9 @@ def test_connection_limit_query_wait_timeout(make_sluice, su, limit):
 
 
 def _wait_timeout_error(s, sql):
-    """Runs sql on a new raw client that has to wait; returns (error fields, seconds)."""
-    c = raw_login(s)
+    """Runs sql on a new raw client that has to wait; returns (error fields, seconds).
+    The read deadline is generous: the error must come, however slowly."""
+    c = raw_login(s, timeout=DEADLINE)
     try:
         t0 = time.monotonic()
         try:
@@ -790,7 +846,7 @@ def test_query_wait_timeout_pool_of_one(make_sluice, su):
         err, elapsed = _wait_timeout_error(s, "SELECT 1")
         assert err.get("C") == "53300", err
         assert "query_wait_timeout" in err.get("M", ""), err
-        assert 0.8 <= elapsed <= 3.5, elapsed
+        assert elapsed >= 0.8, elapsed  # not early; no upper bound (the deadline is 30 s)
         # The holder is unaffected.
         assert one(held[0], "SELECT 5") == 5
         held[0].execute("COMMIT")
@@ -811,10 +867,10 @@ def test_reserve_pool_after_timeout(make_sluice, su):
         t, box = run_thread(lambda: one(waiter, "SELECT 43"))
         time.sleep(0.5)
         assert t.is_alive(), "served from the reserve before reserve_pool_timeout"
-        t.join(5)
+        t.join(DEADLINE)
         assert not t.is_alive(), "no reserve connection after reserve_pool_timeout"
         assert box.get("result") == 43, box
-        assert 0.9 <= box["elapsed"] <= 3.5, box
+        assert box["elapsed"] >= 0.9, box  # not before reserve_pool_timeout
         assert app_servers(su) == 3  # pool_size + 1
         # The reserve is only one deep: a second waiter waits again.
         waiter2 = connect(s)
@@ -822,11 +878,14 @@ def test_reserve_pool_after_timeout(make_sluice, su):
         waiter.execute("BEGIN")
         waiter.execute("SELECT 1")
         t2, box2 = run_thread(lambda: one(waiter2, "SELECT 44"))
-        time.sleep(2)
+        # Queued (seen, not assumed), then given longer than reserve_pool_timeout.
+        assert wait_for(lambda: cl_waiting(s) == 1, DEADLINE), f"not queued: {box2}"
+        t2.join(2)
         assert t2.is_alive(), f"served beyond pool_size + reserve_pool_size: {box2}"
         assert app_servers(su) == 3
         held[0].execute("COMMIT")
-        t2.join(5)
+        t2.join(DEADLINE)
+        assert not t2.is_alive(), "the second waiter was not served after a COMMIT"
         assert box2.get("result") == 44, box2
         waiter2.close()
     finally:
@@ -844,15 +903,17 @@ def test_query_timeout_57014(make_sluice, su):
     s = make_sluice(pool_mode=TXN, default_pool_size=1, query_timeout=1)
     with connect(s) as c:
         t0 = time.monotonic()
+        # Cancelled, not finished: the 57014 before the 30 s sleep is over is the outcome
+        # (where an elapsed-time upper bound used to stand); not before the 1 s either.
         with pytest.raises(psycopg.errors.QueryCanceled) as ei:
-            c.execute("SELECT pg_sleep(5)")
+            c.execute("SELECT pg_sleep(30)")
         elapsed = time.monotonic() - t0
         assert ei.value.sqlstate == "57014"
-        assert elapsed < 2.5, elapsed
+        assert elapsed >= 0.8, elapsed
         assert one(c, "SELECT 'still usable'") == "still usable"
         assert wait_for(lambda: one(su, "SELECT count(*) FROM pg_stat_activity WHERE "
-                                        "query LIKE 'SELECT pg_sleep(5)%' AND state = 'active'")
-                        == 0, 3)
+                                        "query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'")
+                        == 0, DEADLINE)
     assert_usable(s)
     assert app_servers(su) <= 1
 
@@ -865,15 +926,15 @@ def test_idle_transaction_timeout_25P03(make_sluice, su):
         assert err is None and c.txn_status == "T"
         c.query("CREATE TEMP TABLE leftover (i int)")
         t0 = time.monotonic()
-        msgs = c.read_until_close(timeout=6)
+        msgs = c.read_until_close(timeout=DEADLINE)
         elapsed = time.monotonic() - t0
     finally:
         c.close()
     errs = errors_in(msgs)
     assert [e["C"] for e in errs] == ["25P03"], msgs
-    assert 0.8 <= elapsed <= 3.5, elapsed
+    assert elapsed >= 0.8, elapsed  # not early; no upper bound (the deadline is 30 s)
     # The dirty server is not reused: it is closed or rolled back before anyone gets it.
-    assert wait_for(lambda: app_servers(su, "idle in transaction") == 0, 3)
+    assert wait_for(lambda: app_servers(su, "idle in transaction") == 0, DEADLINE)
     assert_clean_server(s, su, 1)
 
 
@@ -886,7 +947,7 @@ def test_transaction_timeout_25P04(make_sluice, su):
         rows, err = c.query("BEGIN")
         assert err is None
         # Busy transaction (never idle for long): only transaction_timeout can end it.
-        while time.monotonic() - t0 < 6:
+        while time.monotonic() - t0 < DEADLINE:
             try:
                 rows, err = c.query("SELECT 1")
             except (ConnectionError, OSError) as e:
@@ -899,33 +960,33 @@ def test_transaction_timeout_25P04(make_sluice, su):
         c.close()
     assert err is not None, "transaction outlived transaction_timeout"
     assert err.get("C") == "25P04", err
-    assert 0.8 <= elapsed <= 3.5, elapsed
-    assert wait_for(lambda: app_servers(su, "idle in transaction") == 0, 3)
+    assert elapsed >= 0.8, elapsed  # not early; no upper bound (the deadline is 30 s)
+    assert wait_for(lambda: app_servers(su, "idle in transaction") == 0, DEADLINE)
     assert_clean_server(s, su, 1)
 
 
 def test_client_idle_timeout_57P05(make_sluice, su):
     s = make_sluice(pool_mode=TXN, default_pool_size=1, client_idle_timeout=1)
     # An active client is not disconnected.
-    busy = raw_login(s)
+    busy = raw_login(s, timeout=DEADLINE)
     try:
         t0 = time.monotonic()
         while time.monotonic() - t0 < 2.5:
             rows, err = busy.query("SELECT 1")
             assert err is None, err
-            time.sleep(0.3)
+            time.sleep(0.1)  # far below the 1 s timeout, even on a machine that stalls
     finally:
         busy.terminate()
-    c = raw_login(s)
+    c = raw_login(s, timeout=DEADLINE)
     try:
         t0 = time.monotonic()
-        msgs = c.read_until_close(timeout=6)
+        msgs = c.read_until_close(timeout=DEADLINE)
         elapsed = time.monotonic() - t0
     finally:
         c.close()
     errs = errors_in(msgs)
     assert [e["C"] for e in errs] == ["57P05"], msgs
-    assert 0.8 <= elapsed <= 3.5, elapsed
+    assert elapsed >= 0.8, elapsed  # not early; no upper bound (the deadline is 30 s)
     assert_usable(s)
     assert app_servers(su) <= 1
 
@@ -935,7 +996,7 @@ def test_min_pool_size_opens_servers_before_any_client(make_sluice, su):
     # user; min_pool_size then opens its servers right away.
     s = make_sluice(pool_mode=TXN, default_pool_size=5, min_pool_size=2,
                     config={"databases": {"app": {"user": "app", "password": "app_pw"}}})
-    ok = wait_for(lambda: app_servers(su) >= 2, 8, 0.2)
+    ok = wait_for(lambda: app_servers(su) >= 2, DEADLINE, 0.2)
     assert ok, f"min_pool_size 2: {app_servers(su)} servers before any client"
     time.sleep(0.5)
     assert app_servers(su) == 2
@@ -948,7 +1009,7 @@ def test_min_pool_size_per_database(make_sluice, su):
                     config={"databases": {"app": {"min_pool_size": 3}}})
     # Once the pool exists (after a client), it is kept at min_pool_size.
     assert_usable(s)
-    ok = wait_for(lambda: app_servers(su) >= 3, 8, 0.2)
+    ok = wait_for(lambda: app_servers(su) >= 3, DEADLINE, 0.2)
     assert ok, f"min_pool_size 3: {app_servers(su)} servers"
     assert app_servers(su) == 3
 
@@ -996,9 +1057,9 @@ def test_server_check_replaces_dead_server(pg, make_sluice, su):
     with connect(s) as c:
         pid = one(c, "SELECT pg_backend_pid()")
         assert one(su, "SELECT pg_terminate_backend(%s)", (pid,)) is True
-        assert wait_for(lambda: app_servers(su) == 0, 5)
-        time.sleep(0.2)
-        # The next transaction gets a fresh, working server, not an error.
+        assert wait_for(lambda: app_servers(su) == 0, DEADLINE)
+        # The next transaction gets a fresh, working server, not an error: at once (no
+        # sleep to let Sluice notice the death first; server_check_query is what must).
         new_pid = one(c, "SELECT pg_backend_pid()")
         assert new_pid != pid
         assert one(c, "SELECT 1") == 1
