@@ -282,6 +282,9 @@ def main() -> int:
     ap.add_argument("--limiter-failure", default="closed", choices=["closed", "open", "local"],
                     help="on_redis_failure in --limiter mode (closed: a limiter that cannot "
                          "reach Redis fails the run instead of passing silently)")
+    ap.add_argument("--baseline-bin",
+                    help="also run this Sluice binary (e.g. a build of an earlier commit) as "
+                         "the target 'baseline', interleaved with the others")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--max-minutes", type=float, default=0,
                     help="hard time limit for the whole run (default: computed)")
@@ -352,6 +355,18 @@ def main() -> int:
             s = make_sluice(None)
             tg["sluice"] = Target("sluice", s.port, s.proc.pid)
             result["sluice_config"] = s.config_path.read_text()
+        if a.baseline_bin:
+            saved = os.environ.get("SLUICE_BIN")
+            os.environ["SLUICE_BIN"] = a.baseline_bin
+            try:
+                sb = make_sluice(None)
+            finally:
+                if saved is None:
+                    os.environ.pop("SLUICE_BIN", None)
+                else:
+                    os.environ["SLUICE_BIN"] = saved
+            tg["baseline"] = Target("baseline", sb.port, sb.proc.pid)
+            result["baseline_bin"] = a.baseline_bin
         if "sluice+limiter" in targets:
             r = Redis(base=base)
             started.append(r)
@@ -404,7 +419,7 @@ def main() -> int:
 
         memory: Dict[str, Any] = {}
         if a.idle_clients > 0 and not a.limiter:
-            for name in ("sluice", "pgbouncer"):
+            for name in ("sluice", "baseline", "pgbouncer"):
                 if name in tg:
                     log(f"memory: {a.idle_clients} idle clients to {name}")
                     memory[name] = idle_memory(tg[name], a.idle_clients, budget_s=240)
@@ -418,10 +433,15 @@ def main() -> int:
         else:
             ratios["sluice/pgbouncer"] = ratio(med_.get("sluice"), med_.get("pgbouncer"))
             ratios["sluice/direct"] = ratio(med_.get("sluice"), med_.get("direct"))
+            if "baseline" in med_:
+                ratios["sluice/baseline"] = ratio(med_.get("sluice"), med_.get("baseline"))
             ratios["pgbouncer/direct"] = ratio(med_.get("pgbouncer"), med_.get("direct"))
             c_s = summary.get("sluice", {}).get("cpu_us_per_xact_median")
             c_b = summary.get("pgbouncer", {}).get("cpu_us_per_xact_median")
             ratios["cpu_sluice/pgbouncer"] = ratio(c_s, c_b)
+            if "baseline" in summary:
+                ratios["cpu_sluice/baseline"] = ratio(
+                    c_s, summary["baseline"].get("cpu_us_per_xact_median"))
         result.update({"runs": {n: t.runs for n, t in tg.items()}, "summary": summary,
                        "ratios": ratios, "memory": memory,
                        "load_avg_end": os.getloadavg(),

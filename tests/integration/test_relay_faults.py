@@ -931,3 +931,33 @@ def test_postgres_restart_under_pgbench(pgbench_db, make_sluice):
     with connect(s) as c:  # and the pool is not left with dead servers
         for i in range(10):
             assert one(c, "SELECT %s::int", (i,)) == i
+
+
+# ---------------------------------------------------------------------------------------
+# COPY FROM STDIN of a large stream: forwarded as it comes, never buffered.
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", ["session", TXN])
+def test_large_copy_in_memory_bounded(make_sluice, mode):
+    s = make_sluice(pool_mode=mode, default_pool_size=2)
+    pid = s.proc.pid
+    line = ("x" * 1023 + "\n").encode()
+    chunk = line * 256  # 256 KiB
+    total = 0
+    with connect(s) as c:
+        assert one(c, "SELECT 1") == 1
+        base = peak = rss_kb(pid)
+        with c.transaction():  # one transaction: the table lives on one server
+            cur = c.cursor()
+            cur.execute("CREATE TEMP TABLE copy_sink (v text) ON COMMIT DROP")
+            with cur.copy("COPY copy_sink FROM STDIN") as cp:
+                for i in range(1200):  # 300 MiB
+                    cp.write(chunk)
+                    total += len(chunk)
+                    if i % 40 == 0:
+                        peak = max(peak, rss_kb(pid))
+            cur.execute("SELECT count(*) FROM copy_sink")
+            assert cur.fetchone()[0] == total // len(line)
+        peak = max(peak, rss_kb(pid))
+    assert peak - base < 64 * 1024, f"RSS grew {peak - base} KiB while streaming {total >> 20} MiB"
+    assert_serves_new_client(s)

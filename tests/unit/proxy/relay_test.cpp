@@ -465,6 +465,29 @@ TEST(relay, injected_replies_keep_request_order) {
     }, transaction_mode());
 }
 
+TEST(relay, cancelled_query_mid_result_ends_the_transaction_and_releases) {
+    // A cancel (query_timeout, or the client's own) arrives while rows stream: PostgreSQL
+    // ends the query with 57014 and ReadyForQuery; the server is clean again.
+    for_every_split([&](harness& h) {
+        h.client(query("SELECT pg_sleep(1) FROM generate_series(1, 1000)"));
+        h.backend(row_description() + data_row("1") + data_row("2"));
+        EXPECT_FALSE(h.m.server_clean());
+        h.backend(error("57014") + ready('I'));
+        EXPECT_EQ(types(h.took_client()), "T D D E Z");
+        EXPECT_EQ(h.releases, 1);
+    }, transaction_mode());
+}
+
+TEST(relay, cancelled_extended_query_skips_to_sync) {
+    for_every_split([&](harness& h) {
+        h.client(parse("", "SELECT pg_sleep(10)") + bind_msg("") + execute() + sync());
+        h.backend(parse_complete() + bind_complete() + error("57014") + ready('I'));
+        EXPECT_EQ(types(h.took_client()), "1 2 E Z");
+        EXPECT_EQ(h.m.pending(), 0u);
+        EXPECT_EQ(h.releases, 1);
+    }, transaction_mode());
+}
+
 // --- COPY ----------------------------------------------------------------------------------
 
 TEST(relay, copy_in_simple_protocol) {
