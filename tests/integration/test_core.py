@@ -89,7 +89,7 @@ def run_threads(fn, n, timeout):
 
 
 def login_error(s, user, password, db="app") -> PgError:
-    c = RawPg("127.0.0.1", s.port)
+    c = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
     try:
         with pytest.raises(PgError) as ei:
             c.login(user, password, db)
@@ -134,7 +134,7 @@ def test_raw_client_sees_requested_auth_method(make_sluice):
     """auth_type decides what the client is asked for: SASL for scram, md5 salt for md5."""
     for auth_type, code in (("scram-sha-256", 10), ("md5", 5)):
         s = make_sluice(auth_type=auth_type)
-        c = RawPg("127.0.0.1", s.port)
+        c = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
         try:
             c.send(startup_packet("app", "app"))
             kind, body = c.read_msg()
@@ -369,7 +369,7 @@ def test_vanishing_clients_do_not_leak_servers(make_sluice, mode):
     protocol batches; a pool of 2 must still serve the next client at once."""
     s = make_sluice(pool_mode=mode, default_pool_size=2, query_wait_timeout=5)
     for i in range(10):
-        c = RawPg("127.0.0.1", s.port)
+        c = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
         c.login("app", APP_PW, "app")
         if i % 2 == 0:
             c.query("BEGIN")
@@ -397,7 +397,7 @@ def test_vanishing_clients_do_not_leak_servers(make_sluice, mode):
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 def test_vanished_client_leaves_no_dirty_server(make_sluice, mode):
     s = make_sluice(pool_mode=mode, default_pool_size=1)
-    a = RawPg("127.0.0.1", s.port)
+    a = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
     a.login("app", APP_PW, "app")
     for sql in ("BEGIN", "CREATE TEMP TABLE t(x int)", "SET statement_timeout = '1234'"):
         _, err = a.query(sql)
@@ -502,7 +502,7 @@ def test_malformed_startup_packets(make_sluice):
 
 def test_half_sent_startup_does_not_block_others(make_sluice):
     s = make_sluice(client_login_timeout=2)
-    c = RawPg("127.0.0.1", s.port)
+    c = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
     c.send(struct.pack("!I", 100))  # promise 100 bytes, send 4
     try:
         assert_usable(s)
@@ -516,7 +516,7 @@ def test_half_sent_startup_does_not_block_others(make_sluice):
 
 def test_ssl_and_gss_requests_get_n(make_sluice):
     s = make_sluice()
-    c = RawPg("127.0.0.1", s.port)
+    c = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
     try:
         assert c.ssl_request() == b"N"
         c.login("app", APP_PW, "app")
@@ -524,7 +524,7 @@ def test_ssl_and_gss_requests_get_n(make_sluice):
         assert err is None and rows == [["app"]]
     finally:
         c.terminate()
-    c = RawPg("127.0.0.1", s.port)
+    c = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
     try:
         c.send(struct.pack("!II", 8, harness.GSSENC_REQUEST))
         assert c.read_byte() == b"N"
