@@ -892,7 +892,7 @@ PGBENCH_WAIT = 60  # T=8 plus server_login_retry=1; well under query_wait_timeou
 
 @pytest.mark.timeout(150)
 def test_postgres_restart_under_pgbench(pgbench_db, make_sluice):
-    """pgbench -c 20 -T 8 through a pool of 5; PostgreSQL restarts (fast) mid-run and is
+    """pgbench -c 50 -T 8 through a pool of 5; PostgreSQL restarts (fast) mid-run and is
     back within a fraction of a second. Every pgbench client either finishes or aborts
     on an error, so pgbench exits by itself; a client left waiting for an answer would
     keep it running. server_login_retry is 1 s so waiters may be served soon after the
@@ -905,7 +905,7 @@ def test_postgres_restart_under_pgbench(pgbench_db, make_sluice):
     history = "SELECT count(*) FROM pgbench_history"
     n0 = int(pg.psql(history, db="app"))
     p = harness.spawn([str(harness.PG_BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(s.port),
-                       "-U", "app", "-c", "20", "-j", "2", "-T", "8", "-n", "app"],
+                       "-U", "app", "-c", "50", "-j", "2", "-T", "8", "-n", "app"],
                       log_path=log, env=harness.client_env(APP_PW))
     try:
         # Transactions flow through Sluice before the restart.
