@@ -152,7 +152,7 @@ def sqlstate(res: pq.PGresult) -> Optional[str]:
     return v.decode() if v else None
 
 
-def raw_login(s, params=None, timeout: float = 5.0) -> RawPg:
+def raw_login(s, params=None, timeout: float = DEADLINE) -> RawPg:
     c = RawPg("127.0.0.1", s.port, timeout=timeout)
     c.login("app", APP_PW, "app", params)
     return c
@@ -199,7 +199,7 @@ SYNC = message(b"S")
 FLUSH = message(b"H")
 
 
-def read_until_ready(c: RawPg, timeout: float = 5.0) -> List[Tuple[bytes, bytes]]:
+def read_until_ready(c: RawPg, timeout: float = DEADLINE) -> List[Tuple[bytes, bytes]]:
     """Messages up to and including ReadyForQuery; raises on EOF."""
     c.sock.settimeout(timeout)
     msgs = []
@@ -736,7 +736,7 @@ def test_max_client_conn_53300(make_sluice):
     try:
         for c in held:
             assert one(c, "SELECT 1") == 1
-        c = RawPg("127.0.0.1", s.port)
+        c = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
         try:
             with pytest.raises(PgError) as ei:
                 c.login("app", APP_PW, "app")
