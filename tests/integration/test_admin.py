@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import struct
 import subprocess
 import threading
 import time
@@ -22,6 +24,21 @@ from harness import PgError, RawPg, message
 from conftest import ADMIN_PW, APP_PW, STATS_PW
 
 PSQL = str(harness.PG_BIN / "psql")
+
+# Deadline for anything a test waits on: generous, so that a slow or loaded machine
+# (sanitizer builds, two shared cores) changes how long a test runs, never its verdict.
+DEADLINE = 30.0
+
+
+def wait_for(pred, timeout: float = DEADLINE, interval: float = 0.05) -> bool:
+    """Polls pred() until it is true (True) or `timeout` seconds have passed (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if pred():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
 
 # PgBouncer 1.25's columns, in order (shared/reference/pgbouncer-compat.md).
 STATS_FIELDS = ["server_assignment_count", "xact_count", "query_count", "bytes_received",
@@ -104,6 +121,21 @@ def stat_row(conn, db="app"):
     return next(r for r in rows if r["database"] == db)
 
 
+def pool_row(conn, db="app"):
+    _, rows = show(conn, "POOLS")
+    return next((r for r in rows if r["database"] == db), {})
+
+
+def clients_of(conn, db="app"):
+    return [r for r in show(conn, "CLIENTS")[1] if r["database"] == db]
+
+
+def settle(conn, db="app"):
+    """Waits until every client of `db` has left Sluice (a session is removed only after
+    its last transaction was counted): the counters then hold all of a finished run."""
+    assert wait_for(lambda: not clients_of(conn, db)), clients_of(conn, db)
+
+
 def pgbench(s, args, user="app", password=APP_PW, db="app", timeout=120):
     return harness.pgbench(args, "127.0.0.1", s.port, user, password, db, timeout=timeout)
 
@@ -177,7 +209,7 @@ def test_show_help_and_unknown_commands(make_sluice):
 def test_ordinary_user_cannot_enter_console(make_sluice):
     s = make_sluice()
     for db in ["sluice", "pgbouncer"]:
-        c = RawPg("127.0.0.1", s.port)
+        c = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
         try:
             with pytest.raises(PgError) as ei:
                 c.login("app", APP_PW, db)
@@ -185,7 +217,7 @@ def test_ordinary_user_cannot_enter_console(make_sluice):
         finally:
             c.close()
     # wrong password for an admin: refused like any login
-    c = RawPg("127.0.0.1", s.port)
+    c = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
     try:
         with pytest.raises(PgError) as ei:
             c.login("admin", "wrong", "sluice")
@@ -225,7 +257,7 @@ def test_driver_parameters_and_extended_protocol(make_sluice):
         assert cur.nextset()
         assert [d.name for d in cur.description] == ["key", "value"]
     # the extended protocol: one clear error, then the session is still usable
-    raw = RawPg("127.0.0.1", s.port)
+    raw = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
     try:
         raw.login("admin", ADMIN_PW, "sluice")
         raw.send(message(b"P", b"\0SHOW POOLS\0\0\0") + message(b"B", b"\0\0\0\0\0\0\0\0")
@@ -258,11 +290,13 @@ def test_stats_grow_with_pgbench(make_sluice, pgbench_db):
     deltas = []
     for n in (10, 60):
         with admin_conn(s) as c:
+            settle(c)
             before = stat_row(c)
         r = pgbench(s, ["-n", "-c", "4", "-t", str(n), "-S"])
         assert r.returncode == 0, r.stderr
         assert harness.parse_pgbench(r.stdout)["processed"] == 4 * n
         with admin_conn(s) as c:
+            settle(c)
             after = stat_row(c)
         deltas.append(after["total_xact_count"] - before["total_xact_count"])
     assert deltas[1] - deltas[0] == 4 * 50
@@ -285,12 +319,34 @@ def test_stats_grow_with_pgbench(make_sluice, pgbench_db):
         row = next(x for x in lat if x["database"] == "app")
         assert row["xact_count"] >= 200
         assert 0 < row["xact_p50"] <= row["xact_p90"] <= row["xact_p99"] <= row["xact_p99_9"]
-    # averages are recomputed every stats_period (1 s here)
-    time.sleep(2.5)
-    with admin_conn(s) as c:
-        _, avgs = show(c, "STATS_AVERAGES")
-        assert all(set(a) == set(EXPECTED_COLUMNS["STATS_AVERAGES"]) for a in avgs)
-    assert "stats:" in s.log_text() and "xacts/s" in s.log_text()
+    # Averages are recomputed every stats_period (1 s here): with traffic going on, the
+    # app row of STATS_AVERAGES and the periodic log line show a nonzero rate (an empty
+    # STATS_AVERAGES used to pass, and both were looked at once after a 2.5 s sleep).
+    stop = threading.Event()
+
+    def traffic():
+        with psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True) as a:
+            while not stop.is_set():
+                a.execute("SELECT 1")
+                stop.wait(0.01)
+
+    t = threading.Thread(target=traffic, daemon=True)
+    t.start()
+    try:
+        with admin_conn(s) as c:
+            def averaged():
+                avg = next((a for a in show(c, "STATS_AVERAGES")[1] if a["database"] == "app"),
+                           None)
+                return avg is not None and avg["xact_count"] > 0 and avg["query_count"] > 0
+            assert wait_for(averaged), show(c, "STATS_AVERAGES")[1]
+            cols, avgs = show(c, "STATS_AVERAGES")
+            assert cols == EXPECTED_COLUMNS["STATS_AVERAGES"]
+        assert wait_for(lambda: re.search(r"\[app\] stats: [1-9][0-9]* xacts/s",
+                                          s.log_text())), s.log_tail()
+    finally:
+        stop.set()
+        t.join(DEADLINE)
+    assert not t.is_alive()
 
 
 # ---------------------------------------------------------------------------------------
@@ -305,22 +361,27 @@ def test_pause_holds_pgbench_and_resume_continues(make_sluice, pgbench_db):
     def bench():
         result["r"] = pgbench(s, ["-n", "-c", "4", "-T", "8", "-S"], timeout=120)
 
-    t = threading.Thread(target=bench, daemon=True)
-    t.start()
-    time.sleep(2)
     with admin_conn(s) as c:
+        t = threading.Thread(target=bench, daemon=True)
+        t.start()
+        # PAUSE once pgbench is seen running its transactions (was: after a 2 s sleep,
+        # which on a slow machine may be before pgbench got going).
+        assert wait_for(lambda: (lambda r: r and r["total_xact_count"] >= 20)(
+            next((x for x in show(c, "STATS")[1] if x["database"] == "app"), None))), \
+            show(c, "STATS")[1]
         c.execute("PAUSE")  # returns once no server is active
-        _, pools = show(c, "POOLS")
-        app = next(p for p in pools if p["database"] == "app")
-        assert app["sv_active"] == 0
+        assert pool_row(c)["sv_active"] == 0
         xacts = stat_row(c)["total_xact_count"]
+        # pgbench's clients queue up (seen, not assumed) ...
+        assert wait_for(lambda: pool_row(c)["cl_waiting"] > 0), pool_row(c)
+        # ... and over a while (time for anything wrongly let through to show) nothing runs.
         time.sleep(1.5)
         assert stat_row(c)["total_xact_count"] == xacts  # held
-        _, pools = show(c, "POOLS")
-        assert next(p for p in pools if p["database"] == "app")["cl_waiting"] > 0
+        assert pool_row(c)["cl_waiting"] > 0
         assert {r["key"]: r["value"] for r in show(c, "STATE")[1]}["paused"] == "yes"
         c.execute("RESUME")
     t.join(120)
+    assert not t.is_alive(), "pgbench did not finish after RESUME"
     r = result["r"]
     assert r.returncode == 0, r.stdout + r.stderr
     res = harness.parse_pgbench(r.stdout)
@@ -344,10 +405,15 @@ def test_pause_database_and_new_pools_wait(make_sluice):
 
         t = threading.Thread(target=query, daemon=True)
         t.start()
-        time.sleep(1)
+        # The client is queued on its (new) pool, which is paused: seen in SHOW POOLS
+        # (was assumed after a 1 s sleep), then kept waiting for a while.
+        assert wait_for(lambda: pool_row(c).get("cl_waiting") == 1), show(c, "POOLS")[1]
+        t.join(1.0)
         assert "v" not in done  # its (new) pool is paused
+        assert pool_row(c).get("cl_waiting") == 1
         c.execute("RESUME app")
-        t.join(10)
+        t.join(DEADLINE)
+        assert not t.is_alive(), "the client was not served after RESUME app"
         assert done.get("v") == 7
 
 
@@ -410,13 +476,7 @@ def test_kill_drops_database_clients(make_sluice):
             for a in clients:
                 with pytest.raises(psycopg.OperationalError):
                     a.execute("SELECT 1")
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                _, rows = show(c, "CLIENTS")
-                if not [r for r in rows if r["database"] == "app"]:
-                    break
-                time.sleep(0.1)
-            assert not [r for r in rows if r["database"] == "app"]
+            assert wait_for(lambda: not clients_of(c)), clients_of(c)
             # the console itself survives, and the database takes new clients
             assert show(c, "VERSION")[1]
         with psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True) as a:
@@ -465,7 +525,9 @@ def test_shutdown(make_sluice):
     s = make_sluice()
     with admin_conn(s) as c:
         c.execute("SHUTDOWN")
-    assert s.wait(10) is not None
+    rc = s.wait(DEADLINE)
+    assert rc is not None, f"sluice still running {DEADLINE} s after SHUTDOWN"
+    assert rc == 0, f"exit code {rc}"
 
 
 def test_suspend_and_resume(make_sluice):
@@ -490,9 +552,11 @@ def test_metrics_parse_and_agree_with_show_stats(make_sluice, pgbench_db):
     from prometheus_client.parser import text_string_to_metric_families
     port = harness.free_port()
     s = make_sluice(pool_mode="transaction", metrics_listen=f"127.0.0.1:{port}")
-    assert harness.wait_port(port, 5)
+    assert harness.wait_port(port, DEADLINE)
     r = pgbench(s, ["-n", "-c", "3", "-t", "40", "-S"])
     assert r.returncode == 0, r.stderr
+    with admin_conn(s) as c:
+        settle(c)  # pgbench's sessions are over, so both views below see all of its run
     text = metrics_text(port)
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name in ["sluice_client_connections", "sluice_server_connections", "sluice_transactions",
@@ -522,5 +586,17 @@ def test_metrics_parse_and_agree_with_show_stats(make_sluice, pgbench_db):
 def test_console_outlives_client_login_timeout(make_sluice):
     s = make_sluice(client_login_timeout=1)
     with admin_conn(s) as c:
-        time.sleep(2)
+        t0 = time.monotonic()
+        # A client that never finishes its startup, opened after the console logged in:
+        # once client_login_timeout has closed it, a timer started for the console would
+        # have fired too (a bare 2 s sleep did not show that the timeout had come).
+        probe = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
+        try:
+            probe.send(struct.pack("!I", 100))  # promise 100 bytes, send 4
+            msgs = probe.read_until_close(timeout=DEADLINE)
+        finally:
+            probe.close()
+        assert [k for k, _ in msgs] == [b"E"], msgs
+        assert "client_login_timeout" in harness.parse_error_fields(msgs[0][1])["M"], msgs
+        time.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))  # and at least as long as before
         assert show(c, "VERSION")[1]
