@@ -107,6 +107,21 @@ def _cleanup() -> None:
 atexit.register(_cleanup)
 
 
+DEADLINE = 30.0  # seconds: how long a test waits for any condition; generous on purpose
+
+
+def wait_for(pred, timeout: float = DEADLINE, interval: float = 0.05):
+    """Polls pred() until it returns something true (returned at once) or `timeout`
+    seconds have passed (then its last, false, value). Tests wait for conditions with
+    this rather than sleeping, so that no verdict depends on the machine's speed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
 def make_tempdir(prefix: str = "sluice-it-") -> Path:
     d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     os.chmod(d, 0o755)  # the unprivileged PostgreSQL user must traverse it

@@ -20,6 +20,7 @@ import psycopg.errors
 import pytest
 
 import harness
+from harness import DEADLINE, wait_for
 from harness import PgError, RawPg, message
 from conftest import ADMIN_PW, APP_PW, STATS_PW
 
@@ -27,18 +28,7 @@ PSQL = str(harness.PG_BIN / "psql")
 
 # Deadline for anything a test waits on: generous, so that a slow or loaded machine
 # (sanitizer builds, two shared cores) changes how long a test runs, never its verdict.
-DEADLINE = 30.0
 
-
-def wait_for(pred, timeout: float = DEADLINE, interval: float = 0.05) -> bool:
-    """Polls pred() until it is true (True) or `timeout` seconds have passed (False)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 # PgBouncer 1.25's columns, in order (shared/reference/pgbouncer-compat.md).
 STATS_FIELDS = ["server_assignment_count", "xact_count", "query_count", "bytes_received",

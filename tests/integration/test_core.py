@@ -17,6 +17,7 @@ import psycopg.errors
 import pytest
 
 import harness
+from harness import DEADLINE, wait_for
 from harness import PgError, RawPg, message, parse_error_fields, startup_packet
 from conftest import ADMIN_PW, APP_PW, MD5_PW
 
@@ -24,18 +25,6 @@ PSQL = str(harness.PG_BIN / "psql")
 
 # Deadline for anything the test waits on: generous, so that a slow or loaded machine
 # (sanitizer builds, two shared cores) changes how long a test runs, never its verdict.
-DEADLINE = 30.0
-
-
-def wait_for(pred, timeout: float = DEADLINE, interval: float = 0.05) -> bool:
-    """Polls pred() until it is true (True) or `timeout` seconds have passed (False)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def connect(s, user="app", password=None, db="app", **kw):

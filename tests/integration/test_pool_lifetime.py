@@ -7,17 +7,9 @@ import time
 
 import psycopg
 
+from harness import DEADLINE, wait_for
+
 from conftest import ADMIN_PW
-
-
-def wait_for(cond, timeout=30.0, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    return cond()
 
 
 def pool_dbs(s) -> set:

@@ -28,6 +28,7 @@ import psycopg.errors
 import pytest
 
 import harness
+from harness import DEADLINE, wait_for
 from harness import PgError, RawPg, message
 from conftest import APP_PW
 
@@ -35,22 +36,10 @@ _ids = itertools.count()
 
 # Deadline for anything a test waits on: generous, so that a slow or loaded machine
 # (sanitizer builds, two shared cores) changes how long a test runs, never its verdict.
-DEADLINE = 30.0
 
 # Redis operation timeout in the tests that stop Redis: long, so that a client that
 # waited on the dead Redis would wait this long, unmistakably; no answer may take it.
 REDIS_TIMEOUT_S = 10
-
-
-def wait_for(pred, timeout: float = DEADLINE, interval: float = 0.05) -> bool:
-    """Polls pred() until it is true (True) or `timeout` seconds have passed (False)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def gcra_admitted(times: Sequence[float], rate: float, burst: float) -> int:

@@ -36,6 +36,7 @@ import pytest
 from psycopg import pq
 
 import harness
+from harness import DEADLINE, wait_for
 from harness import RawPg, message
 from conftest import APP_PW
 
@@ -68,16 +69,6 @@ def superuser(pg, db="app") -> psycopg.Connection:
 
 APP_SERVERS_SQL = ("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' "
                    "AND datname = 'app' AND backend_type = 'client backend'")
-
-
-def wait_for(pred, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 @pytest.fixture

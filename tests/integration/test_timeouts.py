@@ -11,6 +11,7 @@ import time
 import psycopg
 import pytest
 
+from harness import DEADLINE, wait_for
 from harness import RawPg, startup_packet
 from conftest import APP_PW
 
@@ -20,16 +21,6 @@ def keepalive_timers(port: int, direction: str) -> list:
     out = subprocess.run(["ss", "-tnoH", "state", "established", f"( {direction} = :{port} )"],
                          capture_output=True, text=True, timeout=10).stdout
     return [float(m) for m in re.findall(r"timer:\(keepalive,([0-9.]+)(?:ms|sec|min)?", out)], out
-
-
-def wait_for(cond, timeout=20.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    return cond()
 
 
 def test_tcp_keepalive_on_client_and_server_sockets(make_sluice, pg):

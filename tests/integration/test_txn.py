@@ -18,6 +18,7 @@ import pytest
 from psycopg import pq
 
 import harness
+from harness import DEADLINE, wait_for
 from harness import PgError, RawPg, message
 from conftest import ADMIN_PW, APP_PW
 
@@ -26,7 +27,6 @@ TXN = "transaction"
 
 # Deadline for anything a test waits on: generous, so that a slow or loaded machine
 # (sanitizer builds, two shared cores) changes how long a test runs, never its verdict.
-DEADLINE = 30.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -68,16 +68,6 @@ def app_servers(su, state: Optional[str] = None) -> int:
     if state is None:
         return one(su, APP_SERVERS_SQL)
     return one(su, APP_SERVERS_SQL + " AND state = %s", (state,))
-
-
-def wait_for(pred, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 class Sampler:
