@@ -104,8 +104,7 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
     const auto start = steady_clock::now();
     std::shared_ptr<waiter> w;
     settings cfg;
-    server_ptr s;
-    bool open = false;
+    server_ptr s;  // an idle server to check out; none: connect in the slot we hold
     {
         std::lock_guard lk(mutex_);
         cfg = settings_;
@@ -115,9 +114,7 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
         if (c.kind == checkout::idle_server) {
             s = find_locked(c.server);
             s->state = server_state::active;
-        } else if (c.kind == checkout::connect) {
-            open = true;
-        } else {
+        } else if (c.kind == checkout::wait) {
             w = std::make_shared<waiter>(ex, id);
             waiting_[id] = w;
         }
@@ -144,8 +141,7 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
 
         std::lock_guard lk(mutex_);
         if (w->done) {
-            s = std::move(w->server);
-            open = w->may_connect;
+            s = std::move(w->server);  // or none: w->may_connect
             break;
         }
         sync_pause_locked();
@@ -159,7 +155,6 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
         }
         if (c.kind == checkout::connect) {
             waiting_.erase(w->id);
-            open = true;
             break;
         }
         if (now >= deadline) {
@@ -175,7 +170,7 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
         // (the result is stored first: gcc 12 mishandles co_await inside conditions)
         bool usable = co_await check_out(s, ex, worker, cfg);
         if (usable) co_return acquire_result{s, {}, {}, steady_clock::now() - start};
-        open = true;  // it was broken: connect in the slot it held
+        // It was broken: connect in the slot it held.
     }
     auto r = co_await open_server(ex, worker);
     r.waited = steady_clock::now() - start;
