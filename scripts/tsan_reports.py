@@ -20,7 +20,10 @@ from typing import Dict, List, Tuple
 FRAME = re.compile(r"^\s*#\d+\s+(?P<fn>.*?)\s+(?P<loc>/\S+?:\d+)(?::\d+)?(?:\s|$)")
 
 
-def project_frame(lines: List[str], root: str) -> str:
+PROJECT_PATH = re.compile(r"/((?:src|include/sluice|tests|fuzz|bench)/[^/].*)$")
+
+
+def project_frame(lines: List[str]) -> str:
     """The first frame of a stack that points into the project's own code."""
     if not lines:
         return "(stack not restored)"
@@ -32,10 +35,11 @@ def project_frame(lines: List[str], root: str) -> str:
         loc = m.group("loc")
         if not fallback:
             fallback = f"{m.group('fn')} {loc}"
-        if ("/src/" in loc or "/include/sluice/" in loc or "/tests/" in loc) and \
-                "/usr/" not in loc:
-            short = loc.split(root, 1)[-1].lstrip("/") if root else loc
-            return f"{m.group('fn')} {short}"
+        m2 = PROJECT_PATH.search(loc)
+        if m2 and not loc.startswith("/usr/"):
+            # Relative to the checkout, so that reports from two checkouts (worktrees)
+            # of the same code are the same report.
+            return f"{m.group('fn')} {m2.group(1)}"
     return fallback
 
 
@@ -102,7 +106,6 @@ def main() -> int:
         print(__doc__)
         return 2
     out_path = Path(sys.argv[1])
-    root = str(Path(__file__).resolve().parent.parent)
     files: List[Path] = []
     for arg in sys.argv[2:]:
         p = Path(arg)
@@ -120,7 +123,7 @@ def main() -> int:
             kind = block[0].split("WARNING: ThreadSanitizer:", 1)[1].strip()
             kind = re.sub(r"\s*\(pid=\d+\)", "", kind)
             stacks = split_stacks(block)
-            heads = tuple(f"{clean_heading(h)}: {project_frame(fr, root)}" for h, fr in stacks[:2])
+            heads = tuple(f"{clean_heading(h)}: {project_frame(fr)}" for h, fr in stacks[:2])
             # The same race reported from either side (write first or read first) is one.
             key = (kind, tuple(sorted(h.split(": ", 1)[1] for h in heads)))
             entry = seen.setdefault(key, {"kind": kind, "heads": heads, "count": 0,
