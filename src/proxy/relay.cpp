@@ -619,12 +619,13 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
                 // It still reaches the client, but the server never goes back to the pool.
                 server_dirty_ = true;
             } else {
-                auto& front = pending_.front();
-                swallow = front.action == reply::swallow && t != proto::msg::error_response;
-                if (t == proto::msg::copy_in_response &&
-                    (front.request == 'E' || front.request == 'Q'))
+                const char request = pending_.front().request;
+                swallow = pending_.front().action == reply::swallow &&
+                          t != proto::msg::error_response;
+                // (This erases from the queue: no reference into it may be held across.)
+                if (t == proto::msg::copy_in_response && (request == 'E' || request == 'Q'))
                     drop_syncs_ignored_during_copy();
-                if (completes(front.request, t)) {
+                if (completes(request, t)) {
                     if (t == proto::msg::error_response)
                         on_error_completing_front();
                     else

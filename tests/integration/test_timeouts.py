@@ -47,18 +47,26 @@ def test_tcp_keepalive_off(make_sluice):
         assert timers == [], out
 
 
-def test_check_query_that_never_answers_is_timed_out(make_sluice):
+def test_check_query_that_never_answers_is_timed_out(make_sluice, pg):
     # server_check_query runs before an idle server is handed out (server_check_delay 0);
     # one that hangs is abandoned after server_connect_timeout and the server closed, and
     # the client gets a fresh server instead of waiting for ever.
     s = make_sluice(pool_mode="transaction", default_pool_size=2, server_check_delay=0,
                     server_check_query="SELECT pg_sleep(600)", server_connect_timeout=1)
-    with psycopg.connect(s.dsn(), autocommit=True) as c:
-        first = c.execute("SELECT pg_backend_pid()").fetchone()[0]  # a fresh server: no check
-        time.sleep(0.05)
-        second = c.execute("SELECT pg_backend_pid()").fetchone()[0]
-        assert second != first
-    assert wait_for(lambda: "internal query timed out" in s.log_text()), s.log_tail(20)
+    sleeping = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)'"
+    try:
+        with psycopg.connect(s.dsn(), autocommit=True) as c:
+            first = c.execute("SELECT pg_backend_pid()").fetchone()[0]  # fresh: no check
+            time.sleep(0.05)  # (server_check_delay 0: any idle time triggers the check)
+            second = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+            assert second != first
+        assert wait_for(lambda: "internal query timed out" in s.log_text()), s.log_tail(20)
+    finally:
+        # The abandoned backends sleep on in PostgreSQL (closing the socket does not
+        # interrupt pg_sleep): end them, so later tests start with no server left over.
+        pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query = 'SELECT pg_sleep(600)'")
+        assert wait_for(lambda: pg.psql(sleeping) == "0"), "sleeping backends left"
 
 
 def test_login_timeout_sends_fatal_before_closing(make_sluice):

@@ -517,6 +517,24 @@ TEST(relay, copy_in_extended_with_sync_sent_before_the_data) {
     }, transaction_mode());
 }
 
+TEST(relay, copy_in_with_many_syncs_sent_before_the_data) {
+    // Several Syncs (and a long queue) ahead of CopyInResponse: dropping them reshapes the
+    // queue while the reply that triggered it is being handled (a use-after-free the
+    // relay fuzz target found).
+    for_every_split([&](harness& h) {
+        std::string batch = parse("", "COPY t FROM STDIN") + bind_msg("") + execute();
+        for (int i = 0; i < 40; ++i) batch += sync();
+        h.client(batch);
+        EXPECT_EQ(h.m.outstanding(), 40);
+        h.backend(parse_complete() + bind_complete() + copy_in_response());
+        EXPECT_EQ(h.m.outstanding(), 0);
+        h.client(copy_data("1\n") + copy_done() + sync());
+        h.backend(command_complete("COPY 1") + ready('I'));
+        EXPECT_EQ(types(h.took_client()), "1 2 G C Z");
+        EXPECT_EQ(h.releases, 1);
+    }, transaction_mode(), 8);
+}
+
 TEST(relay, copy_in_extended_with_sync_only_after_copy_done) {
     for_every_split([&](harness& h) {
         h.client(parse("", "COPY t FROM STDIN") + bind_msg("") + execute() + flush());
