@@ -100,7 +100,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 break;
             }
             FUZZ_CHECK(sbuf.size() <= s.max_held + 5);
-            if (m.can_release()) {
+            if (m.can_release()) FUZZ_CHECK(m.release() == relay::machine::verdict::give_back);
+            if (m.release() != relay::machine::verdict::keep) {
                 FUZZ_CHECK(m.pending() == 0 && m.outstanding() == 0 &&
                            m.transaction_status() == 'I');
                 if (sbuf.empty()) {

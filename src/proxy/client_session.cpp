@@ -247,7 +247,8 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
         sbuf.commit(n);
         auto r = m.on_server_data({sbuf.readable(), sbuf.size()});
         const bool releasable = r.event == relay::server_event::need_more &&
-                                r.consumed == sbuf.size() && m.can_release();
+                                r.consumed == sbuf.size() &&
+                                m.release() == relay::machine::verdict::give_back;
         std::string copy;
         if (releasable && m.take_parameter_refresh()) {
             // A SET/RESET may have changed parameters PostgreSQL does not report: read them
@@ -283,13 +284,14 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
         }
         // Back to the pool at the end of a transaction, once nothing the client sent is
         // still unanswered (asked again after the write: the client may have sent more).
-        if (m.can_release() && sbuf.empty() && server_ == server) {
+        const auto verdict = m.release();
+        if (verdict != relay::machine::verdict::keep && sbuf.empty() && server_ == server) {
             server_ = nullptr;
             linked_server_id = 0;
             state = client_state::idle;
             m.on_server_released();
             sbuf.shrink_if_empty();
-            release_server(server, true);
+            release_server(server, verdict == relay::machine::verdict::give_back);
             co_return;
         }
     }

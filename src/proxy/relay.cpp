@@ -558,7 +558,9 @@ void machine::on_ready_for_query(char status) {
 }
 
 void machine::on_command_complete(std::string_view tag) {
-    if (tag == "SET" || tag == "RESET") {
+    if (tag == "LISTEN") {
+        client_listens_ = true;
+    } else if (tag == "SET" || tag == "RESET") {
         refresh_parameters_ = true;
     } else if (tag == "DISCARD ALL" || tag == "DEALLOCATE ALL") {
         // Every prepared statement of the server session is gone, the client's too.
@@ -613,6 +615,13 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
                                    t == proto::msg::notification_response ||
                                    t == proto::msg::parameter_status;
         bool swallow = false;
+        if (t == proto::msg::notification_response && mode_allows_release() && !client_listens_) {
+            // A notification for a LISTEN another client left on this server (it can arrive
+            // after the checkout found the server quiet): never this client's. The server
+            // is closed at the end of the transaction, so the stale LISTEN goes with it.
+            swallow = true;
+            server_dirty_ = true;
+        }
         if (!async_message) {
             if (pending_.empty()) {
                 // Nobody asked: a FATAL after pg_terminate_backend, or a confused server.
@@ -675,9 +684,9 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
     return {server_event::need_more, pos, {}, {}};
 }
 
-bool machine::server_clean() const {
+bool machine::at_boundary() const {
     return linked_ && pending_.empty() && outstanding_ == 0 && !unsynced_ &&
-           transaction_status_ == 'I' && server_pass_ == 0 && !server_dirty_ &&
+           transaction_status_ == 'I' && server_pass_ == 0 &&
            !(client_pass_ > 0 && !client_discard_) && skip_ == skip::none;
 }
 

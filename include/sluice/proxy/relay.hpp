@@ -15,7 +15,9 @@
 //   server bytes -> on_server_data(): forwards the replies (to_client()), drops the replies
 //     to messages Sluice added (on-demand Parse, LRU Close), inserts injected replies in
 //     their turn, and follows the transaction status.
-//   After writing, the driver asks can_release() and gives the server back when it says so.
+//   After writing, the driver asks release() whether to keep the server, give it back
+//   (can_release()) or close it: at the end of a transaction a server that said something
+//   nobody asked for (a FATAL, a notification for another client's LISTEN) is closed.
 //
 // Invariants
 //   - Every request that will be answered has one entry in the reply queue (`pending_`), in
@@ -117,8 +119,15 @@ public:
     // The one rule for giving a server back between transactions (transaction/statement
     // mode); the driver also checks that it has no unread server bytes.
     bool can_release() const { return mode_allows_release() && server_clean(); }
+    enum class verdict { keep, give_back, close };
+    verdict release() const {
+        if (!mode_allows_release() || !at_boundary()) return verdict::keep;
+        return server_dirty_ ? verdict::close : verdict::give_back;
+    }
     // The same without the pool mode: a client leaving now leaves its server clean.
-    bool server_clean() const;
+    bool server_clean() const { return at_boundary() && !server_dirty_; }
+    // Between transactions with nothing in flight in either direction.
+    bool at_boundary() const;
     // A SET/RESET/DISCARD ran: parameters PostgreSQL does not report must be read again
     // before the server goes back. Clears the flag.
     bool take_parameter_refresh();
@@ -195,6 +204,7 @@ private:
     bool server_skipping_ = false;    // an extended message failed; Sync not yet forwarded
     bool server_dirty_ = false;       // FATAL or a message nobody asked for
     bool refresh_parameters_ = false;
+    bool client_listens_ = false;     // this client ran LISTEN (transaction mode: unsupported)
     int outstanding_ = 0;             // Query/Sync/FunctionCall whose ReadyForQuery is due
     char transaction_status_ = 'I';
 };

@@ -109,7 +109,7 @@ struct harness {
     std::string cbuf, sbuf;            // unconsumed input, as a driver's buffers
     std::string to_server, to_client;  // everything delivered so far
     std::size_t max_cbuf = 0;          // the most client bytes held at once
-    int links = 0, releases = 0, admissions = 0;
+    int links = 0, releases = 0, closes = 0, admissions = 0;
     bool admit = true;
     std::optional<proxy::relay::client_result> closed;
     bool terminated = false, server_closed = false;
@@ -159,8 +159,9 @@ struct harness {
                 server_closed = true;
                 return;
             }
-            if (m.can_release() && sbuf.empty()) {
-                ++releases;
+            auto v = m.release();
+            if (v != machine::verdict::keep && sbuf.empty()) {
+                ++(v == machine::verdict::give_back ? releases : closes);
                 m.on_server_released();
             }
         }
@@ -571,13 +572,36 @@ TEST(relay, unsolicited_fatal_makes_the_server_unusable) {
 }
 
 TEST(relay, notification_is_passed_on_and_does_not_complete_anything) {
-    harness h(transaction_mode());
+    harness h(session_mode());
     h.client(query("SELECT 1"));
     h.backend(notification() + command_complete("SELECT 1"));
     EXPECT_EQ(h.m.pending(), 1u);
     h.backend(ready('I'));
     EXPECT_EQ(types(h.took_client()), "A C Z");
-    EXPECT_EQ(h.releases, 1);
+    EXPECT_TRUE(h.m.server_clean());
+}
+
+TEST(relay, notification_for_another_clients_listen_is_dropped_and_the_server_closed) {
+    // A LISTEN left on the server by an earlier client; its notification arrives while
+    // this client's query runs. It is not this client's: dropped, and the server closed
+    // at the end of the transaction (the stale LISTEN goes with it).
+    for_every_split([&](harness& h) {
+        h.client(query("SELECT 1"));
+        h.backend(notification() + row_description() + data_row("1"));
+        h.backend(command_complete("SELECT 1") + ready('I'));
+        EXPECT_EQ(types(h.took_client()), "T D C Z");
+        EXPECT_EQ(h.releases, 0);
+        EXPECT_EQ(h.closes, 1);
+    }, transaction_mode());
+}
+
+TEST(relay, notification_after_the_clients_own_listen_is_passed_on) {
+    harness h(transaction_mode());
+    h.client(query("LISTEN chan"));
+    h.backend(command_complete("LISTEN") + ready('I'));
+    h.client(query("SELECT 1"));
+    h.backend(notification() + command_complete("SELECT 1") + ready('I'));
+    EXPECT_EQ(types(h.took_client()), "C Z A C Z");
 }
 
 TEST(relay, parameter_status_is_reported) {
