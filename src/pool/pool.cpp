@@ -377,7 +377,7 @@ void pool::restore_defaults(server_connection& s) const {
 void pool::close_all_now() {
     std::lock_guard lk(mutex_);
     for (auto& s : all_) s->close();
-    for (auto id : state_.expire(steady_clock::now(), true)) (void)id;
+    state_.expire(steady_clock::now(), true);  // the idle list: every server is gone
     all_.clear();
 }
 

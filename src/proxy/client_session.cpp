@@ -153,7 +153,7 @@ asio::awaitable<bool> client_session::flush_injections() {
     co_return co_await write_client(out);
 }
 
-asio::awaitable<bool> client_session::write_server(const relay::client_result& r) {
+asio::awaitable<bool> client_session::write_server() {
     const auto& batch = relay_->to_server();
     if (batch.size() == 0) co_return true;
     if (!server_) co_return true;  // (nothing reaches a server the core did not ask for)
@@ -197,7 +197,7 @@ asio::awaitable<void> client_session::client_loop() {
 
         for (;;) {
             auto r = m.on_client_data({in_.readable(), in_.size()});
-            if (!co_await write_server(r)) co_return;
+            if (!co_await write_server()) co_return;
             in_.consume(r.consumed);
             if (!co_await flush_injections()) co_return;
             if (r.event == relay::client_event::need_more) break;

@@ -43,6 +43,15 @@ std::string header_bytes(char type, std::uint64_t body_length) {
     return h;
 }
 
+// The rest of a message body the core does not read: forwarded, or dropped, as it comes.
+void pass_body(std::uint64_t& remaining, bool discard, proxy::batch_builder& out,
+               std::size_t& pos, std::size_t size) {
+    auto take = std::min<std::uint64_t>(remaining, size - pos);
+    if (discard) out.skip(pos, take);
+    pos += take;
+    remaining -= take;
+}
+
 bool is_fatal_error(std::span<const std::uint8_t> body) {
     auto e = proto::decode_error(body);
     return e && (e->severity == "FATAL" || e->severity == "PANIC");
@@ -194,6 +203,12 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
         r.consumed = pos;
         return r;
     };
+    auto malformed = [&] {
+        client_result r{client_event::close, pos};
+        r.sqlstate = "08P01";
+        r.message = "malformed extended-protocol message";
+        return r;
+    };
     auto too_large = [&](std::string what) {
         // Beyond the limit the message is not held: the batch fails, the server sees none
         // of it, and the connection stays usable.
@@ -212,12 +227,7 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
                                  : cstring_end(msg, first + 1, avail);
         if (second == std::string::npos) {
             if (avail >= total) {
-                client_result r;
-                r.event = client_event::close;
-                r.consumed = pos;
-                r.sqlstate = "08P01";
-                r.message = "malformed extended-protocol message";
-                return r;
+                return malformed();
             }
             if (avail >= std::min(total, settings_.max_held)) return too_large("a message head");
             return need_more();
@@ -240,12 +250,7 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
             if (total > settings_.max_held) return too_large("prepared statement \"" + name + "\"");
             if (avail < total) return need_more();
             if (!proto::decode_parse({msg + 5, body_length})) {
-                client_result r;
-                r.event = client_event::close;
-                r.consumed = pos;
-                r.sqlstate = "08P01";
-                r.message = "malformed extended-protocol message";
-                return r;
+                return malformed();
             }
             obs_.on_client_parse();
             to_server_.skip(pos, total);
@@ -299,12 +304,7 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
     if (avail < total) return need_more();
     auto d = proto::decode_describe_or_close({msg + 5, body_length});
     if (!d) {
-        client_result r;
-        r.event = client_event::close;
-        r.consumed = pos;
-        r.sqlstate = "08P01";
-        r.message = "malformed extended-protocol message";
-        return r;
+        return malformed();
     }
     std::string name(d->name);
     auto it = d->kind == 'S' && !name.empty() ? statements_.find(name) : statements_.end();
@@ -381,10 +381,7 @@ client_result machine::scan_client(std::span<const std::uint8_t> in) {
     while (pos < size) {
         settle_admission();
         if (client_pass_ > 0) {
-            auto take = std::min<std::uint64_t>(client_pass_, size - pos);
-            if (client_discard_) to_server_.skip(pos, take);
-            pos += take;
-            client_pass_ -= take;
+            pass_body(client_pass_, client_discard_, to_server_, pos, size);
             continue;
         }
         proto::frame_header h;
@@ -577,10 +574,7 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
     std::size_t pos = 0;
     while (pos < size) {
         if (server_pass_ > 0) {
-            auto take = std::min<std::uint64_t>(server_pass_, size - pos);
-            if (server_discard_) to_client_.skip(pos, take);
-            pos += take;
-            server_pass_ -= take;
+            pass_body(server_pass_, server_discard_, to_client_, pos, size);
             continue;
         }
         proto::frame_header h;

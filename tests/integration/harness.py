@@ -710,6 +710,31 @@ def message(kind: bytes, body: bytes = b"") -> bytes:
     return kind + struct.pack("!I", len(body) + 4) + body
 
 
+# Extended-protocol frontend messages, for raw clients.
+def m_parse(name: str, sql: str) -> bytes:
+    return message(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!h", 0))
+
+
+def m_bind(portal: str = "", stmt: str = "", params: Tuple[bytes, ...] = ()) -> bytes:
+    body = portal.encode() + b"\0" + stmt.encode() + b"\0" + struct.pack("!h", 0)
+    body += struct.pack("!h", len(params))
+    for p in params:
+        body += struct.pack("!i", len(p)) + p
+    body += struct.pack("!h", 0)
+    return message(b"B", body)
+
+
+def m_execute(portal: str = "", max_rows: int = 0) -> bytes:
+    return message(b"E", portal.encode() + b"\0" + struct.pack("!i", max_rows))
+
+
+def m_describe_portal(portal: str = "") -> bytes:
+    return message(b"D", b"P" + portal.encode() + b"\0")
+
+
+SYNC = message(b"S")
+
+
 class RawPg:
     """Blocking v3 client over a plain socket; every read is bounded by `timeout`."""
 

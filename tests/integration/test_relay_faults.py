@@ -37,7 +37,7 @@ from psycopg import pq
 
 import harness
 from harness import DEADLINE, wait_for
-from harness import RawPg, message
+from harness import RawPg, SYNC, m_bind, m_execute, m_parse, message
 from conftest import APP_PW
 
 try:
@@ -98,24 +98,6 @@ def raw_login(s) -> RawPg:
     return c
 
 
-def m_parse(name: str, sql: str) -> bytes:
-    return message(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!h", 0))
-
-
-def m_bind(portal: str = "", stmt: str = "", params: Tuple[bytes, ...] = ()) -> bytes:
-    body = portal.encode() + b"\0" + stmt.encode() + b"\0" + struct.pack("!h", 0)
-    body += struct.pack("!h", len(params))
-    for p in params:
-        body += struct.pack("!i", len(p)) + p
-    body += struct.pack("!h", 0)
-    return message(b"B", body)
-
-
-def m_execute(portal: str = "", max_rows: int = 0) -> bytes:
-    return message(b"E", portal.encode() + b"\0" + struct.pack("!i", max_rows))
-
-
-SYNC = message(b"S")
 
 
 def read_until(c: RawPg, kinds: bytes, timeout: float = 10.0) -> List[Tuple[bytes, bytes]]:

@@ -33,8 +33,8 @@ def test_tcp_keepalive_on_client_and_server_sockets(make_sluice, pg):
         # (ss shows one timer per socket: right after traffic it may show a retransmit
         # or delayed-ack timer first, so look until the keepalive one shows.)
         for port, direction in ((s.port, "sport"), (pg.port, "dport")):
-            timers, out = wait_for(lambda: (lambda t: t if t[0] else None)(
-                keepalive_timers(port, direction))) or keepalive_timers(port, direction)
+            wait_for(lambda: keepalive_timers(port, direction)[0])
+            timers, out = keepalive_timers(port, direction)
             assert timers, out
             assert all(t <= 7.0 for t in timers), out  # tcp_keepidle, not the kernel's 7200 s
 

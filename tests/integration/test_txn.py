@@ -19,7 +19,7 @@ from psycopg import pq
 
 import harness
 from harness import DEADLINE, wait_for
-from harness import PgError, RawPg, message
+from harness import PgError, RawPg, SYNC, m_bind, m_describe_portal, m_execute, m_parse, message
 from conftest import ADMIN_PW, APP_PW
 
 PSQL = str(harness.PG_BIN / "psql")
@@ -163,29 +163,6 @@ def cl_waiting(s) -> int:
                    if r["database"] == "app")
 
 
-# Extended-protocol frontend messages.
-def m_parse(name: str, sql: str) -> bytes:
-    return message(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!h", 0))
-
-
-def m_bind(portal: str = "", stmt: str = "", params: Tuple[bytes, ...] = ()) -> bytes:
-    body = portal.encode() + b"\0" + stmt.encode() + b"\0" + struct.pack("!h", 0)
-    body += struct.pack("!h", len(params))
-    for p in params:
-        body += struct.pack("!i", len(p)) + p
-    body += struct.pack("!h", 0)
-    return message(b"B", body)
-
-
-def m_execute(portal: str = "", max_rows: int = 0) -> bytes:
-    return message(b"E", portal.encode() + b"\0" + struct.pack("!i", max_rows))
-
-
-def m_describe_portal(portal: str = "") -> bytes:
-    return message(b"D", b"P" + portal.encode() + b"\0")
-
-
-SYNC = message(b"S")
 FLUSH = message(b"H")
 
 

@@ -96,7 +96,7 @@ private:
     // relay driver
     asio::awaitable<void> client_loop();
     asio::awaitable<void> server_loop(pool::server_ptr server);
-    asio::awaitable<bool> write_server(const relay::client_result& r);
+    asio::awaitable<bool> write_server();  // what the relay put in to_server()
     // server_link.cpp
     asio::awaitable<bool> link_server();
     asio::awaitable<bool> sync_parameters(pool::server_connection& s);
