@@ -253,7 +253,8 @@ table show_clients(proxy::runtime& rt) {
         t.rows.push_back({"C", s->user, s->database, "none", client_state_name(st), s->addr,
                           num(s->port), s->local_addr, num(s->local_port), format_time(s->connect_time),
                           format_time(request), num(wait_us / 1000000), num(wait_us % 1000000), "0",
-                          ptr_text(s.get()), link, "0", std::nullopt, s->application_name, "0",
+                          ptr_text(s.get()), link, "0",
+                          s->tls_info.empty() ? cell() : cell(s->tls_info), s->application_name, "0",
                           unum(s->id)});
     }
     return t;
@@ -274,7 +275,10 @@ table show_servers(proxy::runtime& rt) {
                               s->host(), num(s->port.load()), std::nullopt, "0", format_time(s->connect_time),
                               format_time(s->request_time.time_since_epoch().count() ? s->request_time : s->connect_time),
                               "0", "0", s->close_needed ? "1" : "0",
-                              ptr_text(s.get()), link, unum(s->backend_key.process_id), std::nullopt,
+                              ptr_text(s.get()), link, unum(s->backend_key.process_id),
+                              s->state.load() == pool::server_state::login || s->tls_info.empty()
+                                  ? cell()
+                                  : cell(s->tls_info),
                               std::nullopt, "0", unum(s->id)});
         }
     }
@@ -551,7 +555,7 @@ bool harmless_client_parameter(const std::string& key) {
 
 // True once the console client has closed its end (or was killed): a long wait (PAUSE,
 // WAIT_CLOSE) stops then. Data waiting to be read (a pipelined query) is not a close.
-bool peer_gone(stream_socket& socket) {
+bool peer_gone(net::stream& socket) {
     if (!socket.is_open()) return true;
     char c;
     auto n = ::recv(socket.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
@@ -566,7 +570,7 @@ bool peer_gone(stream_socket& socket) {
 struct exec_context {
     proxy::runtime& rt;
     proxy::client_session& session;
-    stream_socket& socket;
+    net::stream& socket;
     console_role role;
     std::string out;
     // Set by SHUTDOWN: run after the reply has been written.
@@ -620,7 +624,7 @@ int close_needed_servers(proxy::runtime& rt, const std::optional<std::string>& d
 
 // Polls `done` every 50 ms until it holds, the deadline passes (if any) or the console
 // client leaves. Returns true when `done` held.
-asio::awaitable<bool> wait_until(stream_socket& socket, std::function<bool()> done,
+asio::awaitable<bool> wait_until(net::stream& socket, std::function<bool()> done,
                                  std::optional<steady_clock::time_point> deadline) {
     asio::steady_timer t(socket.get_executor());
     for (;;) {
@@ -723,6 +727,11 @@ asio::awaitable<outcome> run_set(exec_context& cx, const command& c) {
     std::string error;
     config::general probe = cx.rt.cfg()->sluice;
     if (!s->set(probe, c.set_value, error)) {
+        write_error(cx.out, "22023", error);
+        co_return outcome::error;
+    }
+    if (c.set_key.find("tls") != std::string::npos &&
+        !net::make_tls_config(probe, cx.rt.tls().get(), error)) {
         write_error(cx.out, "22023", error);
         co_return outcome::error;
     }
@@ -864,7 +873,7 @@ asio::awaitable<outcome> run_statement(exec_context& cx, std::string stmt) {
     co_return co_await run_control(cx, cmd);
 }
 
-asio::awaitable<bool> write_all(stream_socket& socket, std::string& out) {
+asio::awaitable<bool> write_all(net::stream& socket, std::string& out) {
     if (out.empty()) co_return true;
     auto [ec, n] = co_await asio::async_write(socket, asio::buffer(out), use_nothrow);
     out.clear();
@@ -888,7 +897,7 @@ void register_show(const std::string& subject, show_handler handler) {
 }
 
 asio::awaitable<void> serve(proxy::runtime& rt, proxy::client_session& session,
-                            stream_socket& socket, byte_buffer& in, console_role role,
+                            net::stream& socket, byte_buffer& in, console_role role,
                             std::string prefix) {
     exec_context cx{rt, session, socket, role, std::move(prefix), std::nullopt};
     {

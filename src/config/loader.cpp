@@ -743,6 +743,8 @@ const std::vector<field<general>>& general_fields() {
         bind("auth_user", &g::auth_user, string_value()),
         bind("auth_query", &g::auth_query, string_value()),
         bind("auth_dbname", &g::auth_dbname, string_value()),
+        bind("auth_ident_file", &g::auth_ident_file, string_value()),
+        bind("auth_cache_ttl", &g::auth_cache_ttl, duration_value()),
 
         bind("client_tls_sslmode", &g::client_tls_sslmode, sslmode_value()),
         bind("client_tls_key_file", &g::client_tls_key_file, string_value()),
@@ -750,11 +752,16 @@ const std::vector<field<general>>& general_fields() {
         bind("client_tls_ca_file", &g::client_tls_ca_file, string_value()),
         bind("client_tls_protocols", &g::client_tls_protocols, string_value()),
         bind("client_tls_ciphers", &g::client_tls_ciphers, string_value()),
+        bind("client_tls13_ciphers", &g::client_tls13_ciphers, string_value()),
+        bind("client_tls_ecdhcurve", &g::client_tls_ecdhcurve, string_value()),
+        bind("client_tls_dheparams", &g::client_tls_dheparams, string_value()),
         bind("server_tls_sslmode", &g::server_tls_sslmode, sslmode_value()),
         bind("server_tls_ca_file", &g::server_tls_ca_file, string_value()),
         bind("server_tls_key_file", &g::server_tls_key_file, string_value()),
         bind("server_tls_cert_file", &g::server_tls_cert_file, string_value()),
         bind("server_tls_protocols", &g::server_tls_protocols, string_value()),
+        bind("server_tls_ciphers", &g::server_tls_ciphers, string_value()),
+        bind("server_tls13_ciphers", &g::server_tls13_ciphers, string_value()),
 
         bind("logfile", &g::logfile, string_value()),
         bind("pidfile", &g::pidfile, string_value()),
@@ -786,7 +793,6 @@ const std::set<std::string>& ignored_general_keys() {
         "user",
         "syslog_ident",
         "syslog_facility",
-        "auth_ident_file",
         "unix_socket_group",
         "disable_pqexec",
         "conffile",
@@ -796,11 +802,6 @@ const std::set<std::string>& ignored_general_keys() {
         "tcp_socket_buffer",
         "sbuf_loopcnt",
         "peer_id",
-        "client_tls_ecdhcurve",
-        "client_tls_dheparams",
-        "client_tls13_ciphers",
-        "server_tls_ciphers",
-        "server_tls13_ciphers",
         "dns_max_ttl",
         "dns_nxdomain_ttl",
         "dns_zone_check_period",
@@ -1054,6 +1055,10 @@ void read_config(context& ctx, const node& root, config& cfg) {
 
     resolve_path(ctx, g.auth_file);
     resolve_path(ctx, g.auth_hba_file);
+    resolve_path(ctx, g.auth_ident_file);
+    for (std::string* f : {&g.client_tls_key_file, &g.client_tls_cert_file, &g.client_tls_ca_file,
+                           &g.server_tls_key_file, &g.server_tls_cert_file, &g.server_tls_ca_file})
+        resolve_path(ctx, *f);
     resolve_path(ctx, g.logfile);
     resolve_path(ctx, g.pidfile);
 }

@@ -48,7 +48,9 @@ void pool::update_settings(settings s) {
     bool address_changed = s.login.hosts != settings_.login.hosts ||
                            s.login.port != settings_.login.port ||
                            s.login.database != settings_.login.database ||
-                           s.login.user != settings_.login.user;
+                           s.login.user != settings_.login.user ||
+                           (s.login.tls ? s.login.tls->server_generation : 0) !=
+                               (settings_.login.tls ? settings_.login.tls->server_generation : 0);
     settings_ = std::move(s);
     state_.set_limits(limits_of(settings_));
     if (address_changed)
@@ -184,6 +186,10 @@ asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, in
     // NOTIFY for a LISTEN a former client left behind) means it is not fit to hand out.
     // One poll() per checkout; trusting a recently used server let such bytes reach the
     // next client.
+    if (s->close_needed) {  // RECONNECT, new server TLS settings: not handed out again
+        retire(s, false);
+        co_return false;
+    }
     if (!s->buffer.empty() || s->broken_while_idle()) {
         spdlog::info("server {} of {}/{} closed or spoke while idle; dropping it", s->id,
                      database_, user_);
@@ -312,7 +318,12 @@ void pool::release(server_ptr s) {
     s->last_used = now;
     s->link_client_id = 0;
     std::lock_guard lk(mutex_);
+    // A server made under server TLS settings that have changed since (RELOAD, SET) is
+    // not reused: the next connection uses the new ones.
+    const std::uint64_t tls_generation =
+        settings_.login.tls ? settings_.login.tls->server_generation : 0;
     const bool reusable = !s->close_needed && s->socket.is_open() &&
+                          s->tls_generation == tls_generation &&
                           !(settings_.server_lifetime.count() > 0 &&
                             now - s->connect_time > settings_.server_lifetime);
     if (!reusable) {

@@ -19,7 +19,7 @@ namespace {
 
 // Reads until one whole message is buffered; returns it (valid until the buffer is next
 // touched) and consumes it. False on I/O error or a malformed frame.
-asio::awaitable<bool> read_message(stream_socket& socket, byte_buffer& buf, std::size_t max,
+asio::awaitable<bool> read_message(net::stream& socket, byte_buffer& buf, std::size_t max,
                                    proto::message_view& out, std::string& error) {
     for (;;) {
         std::size_t consumed = 0;
@@ -44,7 +44,7 @@ asio::awaitable<bool> read_message(stream_socket& socket, byte_buffer& buf, std:
     }
 }
 
-asio::awaitable<bool> write_all(stream_socket& socket, const std::string& data,
+asio::awaitable<bool> write_all(net::stream& socket, const std::string& data,
                                 std::string& error) {
     auto [ec, n] = co_await asio::async_write(socket, asio::buffer(data), use_nothrow);
     if (ec) error = ec.message();
@@ -87,6 +87,70 @@ asio::awaitable<bool> connect_socket(stream_socket& socket, const std::string& h
 }
 
 asio::awaitable<bool> server_connection::connect(login_params p) {
+    const net::sslmode mode = p.tls ? p.tls->server_mode : net::sslmode::disable;
+    tls_generation = p.tls ? p.tls->server_generation : 0;
+    if (mode != net::sslmode::allow) co_return co_await connect_with(p, mode);
+    // allow (libpq's meaning): plaintext first, TLS only if the server insists, which
+    // PostgreSQL says with 28000 (no pg_hba.conf entry ... no encryption).
+    if (co_await connect_with(p, net::sslmode::disable)) co_return true;
+    if (!last_error_fields || last_error_fields->sqlstate != "28000") co_return false;
+    socket.reset();
+    buffer.consume(buffer.size());
+    parameters.clear();
+    last_error_fields.reset();
+    co_return co_await connect_with(p, net::sslmode::require);
+}
+
+asio::awaitable<bool> server_connection::negotiate_tls(const login_params& p, net::sslmode mode,
+                                                       const std::string& host) {
+    const std::string where = host + ":" + std::to_string(p.port);
+    // SSLRequest: int32 length 8, int32 80877103. The answer is one byte, read alone so
+    // that nothing of the handshake is taken from the socket here.
+    std::string request;
+    proto::writer(request).ssl_request();
+    std::string err;
+    if (!co_await write_all(socket, request, err)) {
+        last_error = "could not send SSLRequest to " + where + ": " + err;
+        co_return false;
+    }
+    char answer = 0;
+    auto [rec, n] = co_await asio::async_read(socket.lowest_layer(), asio::buffer(&answer, 1),
+                                              use_nothrow);
+    if (rec) {
+        last_error = "server " + where + " closed the connection during TLS negotiation";
+        co_return false;
+    }
+    if (answer == 'N') {
+        if (mode >= net::sslmode::require) {
+            last_error = "server " + where + " does not accept TLS, and server_tls_sslmode is " +
+                         net::to_string(mode);
+            spdlog::error("{}", last_error);
+            co_return false;
+        }
+        co_return true;  // prefer: plaintext
+    }
+    if (answer != 'S') {
+        last_error = "server " + where + " sent an invalid answer to SSLRequest";
+        co_return false;
+    }
+    socket.start_tls(std::const_pointer_cast<asio::ssl::context>(
+        std::shared_ptr<const asio::ssl::context>(p.tls->server_side)));
+    if (!net::prepare_server_tls(socket.ssl(), mode, host, err)) {
+        last_error = err;
+        co_return false;
+    }
+    error_code ec = co_await socket.handshake(asio::ssl::stream_base::client);
+    if (ec) {
+        last_error = "TLS handshake with server " + where +
+                     " failed: " + net::verify_failure_reason(socket.ssl(), ec);
+        spdlog::error("{}", last_error);
+        co_return false;
+    }
+    tls_info = socket.tls_description();
+    co_return true;
+}
+
+asio::awaitable<bool> server_connection::connect_with(const login_params& p, net::sslmode mode) {
     connect_time = last_used = steady_clock::now();
     internal_query_timeout = p.connect_timeout;
     state = server_state::login;
@@ -116,12 +180,20 @@ asio::awaitable<bool> server_connection::connect(login_params p) {
 
     bool connected = false;
     for (const auto& h : p.hosts) {
-        if (co_await connect_socket(socket, h, p.port, last_error)) {
-            if (h.empty() || h[0] != '/') p.tcp.apply(socket.native_handle());
-            set_host(h, p.port);
-            connected = true;
-            break;
+        if (!co_await connect_socket(socket.lowest_layer(), h, p.port, last_error)) continue;
+        const bool unix_socket = !h.empty() && h[0] == '/';
+        if (!unix_socket) p.tcp.apply(socket.native_handle());
+        set_host(h, p.port);
+        // As libpq: TLS is never used over a Unix socket. Each host of a list is checked
+        // on its own name; one that fails the check is skipped like one that is down.
+        if (mode != net::sslmode::disable && !unix_socket && p.tls && p.tls->server_side &&
+            !co_await negotiate_tls(p, mode, h)) {
+            if (*timed_out) break;
+            socket.reset();
+            continue;
         }
+        connected = true;
+        break;
     }
     if (!connected) co_return fail(last_error);
 
@@ -276,20 +348,12 @@ asio::awaitable<bool> server_connection::run_internal_query_unbounded(
 }
 
 void server_connection::migrate(asio::any_io_executor ex) {
-    if (socket.get_executor() == ex) return;
-    auto protocol = socket.local_endpoint().protocol();
-    int fd = socket.release();
-    socket = stream_socket(ex);
-    error_code ec;
-    socket.assign(protocol, fd, ec);
-    if (ec) {
-        ::close(fd);
-        close_needed = true;
-    }
+    if (!socket.migrate(std::move(ex))) close_needed = true;
 }
 
 bool server_connection::broken_while_idle() {
     if (!socket.is_open()) return true;
+    if (socket.has_buffered()) return true;  // TLS bytes OpenSSL holds are unread bytes too
     pollfd pfd{socket.native_handle(), POLLIN, 0};
     int r = ::poll(&pfd, 1, 0);
     // An idle server has nothing to say: readable means EOF, an error, or a stray message

@@ -670,6 +670,14 @@ void writer::cancel(std::uint32_t pid, std::uint32_t key) {
     finish();
 }
 
+void writer::ssl_request() {
+    start_ = out_.size();
+    out_.append(4, '\0');
+    untyped_ = true;
+    u32(ssl_request_code);
+    finish();
+}
+
 void writer::password(std::string_view text) {
     header(msg::password);
     cstring(text);

@@ -25,7 +25,7 @@ client_session::client_session(runtime& rt, stream_socket socket, int worker, st
     // Random, Sluice's own cancel key: the server's key never leaves Sluice.
     auth::random_bytes(reinterpret_cast<std::uint8_t*>(&cancel_key), sizeof cancel_key);
     error_code ec;
-    auto remote = socket_.remote_endpoint(ec);
+    auto remote = socket_.lowest_layer().remote_endpoint(ec);
     if (!ec && (remote.protocol().family() == AF_INET || remote.protocol().family() == AF_INET6)) {
         asio::ip::tcp::endpoint tcp_ep;
         std::memcpy(tcp_ep.data(), remote.data(), remote.size());
@@ -35,7 +35,7 @@ client_session::client_session(runtime& rt, stream_socket socket, int worker, st
     } else {
         addr = "unix";
     }
-    auto local = socket_.local_endpoint(ec);
+    auto local = socket_.lowest_layer().local_endpoint(ec);
     if (!ec && (local.protocol().family() == AF_INET || local.protocol().family() == AF_INET6)) {
         asio::ip::tcp::endpoint tcp_ep;
         std::memcpy(tcp_ep.data(), local.data(), local.size());
@@ -67,11 +67,14 @@ asio::awaitable<void> client_session::run() {
             spdlog::info("client {} ({}:{}) did not log in within client_login_timeout", id,
                          addr, port);
             // Best effort, never blocking: a client that stopped mid-login may not read.
-            std::string out;
-            proto::writer(out).error_response("08P01", "client_login_timeout expired", {},
-                                              "FATAL");
-            [[maybe_unused]] auto n = ::send(socket_.native_handle(), out.data(), out.size(),
-                                             MSG_DONTWAIT | MSG_NOSIGNAL);
+            // (Not over TLS: raw bytes would break the record stream.)
+            if (!socket_.tls()) {
+                std::string out;
+                proto::writer(out).error_response("08P01", "client_login_timeout expired", {},
+                                                  "FATAL");
+                [[maybe_unused]] auto n = ::send(socket_.native_handle(), out.data(),
+                                                 out.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+            }
             error_code ignored;
             socket_.close(ignored);
         });
@@ -100,7 +103,7 @@ asio::awaitable<void> client_session::run() {
     if (tenant_connection_open_) tenant_->close_connection();
     rt_.sessions.remove(*this);
     error_code ignored;
-    socket_.shutdown(asio::socket_base::shutdown_both, ignored);
+    socket_.shutdown(ignored);
     socket_.close(ignored);
 }
 
@@ -179,16 +182,26 @@ asio::awaitable<void> client_session::client_loop() {
             // Idle: hold no buffer while waiting.
             in_.shrink_if_empty();
             if (!server_) idle_since_ns.store(now_ns(), std::memory_order_relaxed);
-            auto [wec] = co_await socket_.async_wait(asio::socket_base::wait_read, use_nothrow);
-            if (wec) co_return;
+            if (!socket_.has_buffered()) {
+                auto [wec] = co_await socket_.lowest_layer().async_wait(
+                    asio::socket_base::wait_read, use_nothrow);
+                if (wec) co_return;
+            }
         }
         in_.reserve_tail(4096);
         error_code rec;
-        std::size_t n = socket_.read_some(in_.writable(), rec);
-        if (rec == asio::error::would_block || rec == asio::error::try_again) {
-            auto [wec] = co_await socket_.async_wait(asio::socket_base::wait_read, use_nothrow);
-            if (wec) co_return;
-            continue;
+        std::size_t n = 0;
+        if (socket_.tls()) {
+            // OpenSSL decides how many socket bytes make a record: let it read.
+            std::tie(rec, n) = co_await socket_.async_read_some(in_.writable(), use_nothrow);
+        } else {
+            n = socket_.lowest_layer().read_some(in_.writable(), rec);
+            if (rec == asio::error::would_block || rec == asio::error::try_again) {
+                auto [wec] = co_await socket_.lowest_layer().async_wait(
+                    asio::socket_base::wait_read, use_nothrow);
+                if (wec) co_return;
+                continue;
+            }
         }
         if (rec) co_return;  // EOF or reset: the client is gone
         in_.commit(n);

@@ -53,6 +53,9 @@ runtime::runtime(config::config cfg, auth::userlist users)
       }),
       cfg_(std::make_shared<const config::config>(std::move(cfg))),
       users_(std::make_shared<const auth::userlist>(std::move(users))) {
+    std::string error;
+    tls_ = net::make_tls_config(cfg_->sluice, nullptr, error);
+    if (!tls_) throw std::runtime_error(error);
     apply_limits(*cfg_);
 }
 
@@ -75,6 +78,11 @@ std::shared_ptr<const config::config> runtime::cfg() const {
 std::shared_ptr<const auth::userlist> runtime::users() const {
     std::shared_lock lk(mutex_);
     return users_;
+}
+
+std::shared_ptr<const net::tls_config> runtime::tls() const {
+    std::shared_lock lk(mutex_);
+    return tls_;
 }
 
 void runtime::apply_limits(const config::config& c) {
@@ -108,10 +116,19 @@ bool runtime::reload(std::string& errors) {
             return false;
         }
     }
+    // New certificates and keys are checked before anything changes: a bad file keeps the
+    // running configuration, as any other error.
+    std::string tls_error;
+    auto tls = net::make_tls_config(loaded.cfg->sluice, this->tls().get(), tls_error);
+    if (!tls) {
+        errors += current->path + ": " + tls_error + "\n";
+        return false;
+    }
     {
         std::unique_lock lk(mutex_);
         cfg_ = std::make_shared<const config::config>(std::move(*loaded.cfg));
         users_ = std::make_shared<const auth::userlist>(std::move(ul));
+        tls_ = std::move(tls);
     }
     apply_limits(*cfg());
     pools.refresh_settings();
@@ -125,6 +142,12 @@ void runtime::update_config(const std::function<void(config::config&)>& change) 
         std::unique_lock lk(mutex_);
         auto next = std::make_shared<config::config>(*cfg_);
         change(*next);
+        // The console checked TLS changes with make_tls_config before calling this.
+        std::string tls_error;
+        if (auto tls = net::make_tls_config(next->sluice, tls_.get(), tls_error))
+            tls_ = std::move(tls);
+        else
+            spdlog::error("TLS settings not applied: {}", tls_error);
         cfg_ = std::move(next);
     }
     apply_limits(*cfg());
@@ -175,6 +198,7 @@ pool::pool::settings runtime::pool_settings(const std::string& db_name,
                                              : config::duration(std::chrono::hours(1)));
     s.login.max_packet_size = std::size_t(g.max_packet_size);
     s.login.tcp = net::tcp_options::from(g);
+    s.login.tls = tls();
     s.unreported_tracked.push_back("search_path");
     for (auto& k : g.track_extra_parameters)
         if (!reported_by_server(k) && k != "search_path") s.unreported_tracked.push_back(k);

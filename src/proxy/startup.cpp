@@ -67,14 +67,77 @@ asio::awaitable<bool> client_session::read_client_message(proto::message_view& o
     }
 }
 
+asio::awaitable<bool> client_session::start_tls(std::string already_read) {
+    auto tls = rt_.tls();
+    socket_.start_tls(tls->client_side);
+    error_code ec = co_await socket_.handshake(asio::ssl::stream_base::server, std::move(already_read));
+    if (ec) {
+        // Nothing can be said to the client: there is no channel to say it on.
+        spdlog::info("client {} ({}:{}) closing because: TLS handshake failed: {}", id, addr, port,
+                     net::verify_failure_reason(socket_.ssl(), ec));
+        co_return false;
+    }
+    tls_info = socket_.tls_description();
+    co_return true;
+}
+
+// Encryption negotiation, as PostgreSQL 17 does it:
+//   SSLRequest      'S' and a TLS handshake when client TLS is on and this is TCP, else 'N'
+//                   (PostgreSQL never does TLS over a Unix socket). Bytes that arrived
+//                   behind the SSLRequest were sent before the client could know the
+//                   answer: they are refused, not read as plaintext after the handshake
+//                   (CVE-2021-23214).
+//   ClientHello     (first byte 0x16, a TLS handshake record) direct TLS: the handshake
+//                   runs on the bytes already read, and ALPN must have agreed on
+//                   "postgresql", as PostgreSQL requires.
+//   GSSENCRequest   'N': the client falls back to TLS or plaintext.
+// After TLS is up, a second SSLRequest or a GSSENCRequest is a protocol violation.
 asio::awaitable<bool> client_session::startup() {
     proto::startup_packet packet;
     proto::startup_message startup_msg;
+    auto tls = rt_.tls();
+    const bool tls_offered = tls->client_side && !unix_socket();
     for (;;) {
+        if (!socket_.tls() && in_.empty()) {
+            in_.reserve_tail(512);
+            auto [rec, n] = co_await socket_.async_read_some(in_.writable(), use_nothrow);
+            if (rec) co_return false;
+            in_.commit(n);
+        }
+        if (!socket_.tls() && in_.readable()[0] == 0x16) {
+            if (!tls_offered) {
+                spdlog::info("client {} ({}:{}) closing because: direct TLS connection but "
+                             "client TLS is off", id, addr, port);
+                co_return false;
+            }
+            std::string hello(reinterpret_cast<const char*>(in_.readable()), in_.size());
+            in_.consume(in_.size());
+            if (!co_await start_tls(std::move(hello))) co_return false;
+            if (net::negotiated_alpn(socket_.ssl()) != "postgresql") {
+                spdlog::info("client {} ({}:{}) closing because: direct TLS connection without "
+                             "ALPN postgresql", id, addr, port);
+                co_return false;
+            }
+            continue;
+        }
         if (!co_await read_startup_packet(packet)) co_return false;
-        if (std::holds_alternative<proto::ssl_request>(packet) ||
-            std::holds_alternative<proto::gssenc_request>(packet)) {
-            // No TLS yet: 'N' lets sslmode=prefer clients go on in plaintext.
+        const bool ssl_req = std::holds_alternative<proto::ssl_request>(packet);
+        if (ssl_req || std::holds_alternative<proto::gssenc_request>(packet)) {
+            if (socket_.tls()) {
+                co_await send_error("08P01", "encryption negotiation after TLS is established");
+                co_return false;
+            }
+            if (ssl_req && tls_offered) {
+                if (!in_.empty()) {
+                    co_await send_error("08P01", "received unencrypted data after SSL request");
+                    co_return false;
+                }
+                std::string yes = "S";
+                if (!co_await write_client(yes)) co_return false;
+                if (!co_await start_tls({})) co_return false;
+                continue;
+            }
+            // 'N' lets sslmode=prefer clients go on in plaintext.
             std::string no = "N";
             bool sent = co_await write_client(no);
             if (!sent) co_return false;
@@ -113,6 +176,18 @@ asio::awaitable<bool> client_session::startup() {
     user = *user_param;
     const std::string* db_param = startup_msg.find("database");
     database = db_param && !db_param->empty() ? *db_param : user;
+    if (g.log_connections)
+        spdlog::info("client {} login attempt: db={} user={} tls={}", id, database, user,
+                     tls_info.empty() ? "no" : tls_info);
+    // client_tls_sslmode require and stronger: TCP clients must use TLS (a Unix socket is
+    // local and never encrypted, as in PostgreSQL and PgBouncer).
+    if (tls->client_mode >= net::sslmode::require && !unix_socket() && !socket_.tls()) {
+        spdlog::info("client {} ({}:{}) closing because: SSL required (client_tls_sslmode={})",
+                     id, addr, port, net::to_string(tls->client_mode));
+        co_await send_error("28000", "SSL required",
+                            "Sluice's client_tls_sslmode requires TLS: connect with sslmode=require");
+        co_return false;
+    }
 
     // Startup parameters: tracked ones become this client's wanted values; the rest must
     // be listed in ignore_startup_parameters (as PgBouncer).

@@ -38,7 +38,7 @@ void client_session::kill(std::string sqlstate, std::string message) {
     asio::post(executor(), [self = shared_from_this(), sqlstate, message] {
         if (self->fatal_) return;
         self->fatal_ = true;
-        if (!self->writing_client_ && self->socket_.is_open()) {
+        if (!self->writing_client_ && self->socket_.is_open() && !self->socket_.tls()) {
             // Best effort: a FATAL the client can show, without waiting on a slow reader.
             std::string out;
             proto::writer(out).error_response(sqlstate, message, {}, "FATAL");
@@ -46,7 +46,7 @@ void client_session::kill(std::string sqlstate, std::string message) {
                                              MSG_DONTWAIT | MSG_NOSIGNAL);
         }
         error_code ignored;
-        self->socket_.shutdown(asio::socket_base::shutdown_both, ignored);
+        self->socket_.shutdown(ignored);
         self->socket_.close(ignored);
         if (self->server_ && self->server_loop_running_) self->server_->socket.cancel(ignored);
     });

@@ -14,6 +14,7 @@
 
 #include "sluice/config/config.hpp"
 #include "sluice/net/io.hpp"
+#include "sluice/net/stream.hpp"
 
 namespace sluice::proxy {
 class runtime;
@@ -31,7 +32,7 @@ console_role role_of(const config::config& cfg, const std::string& user);
 // BackendKeyData, ReadyForQuery; `prefix` holds bytes to send first) and then answers
 // simple queries until the client leaves. `in` holds bytes already read from the client.
 asio::awaitable<void> serve(proxy::runtime& rt, proxy::client_session& session,
-                            stream_socket& socket, byte_buffer& in, console_role role,
+                            net::stream& socket, byte_buffer& in, console_role role,
                             std::string prefix);
 
 // Starts what the console and metrics need in the background: the stats_period timer

@@ -81,13 +81,18 @@ struct general {
         "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
         "FROM pg_authid WHERE rolname=$1 AND rolcanlogin";
     std::string auth_dbname;
+    std::string auth_ident_file;        // pg_ident.conf-style maps for hba peer/cert
+    duration auth_cache_ttl = std::chrono::seconds(10);  // Sluice's own: auth_query cache
 
     std::string client_tls_sslmode = "disable";
     std::string client_tls_key_file, client_tls_cert_file, client_tls_ca_file;
     std::string client_tls_protocols = "secure", client_tls_ciphers = "default";
+    std::string client_tls13_ciphers, client_tls_ecdhcurve = "auto",
+        client_tls_dheparams = "auto";
     std::string server_tls_sslmode = "prefer";
     std::string server_tls_ca_file, server_tls_key_file, server_tls_cert_file;
-    std::string server_tls_protocols = "secure";
+    std::string server_tls_protocols = "secure", server_tls_ciphers = "default";
+    std::string server_tls13_ciphers;
 
     std::string logfile, pidfile;
     bool syslog = false;

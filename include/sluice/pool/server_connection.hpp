@@ -11,6 +11,8 @@
 #include <unordered_map>
 
 #include "sluice/net/io.hpp"
+#include "sluice/net/stream.hpp"
+#include "sluice/net/tls.hpp"
 #include "sluice/net/tcp_options.hpp"
 #include "sluice/pool/server_statements.hpp"
 #include "sluice/protocol/codec.hpp"
@@ -32,6 +34,8 @@ struct login_params {
     std::chrono::milliseconds connect_timeout{15000};
     net::tcp_options tcp;
     std::size_t max_packet_size = 1 << 30;
+    // server_tls_*: the mode and context of the moment (null = the defaults, plaintext).
+    std::shared_ptr<const net::tls_config> tls;
 };
 
 enum class server_state { login, idle, active, tested, used };
@@ -63,7 +67,7 @@ public:
     bool broken_while_idle();
     void close();
 
-    stream_socket socket;
+    net::stream socket;
     byte_buffer buffer;  // bytes read from the server and not yet handled
     std::uint64_t id;
     pool* owner = nullptr;
@@ -101,7 +105,19 @@ public:
 
     std::atomic<std::uint64_t> link_client_id{0};  // for SHOW SERVERS
 
+    // The server TLS settings this connection was made under (tls_config's generation),
+    // and what was negotiated ("" = plaintext). Set during connect, before the server
+    // leaves the login state.
+    std::uint64_t tls_generation = 0;
+    std::string tls_info;
+
 private:
+    // One try: connect to each host in turn and log in, with TLS as `mode` says.
+    asio::awaitable<bool> connect_with(const login_params& p, net::sslmode mode);
+    // SSLRequest and the handshake on a fresh TCP connection to `host`. False (with
+    // last_error) when the mode's demands are not met.
+    asio::awaitable<bool> negotiate_tls(const login_params& p, net::sslmode mode,
+                                        const std::string& host);
     mutable std::mutex host_mutex_;
     std::string host_;
 };

@@ -217,6 +217,7 @@ public:
     // Frontend messages
     void startup(const std::vector<std::pair<std::string, std::string>>& parameters);
     void cancel(std::uint32_t pid, std::uint32_t key);
+    void ssl_request();  // Int32(8), Int32(80877103)
     void password(std::string_view text);
     void sasl_initial_response(std::string_view mechanism, std::string_view data);
     void sasl_response(std::string_view data);

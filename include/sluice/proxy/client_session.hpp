@@ -1,7 +1,9 @@
 #pragma once
 // One client connection, from the startup packet to Terminate: the socket driver.
 //
-//   startup.cpp     SSLRequest/GSSENCRequest -> 'N'; CancelRequest -> cancel.cpp;
+//   startup.cpp     SSLRequest -> 'S' + TLS handshake (or 'N'), a TLS ClientHello first
+//                   (direct TLS) -> handshake, GSSENCRequest -> 'N'; CancelRequest ->
+//                   cancel.cpp;
 //                   StartupMessage -> authenticate -> admission.cpp (client limits, rate
 //                   limits at login) -> welcome (AuthenticationOk, ParameterStatus...,
 //                   BackendKeyData, ReadyForQuery)
@@ -21,6 +23,7 @@
 
 #include "sluice/admin/console.hpp"
 #include "sluice/net/io.hpp"
+#include "sluice/net/stream.hpp"
 #include "sluice/pool/pool.hpp"
 #include "sluice/protocol/codec.hpp"
 #include "sluice/proxy/prepared.hpp"
@@ -47,6 +50,7 @@ public:
     void kill(std::string sqlstate, std::string message);
 
     asio::any_io_executor executor() { return socket_.get_executor(); }
+    bool unix_socket() const { return addr == "unix"; }
 
     const std::uint64_t id;
     protocol::cancel_request cancel_key{};  // the key Sluice handed to the client
@@ -55,6 +59,7 @@ public:
     int port = 0;
     std::string local_addr;
     int local_port = 0;
+    std::string tls_info;  // "TLSv1.3/<cipher>" once TLS is up; set before login ends
     steady_clock::time_point connect_time = steady_clock::now();
     std::atomic<steady_clock::time_point> request_time{steady_clock::now()};
     std::atomic<client_state> state{client_state::login};
@@ -88,6 +93,9 @@ private:
     // startup and authentication
     asio::awaitable<bool> startup();
     asio::awaitable<bool> read_startup_packet(protocol::startup_packet& out);
+    // TLS for this client: after 'S' to an SSLRequest, or direct (`already_read` holds the
+    // start of the ClientHello). False if the handshake failed (the client is gone).
+    asio::awaitable<bool> start_tls(std::string already_read);
     asio::awaitable<bool> authenticate(const std::optional<std::string>& secret, bool known);
     asio::awaitable<bool> read_client_message(protocol::message_view& out);
     asio::awaitable<bool> send_welcome();
@@ -126,7 +134,7 @@ private:
                                      std::string hint = {}, bool fatal = true);
 
     runtime& rt_;
-    stream_socket socket_;
+    net::stream socket_;
     int worker_;
     byte_buffer in_;  // client bytes not yet forwarded
     std::size_t max_packet_ = 0;

@@ -17,6 +17,7 @@
 #include "sluice/auth/userlist.hpp"
 #include "sluice/config/config.hpp"
 #include "sluice/net/io.hpp"
+#include "sluice/net/tls.hpp"
 #include "sluice/pool/pool.hpp"
 #include "sluice/proxy/prepared.hpp"
 #include "sluice/ratelimit/limiter.hpp"
@@ -51,6 +52,8 @@ public:
 
     std::shared_ptr<const config::config> cfg() const;
     std::shared_ptr<const auth::userlist> users() const;
+    // TLS contexts for both sides, rebuilt with the configuration (RELOAD, SET).
+    std::shared_ptr<const net::tls_config> tls() const;
     // Reads the configuration file and auth file again. On any error the running
     // configuration stays and `errors` says why.
     bool reload(std::string& errors);
@@ -110,6 +113,7 @@ private:
     std::set<std::string> disabled_;
     std::shared_ptr<const config::config> cfg_;
     std::shared_ptr<const auth::userlist> users_;
+    std::shared_ptr<const net::tls_config> tls_;
 };
 
 }  // namespace sluice::proxy
