@@ -83,6 +83,18 @@ int main(int argc, char** argv) {
     auto cfg = std::move(*loaded.cfg);
     if (check) {
         bool ok = check_userlist(cfg, true);
+        // The files and certificates the configuration names must be usable too: a
+        // --check that passes means the start-up will not fail on them.
+        std::string error;
+        if (!sluice::net::make_tls_config(cfg.sluice, nullptr, error)) {
+            std::cerr << path << ": " << error << "\n";
+            ok = false;
+        }
+        error.clear();
+        if (!sluice::proxy::load_auth_rules(cfg.sluice, error)) {
+            std::cerr << error << "\n";
+            ok = false;
+        }
         if (ok) std::cout << path << ": configuration is valid\n";
         return ok ? 0 : 1;
     }
@@ -120,8 +132,17 @@ int main(int argc, char** argv) {
 
     int rc;
     {
-        sluice::proxy::runtime rt(std::move(cfg), std::move(users));
-        sluice::net::server srv(rt);
+        // TLS contexts and the hba/ident files are built by the runtime: a certificate
+        // that cannot be used or a bad pg_hba line stops the start-up here.
+        std::unique_ptr<sluice::proxy::runtime> rt;
+        try {
+            rt = std::make_unique<sluice::proxy::runtime>(std::move(cfg), std::move(users));
+        } catch (const std::exception& e) {
+            spdlog::critical("{}", e.what());
+            if (!pidfile.empty()) std::remove(pidfile.c_str());
+            return 1;
+        }
+        sluice::net::server srv(*rt);
         rc = srv.run();
     }
     if (!pidfile.empty()) std::remove(pidfile.c_str());

@@ -735,6 +735,10 @@ asio::awaitable<outcome> run_set(exec_context& cx, const command& c) {
         write_error(cx.out, "22023", error);
         co_return outcome::error;
     }
+    if (c.set_key.starts_with("auth_") && !proxy::load_auth_rules(probe, error)) {
+        write_error(cx.out, "22023", error);
+        co_return outcome::error;
+    }
     std::string value = c.set_value;
     cx.rt.update_config([s, value](config::config& cfg) {
         std::string ignored;

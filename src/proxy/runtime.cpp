@@ -2,6 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
 #include "sluice/config/loader.hpp"
 #include "sluice/proxy/client_session.hpp"
 #include "sluice/proxy/parameters.hpp"
@@ -47,6 +51,60 @@ std::size_t session_registry::size() const {
     return by_id_.size();
 }
 
+namespace {
+
+std::optional<std::string> read_text(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return std::nullopt;
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+std::string position(const std::string& file, const auth::hba_error& e) {
+    return file + ":" + std::to_string(e.line) + ":" + std::to_string(e.column) + ": " + e.message;
+}
+
+}  // namespace
+
+std::shared_ptr<const auth_rules> load_auth_rules(const config::general& g, std::string& error) {
+    auto out = std::make_shared<auth_rules>();
+    if (g.auth_type_ == config::auth_type::hba) {
+        auto text = read_text(g.auth_hba_file);
+        if (!text) {
+            error = "auth_hba_file: cannot read " + g.auth_hba_file;
+            return nullptr;
+        }
+        const auto dir = std::filesystem::path(g.auth_hba_file).parent_path();
+        auto include = [&](const std::string& name) -> std::optional<std::string> {
+            std::filesystem::path p(name);
+            return read_text(p.is_relative() ? (dir / p).string() : name);
+        };
+        auto parsed = auth::hba_file::parse(*text, include);
+        if (auto* e = std::get_if<auth::hba_error>(&parsed)) {
+            error = position(g.auth_hba_file, *e);
+            return nullptr;
+        }
+        out->hba = std::make_shared<const auth::hba_file>(std::get<auth::hba_file>(std::move(parsed)));
+    }
+    if (!g.auth_ident_file.empty()) {
+        auto text = read_text(g.auth_ident_file);
+        if (!text) {
+            error = "auth_ident_file: cannot read " + g.auth_ident_file;
+            return nullptr;
+        }
+        auto parsed = auth::ident_map::parse(*text);
+        if (auto* e = std::get_if<auth::hba_error>(&parsed)) {
+            error = position(g.auth_ident_file, *e);
+            return nullptr;
+        }
+        out->ident = std::make_shared<const auth::ident_map>(std::get<auth::ident_map>(std::move(parsed)));
+    } else {
+        out->ident = std::make_shared<const auth::ident_map>();
+    }
+    return out;
+}
+
 runtime::runtime(config::config cfg, auth::userlist users)
     : pools([this](const std::string& db, const std::string& user) {
           return pool_settings(db, user);
@@ -56,6 +114,8 @@ runtime::runtime(config::config cfg, auth::userlist users)
     std::string error;
     tls_ = net::make_tls_config(cfg_->sluice, nullptr, error);
     if (!tls_) throw std::runtime_error(error);
+    rules_ = load_auth_rules(cfg_->sluice, error);
+    if (!rules_) throw std::runtime_error(error);
     apply_limits(*cfg_);
 }
 
@@ -83,6 +143,11 @@ std::shared_ptr<const auth::userlist> runtime::users() const {
 std::shared_ptr<const net::tls_config> runtime::tls() const {
     std::shared_lock lk(mutex_);
     return tls_;
+}
+
+std::shared_ptr<const auth_rules> runtime::rules() const {
+    std::shared_lock lk(mutex_);
+    return rules_;
 }
 
 void runtime::apply_limits(const config::config& c) {
@@ -124,11 +189,18 @@ bool runtime::reload(std::string& errors) {
         errors += current->path + ": " + tls_error + "\n";
         return false;
     }
+    std::string rules_error;
+    auto rules = load_auth_rules(loaded.cfg->sluice, rules_error);
+    if (!rules) {
+        errors += rules_error + "\n";
+        return false;
+    }
     {
         std::unique_lock lk(mutex_);
         cfg_ = std::make_shared<const config::config>(std::move(*loaded.cfg));
         users_ = std::make_shared<const auth::userlist>(std::move(ul));
         tls_ = std::move(tls);
+        rules_ = std::move(rules);
     }
     apply_limits(*cfg());
     pools.refresh_settings();
@@ -148,6 +220,10 @@ void runtime::update_config(const std::function<void(config::config&)>& change) 
             tls_ = std::move(tls);
         else
             spdlog::error("TLS settings not applied: {}", tls_error);
+        if (auto rules = load_auth_rules(next->sluice, tls_error))
+            rules_ = std::move(rules);
+        else
+            spdlog::error("authentication files not applied: {}", tls_error);
         cfg_ = std::move(next);
     }
     apply_limits(*cfg());

@@ -3,6 +3,7 @@
 #include "sluice/proxy/client_session.hpp"
 
 #include <spdlog/spdlog.h>
+#include <pwd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -239,9 +240,58 @@ asio::awaitable<bool> client_session::startup() {
         }
     }
 
-    bool known = secret.has_value() || g.auth_type_ == config::auth_type::trust ||
-                 g.auth_type_ == config::auth_type::any;
-    bool authenticated = co_await authenticate(secret, known);
+    // The method: auth_type, or under hba the first pg_hba rule that matches (none: a
+    // rejection, as in PostgreSQL).
+    auth::hba_method method = auth::hba_method::md5;
+    std::string map;
+    switch (g.auth_type_) {
+        case config::auth_type::trust:
+        case config::auth_type::any: method = auth::hba_method::trust; break;
+        case config::auth_type::plain: method = auth::hba_method::password; break;
+        case config::auth_type::md5: method = auth::hba_method::md5; break;
+        case config::auth_type::scram_sha_256: method = auth::hba_method::scram_sha_256; break;
+        case config::auth_type::cert: method = auth::hba_method::cert; break;
+        case config::auth_type::hba: {
+            auto rules = rt_.rules();
+            auth::hba_request req;
+            req.unix_socket = unix_socket();
+            req.tls = socket_.tls();
+            if (!req.unix_socket) req.address = addr;
+            req.database = database;
+            req.user = user;
+            const auth::hba_rule* rule = rules->hba ? rules->hba->match(req) : nullptr;
+            // PostgreSQL's wording, which operators search for.
+            const std::string where =
+                (req.unix_socket ? std::string("local connection") : "host \"" + addr + "\"") +
+                ", user \"" + user + "\", database \"" + database + "\", " +
+                (req.unix_socket ? "" : req.tls ? "SSL encryption" : "no encryption");
+            if (!rule) {
+                spdlog::info("client {} closing because: no pg_hba.conf entry for {}", id, where);
+                co_await send_error("28000", "no pg_hba.conf entry for " + where);
+                co_return false;
+            }
+            if (rule->method == auth::hba_method::reject) {
+                spdlog::info("client {} closing because: pg_hba.conf rejects connection for {} "
+                             "(line {})", id, where, rule->line);
+                co_await send_error("28000", "pg_hba.conf rejects connection for " + where);
+                co_return false;
+            }
+            method = rule->method;
+            if (auto it = rule->options.find("map"); it != rule->options.end()) map = it->second;
+            // clientcert=verify-ca|verify-full on a password rule: a verified certificate is
+            // needed as well (verify-full: for this user).
+            if (auto it = rule->options.find("clientcert");
+                it != rule->options.end() && method != auth::hba_method::cert &&
+                !co_await check_cert(map, it->second == "verify-full"))
+                co_return false;
+            spdlog::debug("client {} matched pg_hba line {} ({})", id, rule->line,
+                          auth::to_string(method));
+            break;
+        }
+    }
+
+    bool known = secret.has_value() || method == auth::hba_method::trust;
+    bool authenticated = co_await authenticate(method, map, secret, known);
     if (!authenticated) co_return false;
 
     if (console) {
@@ -327,33 +377,93 @@ asio::awaitable<bool> client_session::startup() {
     co_return co_await write_client(out);
 }
 
-asio::awaitable<bool> client_session::authenticate(const std::optional<std::string>& secret,
+asio::awaitable<bool> client_session::check_cert(const std::string& map, bool full) {
+    auto cn = socket_.tls() ? net::peer_common_name(socket_.ssl()) : std::nullopt;
+    if (!cn) {
+        spdlog::info("client {} closing because: no verified client certificate (user {})", id,
+                     user);
+        co_await send_error("28000", "connection requires a valid client certificate");
+        co_return false;
+    }
+    if (!full) co_return true;  // clientcert=verify-ca: any certificate of the CA
+    auto rules = rt_.rules();
+    const bool ok = map.empty() ? *cn == user : rules->ident->allows(map, *cn, user);
+    if (!ok) {
+        spdlog::info("client {} closing because: certificate CN \"{}\" is not user \"{}\"{}", id,
+                     *cn, user, map.empty() ? std::string() : " in ident map " + map);
+        co_await send_error("28000", "certificate authentication failed for user \"" + user + "\"");
+        co_return false;
+    }
+    co_return true;
+}
+
+asio::awaitable<bool> client_session::check_peer(const std::string& map) {
+    ucred peer{};
+    socklen_t len = sizeof peer;
+    std::string os_user;
+    if (unix_socket() &&
+        ::getsockopt(socket_.native_handle(), SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0) {
+        std::vector<char> buf(16384);
+        passwd pw{};
+        passwd* found = nullptr;
+        if (::getpwuid_r(peer.uid, &pw, buf.data(), buf.size(), &found) == 0 && found)
+            os_user = found->pw_name;
+    }
+    if (os_user.empty()) {
+        spdlog::info("client {} closing because: peer authentication needs a Unix socket with "
+                     "a known peer (user {})", id, user);
+        co_await send_error("28000", "Peer authentication failed for user \"" + user + "\"");
+        co_return false;
+    }
+    auto rules = rt_.rules();
+    const bool ok = map.empty() ? os_user == user : rules->ident->allows(map, os_user, user);
+    if (!ok) {
+        spdlog::info("client {} closing because: peer OS user \"{}\" is not user \"{}\"{}", id,
+                     os_user, user, map.empty() ? std::string() : " in ident map " + map);
+        co_await send_error("28000", "Peer authentication failed for user \"" + user + "\"");
+        co_return false;
+    }
+    co_return true;
+}
+
+asio::awaitable<bool> client_session::authenticate(auth::hba_method method, std::string map,
+                                                   const std::optional<std::string>& secret,
                                                    bool known) {
     auto cfg = rt_.cfg();
-    auto type = cfg->sluice.auth_type_;
     std::string out;
     proto::writer w(out);
     auto refuse = [&]() -> asio::awaitable<bool> {
         // The same answer for an unknown user and a wrong password: no user enumeration.
         if (pool_) pool_->stats.errors_login++;
+        spdlog::info("client {} closing because: password authentication failed for user {}", id,
+                     user);
         co_await send_error("28P01", "password authentication failed for user \"" + user + "\"");
         co_return false;
     };
 
-    if (type == config::auth_type::trust || type == config::auth_type::any) co_return true;
-    if (type == config::auth_type::cert || type == config::auth_type::hba) {
-        co_await send_error("28000", std::string("auth_type ") + config::to_string(type) +
-                                         " is not supported by this Sluice build");
-        co_return false;
+    switch (method) {
+        case auth::hba_method::trust: co_return true;
+        case auth::hba_method::reject: co_return co_await refuse();  // (hba handles it first)
+        case auth::hba_method::cert: co_return co_await check_cert(map, true);
+        case auth::hba_method::peer: co_return co_await check_peer(map);
+        default: break;
     }
 
     std::optional<std::string> s = known ? secret : std::nullopt;
-    bool use_scram = type == config::auth_type::scram_sha_256;
-    if (s && auth::is_scram_secret(*s)) use_scram = true;         // md5 cannot check a verifier
-    if (s && auth::is_md5_secret(*s) && use_scram) use_scram = false;  // SCRAM cannot check md5
+    // scram-sha-256 means SCRAM: an md5 secret cannot be checked by it, and falling back
+    // to md5 would give the client a weaker method than the configuration asked for.
+    if (method == auth::hba_method::scram_sha_256 && s && auth::is_md5_secret(*s)) {
+        spdlog::warn("user {} has an md5 secret in the auth file, which scram-sha-256 cannot "
+                     "check: login refused (store a SCRAM secret or a plaintext password)", user);
+        s.reset();  // run the exchange against a made-up secret: the same answer as a wrong password
+    }
+    // md5 with a SCRAM verifier: SCRAM, as PostgreSQL does (md5 cannot check a verifier).
+    bool use_scram = method == auth::hba_method::scram_sha_256 ||
+                     (method == auth::hba_method::md5 && s && auth::is_scram_secret(*s));
+    const bool cleartext = method == auth::hba_method::password && !(s && auth::is_scram_secret(*s));
 
     proto::message_view m;
-    if (type == config::auth_type::plain && !(s && auth::is_scram_secret(*s))) {
+    if (cleartext) {
         w.authentication_cleartext();
         if (!co_await write_client(out)) co_return false;
         if (!co_await read_client_message(m) || m.type != proto::msg::password) co_return false;
@@ -364,7 +474,7 @@ asio::awaitable<bool> client_session::authenticate(const std::optional<std::stri
         co_return true;
     }
 
-    if (!use_scram) {
+    if (!use_scram && method != auth::hba_method::password) {
         std::array<std::uint8_t, 4> salt;
         auth::random_bytes(salt.data(), salt.size());
         w.authentication_md5(salt);

@@ -22,6 +22,7 @@
 #include <string>
 
 #include "sluice/admin/console.hpp"
+#include "sluice/auth/hba.hpp"
 #include "sluice/net/io.hpp"
 #include "sluice/net/stream.hpp"
 #include "sluice/pool/pool.hpp"
@@ -96,7 +97,14 @@ private:
     // TLS for this client: after 'S' to an SSLRequest, or direct (`already_read` holds the
     // start of the ClientHello). False if the handshake failed (the client is gone).
     asio::awaitable<bool> start_tls(std::string already_read);
-    asio::awaitable<bool> authenticate(const std::optional<std::string>& secret, bool known);
+    // The method comes from auth_type, or under hba from the first matching rule; `map` is
+    // that rule's ident map (peer, cert).
+    asio::awaitable<bool> authenticate(auth::hba_method method, std::string map,
+                                       const std::optional<std::string>& secret, bool known);
+    // cert and peer: the name the certificate or the OS vouches for, checked against the
+    // user (directly, or through the ident map). Sends the error itself.
+    asio::awaitable<bool> check_cert(const std::string& map, bool full);
+    asio::awaitable<bool> check_peer(const std::string& map);
     asio::awaitable<bool> read_client_message(protocol::message_view& out);
     asio::awaitable<bool> send_welcome();
     asio::awaitable<void> handle_cancel_request(protocol::cancel_request req);

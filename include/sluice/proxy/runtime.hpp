@@ -14,6 +14,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "sluice/auth/hba.hpp"
 #include "sluice/auth/userlist.hpp"
 #include "sluice/config/config.hpp"
 #include "sluice/net/io.hpp"
@@ -46,6 +47,15 @@ private:
     std::unordered_map<std::uint64_t, std::weak_ptr<client_session>> by_id_;
 };
 
+// auth_hba_file and auth_ident_file, parsed; replaced as a whole on RELOAD.
+struct auth_rules {
+    std::shared_ptr<const auth::hba_file> hba;  // null unless auth_type is hba
+    std::shared_ptr<const auth::ident_map> ident;  // empty map when no auth_ident_file
+};
+// Reads and parses both files named in `g`. Null, with every problem in `error` as
+// FILE:LINE:COL: message, if one cannot be read or does not parse.
+std::shared_ptr<const auth_rules> load_auth_rules(const config::general& g, std::string& error);
+
 class runtime {
 public:
     runtime(config::config cfg, auth::userlist users);
@@ -54,6 +64,7 @@ public:
     std::shared_ptr<const auth::userlist> users() const;
     // TLS contexts for both sides, rebuilt with the configuration (RELOAD, SET).
     std::shared_ptr<const net::tls_config> tls() const;
+    std::shared_ptr<const auth_rules> rules() const;
     // Reads the configuration file and auth file again. On any error the running
     // configuration stays and `errors` says why.
     bool reload(std::string& errors);
@@ -114,6 +125,7 @@ private:
     std::shared_ptr<const config::config> cfg_;
     std::shared_ptr<const auth::userlist> users_;
     std::shared_ptr<const net::tls_config> tls_;
+    std::shared_ptr<const auth_rules> rules_;
 };
 
 }  // namespace sluice::proxy
