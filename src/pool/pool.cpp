@@ -72,6 +72,11 @@ void pool::learn_scram_keys(std::vector<std::uint8_t> client_key,
     scram_server_key_ = std::move(server_key);
 }
 
+void pool::learn_secret(std::string secret) {
+    std::lock_guard lk(mutex_);
+    learnt_secret_ = std::move(secret);
+}
+
 bool pool::has_scram_keys() const {
     std::lock_guard lk(mutex_);
     return !scram_client_key_.empty();
@@ -261,6 +266,7 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
             login.scram_client_key = scram_client_key_;
             login.scram_server_key = scram_server_key_;
         }
+        if (!login.password && !learnt_secret_.empty()) login.password = learnt_secret_;
         all_.push_back(s);
     }
     manager_.total_servers++;

@@ -292,7 +292,8 @@ asio::awaitable<bool> server_connection::connect_with(const login_params& p, net
 }
 
 asio::awaitable<bool> server_connection::run_internal_query(
-    std::string sql, std::size_t max_packet_size, std::vector<std::optional<std::string>>* row) {
+    std::string sql, std::size_t max_packet_size, std::vector<std::optional<std::string>>* row,
+    std::vector<std::optional<std::string>> bind_values) {
     // A server that does not answer an internal query in time is closed: the caller then
     // discards it (a reset or check query must never hold a client or slot for ever).
     auto timed_out = std::make_shared<bool>(false);
@@ -307,16 +308,26 @@ asio::awaitable<bool> server_connection::run_internal_query(
         asio::steady_timer& t;
         ~cancel_on_exit() { t.cancel(); }
     } guard{watchdog};
-    bool ok = co_await run_internal_query_unbounded(std::move(sql), max_packet_size, row);
+    bool ok = co_await run_internal_query_unbounded(std::move(sql), max_packet_size, row,
+                                                    std::move(bind_values));
     if (!ok && *timed_out)
         last_error = "internal query timed out (server_connect_timeout): " + last_error;
     co_return ok;
 }
 
 asio::awaitable<bool> server_connection::run_internal_query_unbounded(
-    std::string sql, std::size_t max_packet_size, std::vector<std::optional<std::string>>* row) {
+    std::string sql, std::size_t max_packet_size, std::vector<std::optional<std::string>>* row,
+    std::vector<std::optional<std::string>> bind_values) {
     std::string out;
-    proto::writer(out).query(sql);
+    proto::writer w(out);
+    if (bind_values.empty()) {
+        w.query(sql);
+    } else {
+        w.parse("", sql);
+        w.bind("", "", bind_values);
+        w.execute("");
+        w.sync();
+    }
     std::string err;
     if (!co_await write_all(socket, out, err)) {
         last_error = err;

@@ -712,6 +712,34 @@ void writer::parse(std::string_view name, std::string_view sql) {
     finish();
 }
 
+void writer::bind(std::string_view portal, std::string_view statement,
+                  const std::vector<std::optional<std::string>>& parameters) {
+    // Bind: portal, statement, Int16 0 (all text), Int16 n, (Int32 len | -1, bytes)*,
+    // Int16 0 (results in text).
+    header(msg::bind);
+    cstring(portal);
+    cstring(statement);
+    u16(0);
+    u16(std::uint16_t(parameters.size()));
+    for (auto& p : parameters) {
+        if (!p) {
+            u32(0xffffffffu);
+            continue;
+        }
+        u32(std::uint32_t(p->size()));
+        bytes(*p);
+    }
+    u16(0);
+    finish();
+}
+
+void writer::execute(std::string_view portal, std::uint32_t max_rows) {
+    header(msg::execute);
+    cstring(portal);
+    u32(max_rows);
+    finish();
+}
+
 void writer::close(char kind, std::string_view name) {
     header(msg::close);
     u8(std::uint8_t(kind));

@@ -85,7 +85,15 @@ std::shared_ptr<const auth_rules> load_auth_rules(const config::general& g, std:
             error = position(g.auth_hba_file, *e);
             return nullptr;
         }
-        out->hba = std::make_shared<const auth::hba_file>(std::get<auth::hba_file>(std::move(parsed)));
+        auto& file = std::get<auth::hba_file>(parsed);
+        for (auto& r : file.rules())
+            if (auto it = r.options.find("clientname"); it != r.options.end() && it->second != "CN") {
+                // Only the CommonName is compared; a DN rule would match differently.
+                error = g.auth_hba_file + ":" + std::to_string(r.line) +
+                        ":1: clientname=" + it->second + " is not supported (only CN)";
+                return nullptr;
+            }
+        out->hba = std::make_shared<const auth::hba_file>(std::move(file));
     }
     if (!g.auth_ident_file.empty()) {
         auto text = read_text(g.auth_ident_file);

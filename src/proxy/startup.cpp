@@ -290,6 +290,29 @@ asio::awaitable<bool> client_session::startup() {
         }
     }
 
+    // auth_user + auth_query: a user not in auth_file is looked up in PostgreSQL (cached,
+    // one query for a burst of logins). Only for the methods that need a secret.
+    const bool needs_secret = method == auth::hba_method::password ||
+                              method == auth::hba_method::md5 ||
+                              method == auth::hba_method::scram_sha_256;
+    if (!secret && !console && db && needs_secret &&
+        !(db->auth_user.empty() ? g.auth_user : db->auth_user).empty()) {
+        auto found = co_await rt_.auth_queries.lookup(rt_, database, user, executor());
+        if (!found.ok) {
+            spdlog::warn("client {} closing because: auth_query failed for user {}: {}", id, user,
+                         found.error);
+            co_await send_error("28000", "authentication failed: the user lookup (auth_query) "
+                                         "did not run; see Sluice's log");
+            co_return false;
+        }
+        secret = found.secret;  // none: fails below like a wrong password
+        // An md5 or plaintext secret is what this user's pool logs in with; for a SCRAM
+        // verifier the client's own proof is (authenticate() hands its keys over).
+        if (secret && !auth::is_scram_secret(*secret) &&
+            (db->user.empty() || db->user == user))
+            rt_.pools.get(database, user).learn_secret(*secret);
+    }
+
     bool known = secret.has_value() || method == auth::hba_method::trust;
     bool authenticated = co_await authenticate(method, map, secret, known);
     if (!authenticated) co_return false;

@@ -119,6 +119,7 @@ struct database {
     std::string user;    // forced user; empty = client's user
     std::string password;
     std::string auth_user;
+    std::string auth_query, auth_dbname;  // empty = the general section's
     std::optional<int> pool_size, min_pool_size, reserve_pool_size, max_db_connections,
         max_db_client_connections;
     std::optional<pool_mode> mode;

@@ -94,6 +94,9 @@ public:
     void learn_scram_keys(std::vector<std::uint8_t> client_key,
                           std::vector<std::uint8_t> server_key);
     bool has_scram_keys() const;
+    // A secret read by auth_query (md5 or plaintext) for logging in this pool's user when
+    // auth_file has none.
+    void learn_secret(std::string secret);
 
     // Closes idle servers past server_idle_timeout / server_lifetime, and (if
     // `close_all_idle`) every idle one. Called periodically from any thread.
@@ -170,6 +173,7 @@ private:
     waiter_id next_waiter_ = 0;
     std::map<std::string, std::string> welcome_;
     std::vector<std::uint8_t> scram_client_key_, scram_server_key_;
+    std::string learnt_secret_;
     steady_clock::time_point login_failed_at_{};
     std::optional<steady_clock::time_point> empty_since_;  // under the manager's mutex
     std::string login_failed_error_, login_failed_sqlstate_;

@@ -56,10 +56,14 @@ public:
     // `row`, when given, receives the first DataRow.
     asio::awaitable<bool> run_internal_query(
         std::string sql, std::size_t max_packet_size,
-        std::vector<std::optional<std::string>>* row = nullptr);
+        std::vector<std::optional<std::string>>* row = nullptr,
+        std::vector<std::optional<std::string>> bind_values = {});
 
+    // The same without the time limit. With `bind_values` the query runs through the
+    // extended protocol ($1, $2... bound as text), so no value is ever spliced into SQL.
     asio::awaitable<bool> run_internal_query_unbounded(
-        std::string sql, std::size_t max_packet_size, std::vector<std::optional<std::string>>* row);
+        std::string sql, std::size_t max_packet_size, std::vector<std::optional<std::string>>* row,
+        std::vector<std::optional<std::string>> bind_values = {});
 
     // Moves the socket to another worker's executor. Only when no operation is pending.
     void migrate(asio::any_io_executor ex);

@@ -224,6 +224,10 @@ public:
     void query(std::string_view sql);
     void parse(std::string_view name, std::string_view sql);  // no parameter types
     void close(char kind, std::string_view name);
+    // Bind with text parameters (nullopt = NULL) and text results.
+    void bind(std::string_view portal, std::string_view statement,
+              const std::vector<std::optional<std::string>>& parameters);
+    void execute(std::string_view portal, std::uint32_t max_rows = 0);
     void sync() { header(msg::sync); finish(); }
     void terminate() { header(msg::terminate); finish(); }
     // Raw typed message with an arbitrary body (tests, forwarding rewritten messages).

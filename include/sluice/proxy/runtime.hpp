@@ -20,6 +20,7 @@
 #include "sluice/net/io.hpp"
 #include "sluice/net/tls.hpp"
 #include "sluice/pool/pool.hpp"
+#include "sluice/proxy/auth_query.hpp"
 #include "sluice/proxy/prepared.hpp"
 #include "sluice/ratelimit/limiter.hpp"
 
@@ -74,6 +75,7 @@ public:
 
     pool::pool_manager pools;
     session_registry sessions;
+    auth_query_cache auth_queries;  // auth_user + auth_query lookups
     std::unique_ptr<ratelimit::limiter> limiter;  // null when rate_limits is off
 
     std::vector<asio::any_io_executor> workers;
