@@ -4,6 +4,7 @@ PgBouncer, in one run, interleaved rounds, medians (DESIGN.md section 5, issues 
 
     /usr/bin/python3 bench/pgbench_compare.py --rounds 5 --seconds 10 --json out.json
     /usr/bin/python3 bench/pgbench_compare.py --limiter --rounds 5 --seconds 10
+    /usr/bin/python3 bench/pgbench_compare.py --tls --mode simple --rounds 5   # sslmode=require
 
 Everything listens on 127.0.0.1 only; every process started here is stopped at exit
 (try/finally, atexit, SIGTERM/SIGINT handlers, PR_SET_PDEATHSIG) and the whole run has a
@@ -93,7 +94,8 @@ def rss_kib(pid: int) -> int:
 # PgBouncer
 
 class PgBouncer:
-    def __init__(self, base: Path, pg: Postgres, pool_size: int, max_client_conn: int):
+    def __init__(self, base: Path, pg: Postgres, pool_size: int, max_client_conn: int,
+                 tls: Optional[Dict[str, str]] = None):
         self.dir = base / "pgbouncer"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = harness.free_port()
@@ -122,7 +124,10 @@ pidfile = {self.dir / 'pgbouncer.pid'}
 log_connections = 0
 log_disconnections = 0
 stats_period = 600
-""")
+""" + (f"""client_tls_sslmode = require
+client_tls_cert_file = {tls['cert']}
+client_tls_key_file = {tls['key']}
+""" if tls else ""))
         if harness.is_root():  # pgbouncer refuses to run as root
             harness.ensure_pg_os_user()
             for p in [self.dir, *self.dir.iterdir()]:
@@ -139,6 +144,29 @@ stats_period = 600
     def stop(self) -> None:
         if self.proc is not None:
             harness._kill(self.proc, signal.SIGINT, grace=5)
+
+
+# ----------------------------------------------------------------------------------------
+# TLS: one self-made CA and a certificate for 127.0.0.1/localhost, shared by every target
+
+def make_certs(d: Path) -> Dict[str, str]:
+    d.mkdir(parents=True, exist_ok=True)
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60, cwd=d)
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bench CA",
+         "-keyout", "ca.key", "-out", "ca.crt")
+    ossl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+         "-keyout", "server.key", "-out", "server.csr")
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    ossl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+         "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt")
+    os.chmod(d / "server.key", 0o600)
+    if harness.is_root():  # PostgreSQL and PgBouncer run as the unprivileged user
+        harness.ensure_pg_os_user()
+        for p in [d, *d.iterdir()]:
+            shutil.chown(p, harness.PG_OS_USER, harness.PG_OS_USER)
+    return {"cert": str(d / "server.crt"), "key": str(d / "server.key"), "ca": str(d / "ca.crt")}
 
 
 # ----------------------------------------------------------------------------------------
@@ -166,8 +194,9 @@ def run_pgbench(t: Target, a) -> Dict[str, Any]:
     cpu0 = cpu_seconds(t.pid) if t.pid else None
     t0 = time.monotonic()
     try:
+        extra = {"PGSSLMODE": "require"} if a.tls else {"PGSSLMODE": "disable"}
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.seconds + 90,
-                           env=harness.client_env(PASSWORD))
+                           env=harness.client_env(PASSWORD, **extra))
         out, rc = r.stdout + r.stderr, r.returncode
     except subprocess.TimeoutExpired as e:
         out, rc = str(e.stdout or "") + str(e.stderr or ""), -1
@@ -187,10 +216,10 @@ def run_pgbench(t: Target, a) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------------------
 # memory per idle client
 
-def idle_memory(t: Target, k: int, budget_s: float) -> Dict[str, Any]:
+def idle_memory(t: Target, k: int, budget_s: float, sslmode: str = "disable") -> Dict[str, Any]:
     import psycopg
     dsn = (f"host=127.0.0.1 port={t.port} user={USER} password={PASSWORD} dbname={DB} "
-           f"connect_timeout=10 sslmode=disable")
+           f"connect_timeout=10 sslmode={sslmode}")
     time.sleep(0.5)
     before = rss_kib(t.pid)
     conns = []
@@ -285,6 +314,9 @@ def main() -> int:
     ap.add_argument("--baseline-bin",
                     help="also run this Sluice binary (e.g. a build of an earlier commit) as "
                          "the target 'baseline', interleaved with the others")
+    ap.add_argument("--tls", action="store_true",
+                    help="clients use sslmode=require (PostgreSQL ssl=on, Sluice and PgBouncer "
+                         "client_tls_sslmode=require with the same certificate)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--max-minutes", type=float, default=0,
                     help="hard time limit for the whole run (default: computed)")
@@ -330,7 +362,9 @@ def main() -> int:
     }
     try:
         log(f"PostgreSQL: initdb, pgbench -i -s {a.scale}")
-        pg = Postgres(base=base)
+        tls = make_certs(base / "certs") if a.tls else None
+        pg = Postgres(base=base, extra_conf={"ssl": "on", "ssl_cert_file": f"'{tls['cert']}'",
+                                             "ssl_key_file": f"'{tls['key']}'"} if tls else None)
         started.append(pg)
         pg.start()
         pg.create_role(USER, PASSWORD)
@@ -345,6 +379,9 @@ def main() -> int:
         def make_sluice(rate_limits: Optional[Dict[str, Any]]) -> Sluice:
             cfg = default_config(pg, pool_mode="transaction", default_pool_size=a.pool_size,
                                  max_client_conn=max_client_conn, workers=a.workers)
+            if tls:
+                cfg["sluice"].update(client_tls_sslmode="require", client_tls_cert_file=tls["cert"],
+                                     client_tls_key_file=tls["key"])
             if rate_limits:
                 cfg["rate_limits"] = rate_limits
             s = Sluice(cfg, users={USER: PASSWORD}, base=base)
@@ -380,7 +417,7 @@ def main() -> int:
             result["sluice_limiter_config"] = s2.config_path.read_text()
             result["_redis"] = r
         if "pgbouncer" in targets:
-            b = PgBouncer(base, pg, a.pool_size, max_client_conn)
+            b = PgBouncer(base, pg, a.pool_size, max_client_conn, tls)
             started.append(b)
             b.start()
             tg["pgbouncer"] = Target("pgbouncer", b.port, b.proc.pid)
@@ -422,7 +459,8 @@ def main() -> int:
             for name in ("sluice", "baseline", "pgbouncer"):
                 if name in tg:
                     log(f"memory: {a.idle_clients} idle clients to {name}")
-                    memory[name] = idle_memory(tg[name], a.idle_clients, budget_s=240)
+                    memory[name] = idle_memory(tg[name], a.idle_clients, budget_s=240,
+                                               sslmode="require" if a.tls else "disable")
                     log(f"memory {name}: {memory[name]}")
 
         summary = {n: summarize(t) for n, t in tg.items()}

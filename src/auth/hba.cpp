@@ -110,7 +110,7 @@ std::vector<logical_line> split_records(std::string_view text) {
 }
 
 // Splits a record into fields of tokens. `stop` receives where the fields ended (the
-// comment or the end of the record), which is where "end of line before ..." points.
+// comment or the end of the record), which is where "end-of-line before ..." points.
 std::optional<hba_error> tokenize(const logical_line& l, std::vector<field>& fields,
                                   position& stop) {
     const std::string& s = l.text;
@@ -403,7 +403,7 @@ std::optional<hba_error> parse_address(const std::vector<field>& fields, std::si
     // Two-field form: IP-ADDRESS IP-MASK.
     if (idx >= fields.size()) {
         return error_at(stop,
-                        "end of line before netmask (an address without /masklen must be "
+                        "end-of-line before netmask (an address without /masklen must be "
                         "followed by a mask)");
     }
     const field& mf = fields[idx];
@@ -473,7 +473,7 @@ std::optional<hba_error> parse_option(const token& t, hba_rule& rule) {
         }
         if (rule.method == hba_method::cert && value != "verify-full") {
             return error_at(t,
-                            "clientcert only accepts \"verify-full\" when using \"cert\" "
+                            "clientcert can only be set to \"verify-full\" when using \"cert\" "
                             "authentication");
         }
     } else if (name == "clientname") {
@@ -522,18 +522,18 @@ std::optional<hba_error> parse_hba_record(const logical_line& l,
         return error_at(type, "invalid connection type " + quote(type.text));
 
     std::size_t idx = 1;
-    if (idx >= fields.size()) return error_at(stop, "end of line before database specification");
+    if (idx >= fields.size()) return error_at(stop, "end-of-line before database specification");
     if (auto e = parse_name_list(fields[idx++], list_kind::database, include_file, rule.databases))
         return e;
-    if (idx >= fields.size()) return error_at(stop, "end of line before role specification");
+    if (idx >= fields.size()) return error_at(stop, "end-of-line before role specification");
     if (auto e = parse_name_list(fields[idx++], list_kind::user, include_file, rule.users))
         return e;
     if (rule.connection != hba_connection::local) {
         if (idx >= fields.size())
-            return error_at(stop, "end of line before IP address specification");
+            return error_at(stop, "end-of-line before IP address specification");
         if (auto e = parse_address(fields, idx, stop, rule.address)) return e;
     }
-    if (idx >= fields.size()) return error_at(stop, "end of line before authentication method");
+    if (idx >= fields.size()) return error_at(stop, "end-of-line before authentication method");
     if (auto e = single_value(fields[idx], "authentication type")) return e;
     if (auto e = parse_method(fields[idx][0], rule.connection, rule.method)) return e;
     for (++idx; idx < fields.size(); ++idx) {
@@ -563,8 +563,8 @@ std::optional<hba_error> parse_ident_record(const logical_line& l,
         return error_at(fields[0][0],
                         "include directives are not supported (" + fields[0][0].text + ")");
     }
-    if (fields.size() == 1) return error_at(stop, "end of line before system user name");
-    if (fields.size() == 2) return error_at(stop, "end of line before database user name");
+    if (fields.size() == 1) return error_at(stop, "end-of-line before system user name");
+    if (fields.size() == 2) return error_at(stop, "end-of-line before database user name");
     if (fields.size() > 3) {
         return error_at(fields[3][0],
                         "extra field " + quote(fields[3][0].text) +

@@ -244,6 +244,7 @@ asio::awaitable<bool> client_session::startup() {
     // rejection, as in PostgreSQL).
     auth::hba_method method = auth::hba_method::md5;
     std::string map;
+    bool clientcert_full = false;
     switch (g.auth_type_) {
         case config::auth_type::trust:
         case config::auth_type::any: method = auth::hba_method::trust; break;
@@ -261,10 +262,9 @@ asio::awaitable<bool> client_session::startup() {
             req.user = user;
             const auth::hba_rule* rule = rules->hba ? rules->hba->match(req) : nullptr;
             // PostgreSQL's wording, which operators search for.
-            const std::string where =
-                (req.unix_socket ? std::string("local connection") : "host \"" + addr + "\"") +
-                ", user \"" + user + "\", database \"" + database + "\", " +
-                (req.unix_socket ? "" : req.tls ? "SSL encryption" : "no encryption");
+            const std::string where = "host \"" + (req.unix_socket ? std::string("[local]") : addr) +
+                                      "\", user \"" + user + "\", database \"" + database +
+                                      "\", " + (req.tls ? "SSL encryption" : "no encryption");
             if (!rule) {
                 spdlog::info("client {} closing because: no pg_hba.conf entry for {}", id, where);
                 co_await send_error("28000", "no pg_hba.conf entry for " + where);
@@ -279,11 +279,13 @@ asio::awaitable<bool> client_session::startup() {
             method = rule->method;
             if (auto it = rule->options.find("map"); it != rule->options.end()) map = it->second;
             // clientcert=verify-ca|verify-full on a password rule: a verified certificate is
-            // needed as well (verify-full: for this user).
+            // needed before the password is asked for; verify-full also checks, after it,
+            // that the certificate is this user's (as PostgreSQL orders it).
             if (auto it = rule->options.find("clientcert");
-                it != rule->options.end() && method != auth::hba_method::cert &&
-                !co_await check_cert(map, it->second == "verify-full"))
-                co_return false;
+                it != rule->options.end() && method != auth::hba_method::cert) {
+                if (!co_await check_cert(map, false)) co_return false;
+                clientcert_full = it->second == "verify-full";
+            }
             spdlog::debug("client {} matched pg_hba line {} ({})", id, rule->line,
                           auth::to_string(method));
             break;
@@ -316,6 +318,17 @@ asio::awaitable<bool> client_session::startup() {
     bool known = secret.has_value() || method == auth::hba_method::trust;
     bool authenticated = co_await authenticate(method, map, secret, known);
     if (!authenticated) co_return false;
+    if (clientcert_full) {
+        auto cn = net::peer_common_name(socket_.ssl());
+        auto rules = rt_.rules();
+        if (!cn || !(map.empty() ? *cn == user : rules->ident->allows(map, *cn, user))) {
+            // PostgreSQL answers as for a wrong password and logs the real reason.
+            spdlog::info("client {} closing because: certificate validation "
+                         "(clientcert=verify-full) failed for user \"{}\": CN mismatch", id, user);
+            co_await send_error("28P01", "password authentication failed for user \"" + user + "\"");
+            co_return false;
+        }
+    }
 
     if (console) {
         auto role = admin::role_of(*cfg, user);

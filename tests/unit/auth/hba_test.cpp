@@ -264,7 +264,7 @@ TEST(HbaParse, ErrorOnAContinuedLineNamesThePhysicalPosition) {
                      2, 3, "invalid CIDR mask");
     EXPECT_HBA_ERROR(parse_err("local all all\\\n"
                                "\n"),
-                     1, 14, "end of line before authentication method");
+                     1, 14, "end-of-line before authentication method");
 }
 
 TEST(HbaParse, ListsQuotingAndEscapedQuotes) {
@@ -419,23 +419,23 @@ TEST(HbaErrors, AnEmbeddedNulIsNotAnAddress) {
 
 TEST(HbaErrors, TwoFieldFormMask) {
     EXPECT_HBA_ERROR(parse_err("host all all 127.0.0.1 md5\n"), 1, 24, "invalid IP mask \"md5\"");
-    EXPECT_HBA_ERROR(parse_err("host all all 127.0.0.1\n"), 1, 23, "end of line before netmask");
+    EXPECT_HBA_ERROR(parse_err("host all all 127.0.0.1\n"), 1, 23, "end-of-line before netmask");
     EXPECT_HBA_ERROR(parse_err("host all all 127.0.0.1 ffff:: md5\n"), 1, 24,
                      "IP address and mask do not match");
     EXPECT_HBA_ERROR(parse_err("host all all ::1 255.255.255.255 md5\n"), 1, 18, "do not match");
     EXPECT_HBA_ERROR(parse_err("host all all 127.0.0.1 255.255.255.255\n"), 1, 39,
-                     "end of line before authentication method");
+                     "end-of-line before authentication method");
 }
 
 TEST(HbaErrors, WrongFieldCount) {
-    EXPECT_HBA_ERROR(parse_err("local\n"), 1, 6, "end of line before database");
-    EXPECT_HBA_ERROR(parse_err("local all\n"), 1, 10, "end of line before role");
-    EXPECT_HBA_ERROR(parse_err("local all all\n"), 1, 14, "end of line before authentication");
-    EXPECT_HBA_ERROR(parse_err("host all all\n"), 1, 13, "end of line before IP address");
+    EXPECT_HBA_ERROR(parse_err("local\n"), 1, 6, "end-of-line before database");
+    EXPECT_HBA_ERROR(parse_err("local all\n"), 1, 10, "end-of-line before role");
+    EXPECT_HBA_ERROR(parse_err("local all all\n"), 1, 14, "end-of-line before authentication");
+    EXPECT_HBA_ERROR(parse_err("host all all\n"), 1, 13, "end-of-line before IP address");
     EXPECT_HBA_ERROR(parse_err("host all all 10.0.0.0/8\n"), 1, 24,
-                     "end of line before authentication method");
+                     "end-of-line before authentication method");
     // A trailing comment: the position is where the fields stopped.
-    EXPECT_HBA_ERROR(parse_err("local all all   # md5\n"), 1, 17, "end of line before");
+    EXPECT_HBA_ERROR(parse_err("local all all   # md5\n"), 1, 17, "end-of-line before");
     // Extra words after the method are options and must be name=value.
     EXPECT_HBA_ERROR(parse_err("local all all trust extra\n"), 1, 21,
                      "authentication option not in name=value format: \"extra\"");
@@ -452,7 +452,7 @@ TEST(HbaErrors, Options) {
     EXPECT_HBA_ERROR(parse_err("hostssl all all 0.0.0.0/0 md5 clientcert=1\n"), 1, 31,
                      "invalid value for clientcert: \"1\"");
     EXPECT_HBA_ERROR(parse_err("hostssl all all 0.0.0.0/0 cert clientcert=verify-ca\n"), 1, 32,
-                     "clientcert only accepts \"verify-full\"");
+                     "clientcert can only be set to \"verify-full\"");
     EXPECT_HBA_ERROR(parse_err("hostssl all all 0.0.0.0/0 cert clientname=XX\n"), 1, 32,
                      "invalid value for clientname");
     EXPECT_HBA_ERROR(parse_err("host all all 0.0.0.0/0 md5 clientname=CN\n"), 1, 28,
@@ -957,8 +957,8 @@ TEST(IdentMap, OverlongSystemUserNeverMatchesARegex) {
 
 TEST(IdentErrors, Positions) {
     EXPECT_HBA_ERROR(ident_err("m alice bob\nm alice\n"), 2, 8,
-                     "end of line before database user name");
-    EXPECT_HBA_ERROR(ident_err("m\n"), 1, 2, "end of line before system user name");
+                     "end-of-line before database user name");
+    EXPECT_HBA_ERROR(ident_err("m\n"), 1, 2, "end-of-line before system user name");
     EXPECT_HBA_ERROR(ident_err("m alice bob carol\n"), 1, 13, "extra field \"carol\"");
     EXPECT_HBA_ERROR(ident_err("m alice bob,carol\n"), 1, 13, "multiple values");
     EXPECT_HBA_ERROR(ident_err("m /(a bob\n"), 1, 3, "invalid regular expression \"/(a\"");
