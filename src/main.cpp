@@ -11,6 +11,7 @@
 
 #include "sluice/auth/userlist.hpp"
 #include "sluice/config/loader.hpp"
+#include "sluice/config/settings.hpp"
 #include "sluice/net/server.hpp"
 #include "sluice/proxy/runtime.hpp"
 #include "sluice/version.hpp"
@@ -81,7 +82,10 @@ int main(int argc, char** argv) {
         return 1;
     }
     auto cfg = std::move(*loaded.cfg);
+    // Settings that have no effect in Sluice are named once (README "Settings with no effect").
+    const std::string no_op_warning = sluice::config::no_op_warning(cfg);
     if (check) {
+        if (!no_op_warning.empty()) std::cerr << path << ": warning: " << no_op_warning << "\n";
         bool ok = check_userlist(cfg, true);
         // The files and certificates the configuration names must be usable too: a
         // --check that passes means the start-up will not fail on them.
@@ -120,6 +124,7 @@ int main(int argc, char** argv) {
                       : verbosity == 1 ? spdlog::level::debug
                                        : spdlog::level::info);
     spdlog::flush_on(spdlog::level::info);
+    if (!no_op_warning.empty()) spdlog::warn("{}", no_op_warning);
 
     sluice::auth::userlist users;
     if (!cfg.sluice.auth_file.empty()) {

@@ -3,9 +3,10 @@
 // Flow: the text is first turned into a small format-neutral tree (`node`: null, scalar,
 // sequence or map, each with its 1-based line:column), from yaml-cpp for YAML and from a
 // hand-written line parser for .ini. One validator then walks that tree with per-section
-// field tables. Having a single validator is what makes both formats yield the same model
-// and the same messages, and keeping positions on every node is what lets every error name
-// its line and column. Errors are collected, never thrown; any error means no model, so a
+// the settings table (settings.hpp: one entry per setting, with its status; the rate
+// limiter's own sections have small field tables here). Having a single validator is what
+// makes both formats yield the same model and the same messages, and keeping positions on
+// every node is what lets every error name its line and column. Errors are collected, never thrown; any error means no model, so a
 // bad file (or a bad RELOAD) never takes effect half-way.
 #include "sluice/config/loader.hpp"
 
@@ -25,6 +26,8 @@
 #include <sstream>
 #include <tuple>
 #include <utility>
+
+#include "sluice/config/settings.hpp"
 
 namespace sluice::config {
 
@@ -240,6 +243,13 @@ node from_ini(context& ctx, const std::string& text) {
             section_name = lower(trim(raw.substr(first + 1, close - first - 1)));
             // [pgbouncer] is the YAML `sluice:` section; the others keep their names.
             std::string target = section_name == "pgbouncer" ? "sluice" : section_name;
+            if (target == "peers") {
+                ctx.error(line_pos, "section [peers] is not supported: Sluice has no peering "
+                                    "(see peer_id in the README)");
+                section = nullptr;
+                in_unknown_section = true;
+                continue;
+            }
             if (target != "sluice" && target != "databases" && target != "users") {
                 ctx.error(line_pos, "unknown section [" + section_name +
                                         "] (expected pgbouncer, databases or users)");
@@ -426,9 +436,6 @@ constexpr int int_max = std::numeric_limits<int>::max();
 auto non_negative() {
     return int_value<int>(0, int_max);
 }
-auto port_value() {
-    return int_value<int>(1, 65535);
-}
 
 auto double_value() {
     return [](context& ctx, const std::string& label, const node& n) -> std::optional<double> {
@@ -560,19 +567,26 @@ auto auth_type_value() {
                                   {"any", auth_type::any}});
 }
 
-// TLS modes are kept as strings in the model, but only libpq's words are valid.
-auto sslmode_value() {
-    return [](context& ctx, const std::string& label, const node& n) -> std::optional<std::string> {
-        static const char* const modes[] = {"disable", "allow",     "prefer",
-                                            "require", "verify-ca", "verify-full"};
+// A word out of a fixed set ("disable|allow|prefer"), kept as a string in the model,
+// lower-case. TLS modes and load_balance_hosts are read this way.
+auto choice_value(std::string_view words) {
+    std::vector<std::string> allowed;
+    for (std::size_t start = 0; start <= words.size();) {
+        std::size_t bar = std::min(words.find('|', start), words.size());
+        allowed.emplace_back(words.substr(start, bar - start));
+        start = bar + 1;
+    }
+    return [allowed = std::move(allowed)](context& ctx, const std::string& label,
+                                          const node& n) -> std::optional<std::string> {
         auto text = scalar_text(ctx, label, n);
         if (!text) return std::nullopt;
         std::string t = lower(trim(*text));
-        for (const char* m : modes)
-            if (t == m) return t;
-        ctx.error(n.at, label + ": '" + *text +
-                            "' is not one of disable, allow, prefer, require, verify-ca, "
-                            "verify-full");
+        std::string list;
+        for (const auto& w : allowed) {
+            if (t == w) return t;
+            list += (list.empty() ? "" : ", ") + w;
+        }
+        ctx.error(n.at, label + ": '" + *text + "' is not one of " + list);
         return std::nullopt;
     };
 }
@@ -664,7 +678,100 @@ auto redis_url_value() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Field tables
+// Settings of the sluice, databases and users sections: through the settings table
+
+template <class T>
+struct unwrap_optional {
+    using type = T;
+};
+template <class T>
+struct unwrap_optional<std::optional<T>> {
+    using type = T;
+};
+
+// Reads one value of type V as entry `e` says it is spelled.
+template <class V>
+std::optional<V> read_value(context& ctx, const setting& e, const std::string& label,
+                            const node& n) {
+    if constexpr (std::is_same_v<V, bool>) {
+        return bool_value()(ctx, label, n);
+    } else if constexpr (std::is_same_v<V, int>) {
+        if (e.format == value_format::octal) return octal_mode_value()(ctx, label, n);
+        return int_value<int>(static_cast<int>(e.min), static_cast<int>(e.max))(ctx, label, n);
+    } else if constexpr (std::is_same_v<V, std::int64_t>) {
+        return int_value<std::int64_t>(e.min, e.max)(ctx, label, n);
+    } else if constexpr (std::is_same_v<V, duration>) {
+        return duration_value()(ctx, label, n);
+    } else if constexpr (std::is_same_v<V, std::string>) {
+        if (e.format == value_format::host_port) return host_port_value()(ctx, label, n);
+        if (e.format == value_format::choice) return choice_value(e.choices)(ctx, label, n);
+        return string_value()(ctx, label, n);
+    } else if constexpr (std::is_same_v<V, std::vector<std::string>>) {
+        if (e.format == value_format::host_list) return host_list_value()(ctx, label, n);
+        return list_value()(ctx, label, n);
+    } else if constexpr (std::is_same_v<V, pool_mode>) {
+        return pool_mode_value()(ctx, label, n);
+    } else {
+        static_assert(std::is_same_v<V, auth_type>);
+        return auth_type_value()(ctx, label, n);
+    }
+}
+
+// Reads `value` for entry `e` into `s` (a general, database or user): assigned only when
+// valid and, for a default_only setting, equal to the default. Refused settings are
+// reported by the caller, at their key.
+template <class S>
+void apply_setting(context& ctx, const setting& e, const std::string& label, const node& value,
+                   S& s) {
+    std::visit(
+        [&](auto m) {
+            using M = decltype(m);
+            if constexpr (!std::is_same_v<M, std::monostate>) {
+                using traits = member_traits<M>;
+                if constexpr (std::is_same_v<typename traits::owner, S>) {
+                    using T = typename traits::value;
+                    auto v = read_value<typename unwrap_optional<T>::type>(ctx, e, label, value);
+                    if (!v) return;
+                    if (e.default_only && !(T(*v) == S{}.*m)) {
+                        ctx.error(value.at, "setting " + label + " = " + trim(value.text) +
+                                                " is not supported: " + e.note);
+                        return;
+                    }
+                    s.*m = std::move(*v);
+                }
+            }
+        },
+        e.member);
+}
+
+// Applies every entry of a section's map through the settings table. Records where each
+// key was seen (`seen`) and the no-op settings given (`no_ops`, each once).
+template <class S>
+void apply_settings(context& ctx, const node& map, S& s, section where,
+                    const std::string& prefix, const std::string& section_label,
+                    std::vector<std::string>& no_ops,
+                    std::map<std::string, pos>* seen = nullptr) {
+    for (const auto& [key, value] : map.entries) {
+        const setting* e = find_setting(where, key.text);
+        if (!e) {
+            ctx.error(key.at, "unknown setting '" + key.text + "' in " + section_label);
+            continue;
+        }
+        if (e->status == support::refused) {
+            ctx.error(key.at, "setting " + prefix + key.text + " is not supported: " + e->note);
+            continue;
+        }
+        if (seen) (*seen)[key.text] = value.at;
+        const std::size_t errors_before = ctx.errors.size();
+        apply_setting(ctx, *e, prefix + key.text, value, s);
+        if (e->status == support::no_op && ctx.errors.size() == errors_before &&
+            std::find(no_ops.begin(), no_ops.end(), e->name) == no_ops.end())
+            no_ops.emplace_back(e->name);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Field tables of the rate limiter's sections (Sluice's own, YAML only)
 
 template <class S>
 struct field {
@@ -679,182 +786,6 @@ field<S> bind(const char* name, M S::*member, Conv conv) {
                     [member, conv](context& ctx, const std::string& label, const node& n, S& s) {
                         if (auto v = conv(ctx, label, n)) s.*member = std::move(*v);
                     }};
-}
-
-const std::vector<field<general>>& general_fields() {
-    using g = general;
-    static const std::vector<field<general>> fields = {
-        bind("listen_addr", &g::listen_addr, list_value()),
-        bind("listen_port", &g::listen_port, port_value()),
-        bind("unix_socket_dir", &g::unix_socket_dir, string_value()),
-        bind("unix_socket_mode", &g::unix_socket_mode, octal_mode_value()),
-        bind("listen_backlog", &g::listen_backlog, int_value<int>(1, int_max)),
-        bind("so_reuseport", &g::so_reuseport, bool_value()),
-        bind("workers", &g::workers, int_value<int>(0, 1024)),
-
-        bind("pool_mode", &g::pool_mode_, pool_mode_value()),
-        bind("default_pool_size", &g::default_pool_size, non_negative()),
-        bind("min_pool_size", &g::min_pool_size, non_negative()),
-        bind("reserve_pool_size", &g::reserve_pool_size, non_negative()),
-        bind("reserve_pool_timeout", &g::reserve_pool_timeout, duration_value()),
-        bind("max_client_conn", &g::max_client_conn, int_value<int>(1, int_max)),
-        bind("max_db_connections", &g::max_db_connections, non_negative()),
-        bind("max_db_client_connections", &g::max_db_client_connections, non_negative()),
-        bind("max_user_connections", &g::max_user_connections, non_negative()),
-        bind("max_user_client_connections", &g::max_user_client_connections, non_negative()),
-        bind("server_round_robin", &g::server_round_robin, bool_value()),
-        bind("max_prepared_statements", &g::max_prepared_statements, non_negative()),
-        bind("track_extra_parameters", &g::track_extra_parameters, list_value()),
-        bind("ignore_startup_parameters", &g::ignore_startup_parameters, list_value()),
-        bind("server_reset_query", &g::server_reset_query, string_value()),
-        bind("server_reset_query_always", &g::server_reset_query_always, bool_value()),
-        bind("server_check_query", &g::server_check_query, string_value()),
-        bind("server_check_delay", &g::server_check_delay, duration_value()),
-        bind("server_fast_close", &g::server_fast_close, bool_value()),
-        bind("application_name_add_host", &g::application_name_add_host, bool_value()),
-        bind("autodb_idle_timeout", &g::autodb_idle_timeout, duration_value()),
-        bind("pool_idle_timeout", &g::pool_idle_timeout, duration_value()),
-        bind("stats_period", &g::stats_period, duration_value()),
-        bind("scram_iterations", &g::scram_iterations, int_value<int>(1, int_max)),
-        bind("query_wait_notify", &g::query_wait_notify, duration_value()),
-        // A PostgreSQL message length is an int32 that counts itself.
-        bind("max_packet_size", &g::max_packet_size,
-             int_value<std::int64_t>(5, std::numeric_limits<std::int32_t>::max())),
-        bind("pkt_buf", &g::pkt_buf, int_value<int>(512, 1 << 30)),
-        bind("max_held_message_size", &g::max_held_message_size,
-             int_value<std::int64_t>(1024, std::numeric_limits<std::int32_t>::max())),
-
-        bind("server_lifetime", &g::server_lifetime, duration_value()),
-        bind("server_idle_timeout", &g::server_idle_timeout, duration_value()),
-        bind("server_connect_timeout", &g::server_connect_timeout, duration_value()),
-        bind("server_login_retry", &g::server_login_retry, duration_value()),
-        bind("client_login_timeout", &g::client_login_timeout, duration_value()),
-        bind("query_timeout", &g::query_timeout, duration_value()),
-        bind("query_wait_timeout", &g::query_wait_timeout, duration_value()),
-        bind("cancel_wait_timeout", &g::cancel_wait_timeout, duration_value()),
-        bind("client_idle_timeout", &g::client_idle_timeout, duration_value()),
-        bind("idle_transaction_timeout", &g::idle_transaction_timeout, duration_value()),
-        bind("transaction_timeout", &g::transaction_timeout, duration_value()),
-        bind("suspend_timeout", &g::suspend_timeout, duration_value()),
-
-        bind("auth_type", &g::auth_type_, auth_type_value()),
-        bind("auth_file", &g::auth_file, string_value()),
-        bind("auth_hba_file", &g::auth_hba_file, string_value()),
-        bind("auth_user", &g::auth_user, string_value()),
-        bind("auth_query", &g::auth_query, string_value()),
-        bind("auth_dbname", &g::auth_dbname, string_value()),
-        bind("auth_ident_file", &g::auth_ident_file, string_value()),
-        bind("auth_cache_ttl", &g::auth_cache_ttl, duration_value()),
-
-        bind("client_tls_sslmode", &g::client_tls_sslmode, sslmode_value()),
-        bind("client_tls_key_file", &g::client_tls_key_file, string_value()),
-        bind("client_tls_cert_file", &g::client_tls_cert_file, string_value()),
-        bind("client_tls_ca_file", &g::client_tls_ca_file, string_value()),
-        bind("client_tls_protocols", &g::client_tls_protocols, string_value()),
-        bind("client_tls_ciphers", &g::client_tls_ciphers, string_value()),
-        bind("client_tls13_ciphers", &g::client_tls13_ciphers, string_value()),
-        bind("client_tls_ecdhcurve", &g::client_tls_ecdhcurve, string_value()),
-        bind("client_tls_dheparams", &g::client_tls_dheparams, string_value()),
-        bind("server_tls_sslmode", &g::server_tls_sslmode, sslmode_value()),
-        bind("server_tls_ca_file", &g::server_tls_ca_file, string_value()),
-        bind("server_tls_key_file", &g::server_tls_key_file, string_value()),
-        bind("server_tls_cert_file", &g::server_tls_cert_file, string_value()),
-        bind("server_tls_protocols", &g::server_tls_protocols, string_value()),
-        bind("server_tls_ciphers", &g::server_tls_ciphers, string_value()),
-        bind("server_tls13_ciphers", &g::server_tls13_ciphers, string_value()),
-
-        bind("logfile", &g::logfile, string_value()),
-        bind("pidfile", &g::pidfile, string_value()),
-        bind("syslog", &g::syslog, bool_value()),
-        bind("log_connections", &g::log_connections, bool_value()),
-        bind("log_disconnections", &g::log_disconnections, bool_value()),
-        bind("log_pooler_errors", &g::log_pooler_errors, bool_value()),
-        bind("log_stats", &g::log_stats, bool_value()),
-        bind("verbose", &g::verbose, non_negative()),
-
-        bind("admin_users", &g::admin_users, list_value()),
-        bind("stats_users", &g::stats_users, list_value()),
-
-        bind("tcp_keepalive", &g::tcp_keepalive, bool_value()),
-        bind("tcp_keepcnt", &g::tcp_keepcnt, non_negative()),
-        bind("tcp_keepidle", &g::tcp_keepidle, non_negative()),
-        bind("tcp_keepintvl", &g::tcp_keepintvl, non_negative()),
-        bind("tcp_user_timeout", &g::tcp_user_timeout, non_negative()),
-
-        bind("metrics_listen", &g::metrics_listen, host_port_value()),
-    };
-    return fields;
-}
-
-// PgBouncer settings Sluice has no use for (process management, DNS cache, socket tuning,
-// peering). Accepted and ignored so that an existing pgbouncer.ini loads unchanged.
-const std::set<std::string>& ignored_general_keys() {
-    static const std::set<std::string> keys = {
-        "user",
-        "syslog_ident",
-        "syslog_facility",
-        "unix_socket_group",
-        "disable_pqexec",
-        "conffile",
-        "service_name",
-        "job_name",
-        "tcp_defer_accept",
-        "tcp_socket_buffer",
-        "sbuf_loopcnt",
-        "peer_id",
-        "dns_max_ttl",
-        "dns_nxdomain_ttl",
-        "dns_zone_check_period",
-        "resolv_conf",
-        "stats_users_prefix",
-        "max_prepared_statements_cache",
-    };
-    return keys;
-}
-
-const std::vector<field<database>>& database_fields() {
-    using d = database;
-    static const std::vector<field<database>> fields = {
-        bind("host", &d::host, host_list_value()),
-        bind("port", &d::port, port_value()),
-        bind("dbname", &d::dbname, string_value()),
-        bind("user", &d::user, string_value()),
-        bind("password", &d::password, string_value()),
-        bind("auth_user", &d::auth_user, string_value()),
-        bind("pool_size", &d::pool_size, non_negative()),
-        bind("min_pool_size", &d::min_pool_size, non_negative()),
-        bind("reserve_pool_size", &d::reserve_pool_size, non_negative()),
-        bind("max_db_connections", &d::max_db_connections, non_negative()),
-        bind("max_db_client_connections", &d::max_db_client_connections, non_negative()),
-        bind("pool_mode", &d::mode, pool_mode_value()),
-        bind("server_lifetime", &d::server_lifetime, duration_value()),
-        bind("connect_query", &d::connect_query, string_value()),
-        bind("client_encoding", &d::client_encoding, string_value()),
-        bind("datestyle", &d::datestyle, string_value()),
-        bind("timezone", &d::timezone, string_value()),
-        bind("application_name", &d::application_name, string_value()),
-    };
-    return fields;
-}
-
-const std::set<std::string>& ignored_database_keys() {
-    static const std::set<std::string> keys = {"load_balance_hosts", "auth_dbname", "auth_query"};
-    return keys;
-}
-
-const std::vector<field<user>>& user_fields() {
-    using u = user;
-    static const std::vector<field<user>> fields = {
-        bind("pool_size", &u::pool_size, non_negative()),
-        bind("reserve_pool_size", &u::reserve_pool_size, non_negative()),
-        bind("max_user_connections", &u::max_user_connections, non_negative()),
-        bind("max_user_client_connections", &u::max_user_client_connections, non_negative()),
-        bind("pool_mode", &u::mode, pool_mode_value()),
-        bind("query_timeout", &u::query_timeout, duration_value()),
-        bind("idle_transaction_timeout", &u::idle_transaction_timeout, duration_value()),
-        bind("client_idle_timeout", &u::client_idle_timeout, duration_value()),
-    };
-    return fields;
 }
 
 const std::vector<field<rate_limit>>& rate_limit_fields() {
@@ -904,12 +835,11 @@ bool expect_map(context& ctx, const std::string& label, const node& n) {
     return false;
 }
 
-// Applies every entry of a map through a field table. `skip` names keys the caller handles
-// itself; `ignored` names keys accepted without effect. Records where each key was seen.
+// Applies every entry of a map through a field table (the rate limiter's sections). `skip`
+// names keys the caller handles itself. Records where each key was seen.
 template <class S>
 void apply_fields(context& ctx, const node& map, S& s, const std::vector<field<S>>& fields,
                   const std::string& prefix, const std::string& section,
-                  const std::set<std::string>* ignored = nullptr,
                   std::map<std::string, pos>* seen = nullptr,
                   const std::set<std::string>& skip = {}) {
     for (const auto& [key, value] : map.entries) {
@@ -921,7 +851,7 @@ void apply_fields(context& ctx, const node& map, S& s, const std::vector<field<S
         if (f != fields.end()) {
             if (seen) (*seen)[key.text] = value.at;
             f->apply(ctx, prefix + key.text, value, s);
-        } else if (!(ignored && ignored->count(key.text))) {
+        } else {
             ctx.error(key.at, "unknown setting '" + key.text + "' in " + section);
         }
     }
@@ -936,9 +866,9 @@ std::optional<node> entry_settings(context& ctx, const std::string& label, const
     return std::nullopt;
 }
 
-void read_databases(context& ctx, const node& section, config& cfg) {
-    if (!expect_map(ctx, "databases", section)) return;
-    for (const auto& [key, value] : section.entries) {
+void read_databases(context& ctx, const node& part, config& cfg) {
+    if (!expect_map(ctx, "databases", part)) return;
+    for (const auto& [key, value] : part.entries) {
         std::string label = "databases." + key.text;
         if (key.text.empty()) {
             ctx.error(key.at, "databases: a database name must not be empty");
@@ -948,15 +878,15 @@ void read_databases(context& ctx, const node& section, config& cfg) {
         if (!settings) continue;
         database db;
         db.name = key.text;
-        apply_fields(ctx, *settings, db, database_fields(), label + ".",
-                     "database '" + key.text + "'", &ignored_database_keys());
+        apply_settings(ctx, *settings, db, section::database, label + ".",
+                       "database '" + key.text + "'", cfg.no_op_settings);
         cfg.databases[key.text] = std::move(db);
     }
 }
 
-void read_users(context& ctx, const node& section, config& cfg) {
-    if (!expect_map(ctx, "users", section)) return;
-    for (const auto& [key, value] : section.entries) {
+void read_users(context& ctx, const node& part, config& cfg) {
+    if (!expect_map(ctx, "users", part)) return;
+    for (const auto& [key, value] : part.entries) {
         std::string label = "users." + key.text;
         if (key.text.empty()) {
             ctx.error(key.at, "users: a user name must not be empty");
@@ -966,7 +896,8 @@ void read_users(context& ctx, const node& section, config& cfg) {
         if (!settings) continue;
         user u;
         u.name = key.text;
-        apply_fields(ctx, *settings, u, user_fields(), label + ".", "user '" + key.text + "'");
+        apply_settings(ctx, *settings, u, section::user, label + ".", "user '" + key.text + "'",
+                       cfg.no_op_settings);
         cfg.users[key.text] = std::move(u);
     }
 }
@@ -982,8 +913,8 @@ void read_rate_limits(context& ctx, const node& section, rate_limits& rl,
             apply_fields(ctx, value, rl.defaults, rate_limit_fields(), "rate_limits.default.",
                          "rate_limits.default");
     }
-    apply_fields(ctx, section, rl, rate_limits_fields(), "rate_limits.", "rate_limits", nullptr,
-                 &seen, {"default", "tenants"});
+    apply_fields(ctx, section, rl, rate_limits_fields(), "rate_limits.", "rate_limits", &seen,
+                 {"default", "tenants"});
     for (const auto& [key, value] : section.entries) {
         if (key.text != "tenants") continue;
         if (!expect_map(ctx, "rate_limits.tenants", value)) continue;
@@ -1018,8 +949,8 @@ void read_config(context& ctx, const node& root, config& cfg) {
         if (key.text == "sluice") {
             sluice_at = key.at;
             if (expect_map(ctx, "sluice", value))
-                apply_fields(ctx, value, cfg.sluice, general_fields(), "", "section sluice",
-                             &ignored_general_keys(), &general_seen);
+                apply_settings(ctx, value, cfg.sluice, section::general, "", "section sluice",
+                               cfg.no_op_settings, &general_seen);
         } else if (key.text == "databases") {
             read_databases(ctx, value, cfg);
         } else if (key.text == "users") {
@@ -1092,6 +1023,24 @@ std::string percent_decode(std::string_view s, bool& ok) {
 
 // ---------------------------------------------------------------------------------------
 // Public functions
+
+// SET key = value on the admin console: the loader's own rules and messages, so that a
+// value refused in the file is refused by SET too.
+bool setting::set(general& gen, const std::string& value, std::string& error) const {
+    if (where != section::general || status == support::refused ||
+        std::holds_alternative<std::monostate>(member)) {
+        error = std::string("setting ") + name + " is not supported" +
+                (*note ? std::string(": ") + note : std::string());
+        return false;
+    }
+    context ctx;
+    node n(node::kind::scalar, pos{1, 1});
+    n.text = trim(value);
+    apply_setting(ctx, *this, name, n, gen);
+    if (ctx.errors.empty()) return true;
+    error = ctx.errors.front().message;
+    return false;
+}
 
 std::optional<duration> parse_duration(const std::string& text) {
     std::string t = trim(text);

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "sluice/config/loader.hpp"
+#include "sluice/config/settings.hpp"
 #include "sluice/proxy/client_session.hpp"
 #include "sluice/proxy/parameters.hpp"
 
@@ -214,6 +215,7 @@ bool runtime::reload(std::string& errors) {
     pools.refresh_settings();
     if (limiter) limiter->reload(cfg()->limits);
     spdlog::info("configuration reloaded from {}", current->path);
+    if (auto w = config::no_op_warning(*cfg()); !w.empty()) spdlog::warn("{}", w);
     return true;
 }
 

@@ -39,7 +39,7 @@ struct general {
     int max_db_client_connections = 0;
     int max_user_connections = 0;
     int max_user_client_connections = 0;
-    bool server_round_robin = false;
+    bool server_round_robin = false;  // LIFO reuse of idle servers; only the default (settings.cpp)
     int max_prepared_statements = 200;
     std::vector<std::string> track_extra_parameters{"IntervalStyle"};
     std::vector<std::string> ignore_startup_parameters;
@@ -47,18 +47,18 @@ struct general {
     bool server_reset_query_always = false;
     std::string server_check_query;  // empty = empty query
     duration server_check_delay = std::chrono::seconds(30);
-    bool server_fast_close = false;
-    bool application_name_add_host = false;
+    bool server_fast_close = false;           // only the default (settings.cpp)
+    bool application_name_add_host = false;   // only the default (settings.cpp)
     duration autodb_idle_timeout = std::chrono::seconds(3600);
     duration pool_idle_timeout = duration{0};
     duration stats_period = std::chrono::seconds(60);
     int scram_iterations = 4096;
-    duration query_wait_notify = std::chrono::seconds(5);
+    duration query_wait_notify = std::chrono::seconds(5);  // no effect (settings.cpp)
     std::int64_t max_packet_size = 2147483647;
     // Sluice's own: the largest client message the pooler holds whole (a named Parse in
     // transaction/statement mode, whose text it keeps). Everything else is streamed.
     std::int64_t max_held_message_size = 16 << 20;
-    int pkt_buf = 4096;
+    int pkt_buf = 4096;  // no effect (settings.cpp)
 
     duration server_lifetime = std::chrono::seconds(3600);
     duration server_idle_timeout = std::chrono::seconds(600);
@@ -95,7 +95,8 @@ struct general {
     std::string server_tls13_ciphers;
 
     std::string logfile, pidfile;
-    bool syslog = false;
+    bool syslog = false;  // only the default: Sluice logs to stderr and logfile
+    // log_pooler_errors has no effect (settings.cpp): fatal errors are always logged.
     bool log_connections = true, log_disconnections = true, log_pooler_errors = true,
          log_stats = true;
     int verbose = 0;
@@ -104,6 +105,15 @@ struct general {
 
     bool tcp_keepalive = true;
     int tcp_keepcnt = 0, tcp_keepidle = 0, tcp_keepintvl = 0, tcp_user_timeout = 0;
+
+    // PgBouncer settings that have no effect in Sluice (the no-op list in settings.cpp says
+    // why each is harmless). Kept so that SHOW CONFIG and SET show what the file said.
+    duration dns_max_ttl = std::chrono::seconds(15);
+    duration dns_nxdomain_ttl = std::chrono::seconds(15);
+    duration dns_zone_check_period = duration{0};
+    int tcp_defer_accept = 0;
+    int sbuf_loopcnt = 5;
+    std::string service_name = "pgbouncer", job_name = "pgbouncer";
 
     std::string metrics_listen;  // "host:port"; empty = off
 
@@ -124,7 +134,8 @@ struct database {
         max_db_client_connections;
     std::optional<pool_mode> mode;
     std::optional<duration> server_lifetime;
-    std::string connect_query, client_encoding, datestyle, timezone, application_name;
+    std::string client_encoding, datestyle, timezone, application_name;
+    std::string load_balance_hosts = "disable";  // hosts are tried in order; only "disable"
 
     bool operator==(const database&) const = default;
 };
@@ -185,6 +196,9 @@ struct config {
     std::map<std::string, database> databases;
     std::map<std::string, user> users;
     rate_limits limits;
+    // Settings the file gives that have no effect in Sluice, in file order (each once):
+    // start-up and RELOAD name them in one warning (see no_op_warning in settings.hpp).
+    std::vector<std::string> no_op_settings;
 
     // Effective values for a (database, user) pair, PgBouncer's precedence: user, then
     // database, then the general section.

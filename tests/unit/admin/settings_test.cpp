@@ -60,3 +60,39 @@ TEST(ConsoleSettings, RestartOnlySettingsAreNotChangeable) {
     for (auto name : {"default_pool_size", "query_wait_timeout", "log_connections", "stats_period"})
         EXPECT_TRUE(find_setting(name)->changeable) << name;
 }
+
+// SET parses with the loader's rules (one settings table): what the file refuses, SET refuses.
+TEST(ConsoleSettings, SetUsesTheLoaderRules) {
+    using namespace std::chrono_literals;
+    config::general g;
+    std::string err;
+    EXPECT_FALSE(find_setting("client_tls_sslmode")->set(g, "bogus", err));
+    EXPECT_NE(err.find("'bogus' is not one of disable, allow"), std::string::npos) << err;
+    EXPECT_TRUE(find_setting("client_tls_sslmode")->set(g, "Require", err)) << err;
+    EXPECT_EQ(g.client_tls_sslmode, "require");
+    EXPECT_FALSE(find_setting("listen_port")->set(g, "70000", err));
+    EXPECT_NE(err.find("out of range 1..65535"), std::string::npos) << err;
+    EXPECT_FALSE(find_setting("metrics_listen")->set(g, "localhost", err));
+    EXPECT_TRUE(find_setting("unix_socket_mode")->set(g, "0700", err)) << err;
+    EXPECT_EQ(g.unix_socket_mode, 0700);
+    // Sluice always reuses the most recent idle server: only server_round_robin = 0.
+    EXPECT_TRUE(find_setting("server_round_robin")->set(g, "0", err)) << err;
+    EXPECT_FALSE(find_setting("server_round_robin")->set(g, "1", err));
+    EXPECT_NE(err.find("setting server_round_robin = 1 is not supported"), std::string::npos)
+        << err;
+    EXPECT_FALSE(g.server_round_robin);
+    // A no-op is shown and may be set; it changes nothing but what SHOW CONFIG prints.
+    EXPECT_TRUE(find_setting("dns_max_ttl")->set(g, "30", err)) << err;
+    EXPECT_EQ(g.dns_max_ttl, 30s);
+    EXPECT_EQ(find_setting("dns_max_ttl")->get(g), "30");
+}
+
+TEST(ConsoleSettings, ShowConfigListsNoOpsButNotRefusedSettings) {
+    config::general g;
+    EXPECT_EQ(find_setting("syslog")->get(g), "0");
+    EXPECT_EQ(find_setting("dns_max_ttl")->get(g), "15");
+    EXPECT_EQ(find_setting("pkt_buf")->get(g), "4096");
+    EXPECT_FALSE(find_setting("pkt_buf")->changeable);
+    for (auto name : {"user", "peer_id", "resolv_conf", "unix_socket_group", "disable_pqexec"})
+        EXPECT_FALSE(find_setting(name)) << name;
+}

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "sluice/config/loader.hpp"
+#include "sluice/config/settings.hpp"
 
 namespace sluice::config {
 namespace {
@@ -200,9 +201,9 @@ TEST(ConfigModel, ListsBooleansModesAndConnstrings) {
         "  stats_users: carol,dave\n"
         "  ignore_startup_parameters: extra_float_digits\n"
         "  so_reuseport: yes\n"
-        "  server_round_robin: on\n"
+        "  server_round_robin: off\n"
         "  log_connections: 0\n"
-        "  syslog: TRUE\n"
+        "  syslog: FALSE\n"
         "  unix_socket_mode: 0700\n"
         "  metrics_listen: '[::1]:9127'\n"
         "databases:\n"
@@ -217,9 +218,9 @@ TEST(ConfigModel, ListsBooleansModesAndConnstrings) {
     EXPECT_EQ(c.sluice.stats_users, (std::vector<std::string>{"carol", "dave"}));
     EXPECT_EQ(c.sluice.ignore_startup_parameters, std::vector<std::string>{"extra_float_digits"});
     EXPECT_TRUE(c.sluice.so_reuseport);
-    EXPECT_TRUE(c.sluice.server_round_robin);
+    EXPECT_FALSE(c.sluice.server_round_robin);
     EXPECT_FALSE(c.sluice.log_connections);
-    EXPECT_TRUE(c.sluice.syslog);
+    EXPECT_FALSE(c.sluice.syslog);
     EXPECT_EQ(c.sluice.unix_socket_mode, 0700);
     EXPECT_EQ(c.sluice.metrics_listen, "[::1]:9127");
     EXPECT_EQ(c.databases.at("a").host, (std::vector<std::string>{"h1", "h2"}));
@@ -283,8 +284,7 @@ TEST(ConfigModel, IniAndYamlGiveTheSameModel) {
             "admin_users = admin, root\n"
             "server_reset_query = DISCARD ALL\n"
             "tcp_keepalive = 0\n"
-            "# ignored by Sluice, known to PgBouncer\n"
-            "user = postgres\n"
+            "# no effect in Sluice, known to PgBouncer: named in the start-up warning\n"
             "dns_max_ttl = 15\n"
             "\n"
             "[databases]\n"
@@ -295,6 +295,8 @@ TEST(ConfigModel, IniAndYamlGiveTheSameModel) {
             "batch = pool_mode=statement pool_size=5 query_timeout=60\n");
     ASSERT_TRUE(y.ok()) << all_errors(y);
     ASSERT_TRUE(i.ok()) << all_errors(i);
+    EXPECT_EQ(i.cfg->no_op_settings, std::vector<std::string>{"dns_max_ttl"});
+    i.cfg->no_op_settings.clear();
     i.cfg->path = y.cfg->path;
     EXPECT_EQ(y.cfg->sluice, i.cfg->sluice);
     EXPECT_EQ(y.cfg->databases, i.cfg->databases);
@@ -371,6 +373,94 @@ TEST(ConfigRedisUrl, PercentEscapesAreTwoHexDigits) {
 }
 
 // ---------------------------------------------------------------------------------------
+// The settings rule (config/settings.hpp): a setting works, or is refused at its position,
+// or has no effect and is named in the start-up warning. settings_rule_test.cpp walks the
+// whole table; these are the cases spelled out.
+
+TEST(ConfigRule, RefusedSettingsAreErrorsAtTheirKey) {
+    expect_one_error(ini("[pgbouncer]\nlisten_port = 6432\n  user = postgres\n"), 3, 3,
+                     "setting user is not supported: Sluice does not switch");
+    expect_one_error(yaml("sluice:\n  peer_id: 1\n"), 2, 3, "setting peer_id is not supported");
+    expect_one_error(ini("[pgbouncer]\nresolv_conf = /etc/alt.conf\n"), 2, 1,
+                     "setting resolv_conf is not supported");
+    expect_one_error(ini("[databases]\napp = host=x connect_query='SELECT 1'\n"), 2, 14,
+                     "setting databases.app.connect_query is not supported");
+    // Whatever the value, even PgBouncer's default: the setting is not read at all.
+    expect_one_error(yaml("sluice:\n  disable_pqexec: 0\n"), 2, 3,
+                     "setting disable_pqexec is not supported");
+    // Every mistake is still reported, refused settings included.
+    auto r = ini("[pgbouncer]\nunix_socket_group = pg\nlisten_port = 0\nsyslog_facility = x\n");
+    ASSERT_EQ(r.errors.size(), 3u) << all_errors(r);
+    EXPECT_EQ(r.errors[0].to_string(),
+              "/etc/sluice/pgbouncer.ini:2:1: setting unix_socket_group is not supported: "
+              "Sluice does not change the group of its Unix socket; make unix_socket_dir a "
+              "directory of the wanted group, or use unix_socket_mode");
+}
+
+TEST(ConfigRule, DefaultOnlySettingsRefuseOtherValues) {
+    auto ok = ini(
+        "[pgbouncer]\nserver_round_robin = 0\nsyslog = off\nserver_fast_close = 0\n"
+        "application_name_add_host = no\n[databases]\napp = host=a,b load_balance_hosts=disable\n");
+    ASSERT_TRUE(ok.ok()) << all_errors(ok);
+    EXPECT_EQ(ok.cfg->databases.at("app").load_balance_hosts, "disable");
+    EXPECT_TRUE(ok.cfg->no_op_settings.empty());
+    expect_one_error(ini("[pgbouncer]\nserver_round_robin = 1\n"), 2, 22,
+                     "setting server_round_robin = 1 is not supported: Sluice always reuses");
+    expect_one_error(yaml("sluice:\n  syslog: yes\n"), 2, 11,
+                     "setting syslog = yes is not supported");
+    expect_one_error(yaml("sluice:\n  server_fast_close: 1\n"), 2, 22,
+                     "setting server_fast_close = 1 is not supported");
+    expect_one_error(yaml("sluice:\n  application_name_add_host: 1\n"), 2, 30,
+                     "setting application_name_add_host = 1 is not supported");
+    expect_one_error(ini("[databases]\napp = host=a,b load_balance_hosts=round-robin\n"), 2, 35,
+                     "setting databases.app.load_balance_hosts = round-robin is not supported: "
+                     "Sluice tries the hosts in the order given");
+    expect_one_error(ini("[databases]\napp = load_balance_hosts=random\n"), 2, 26,
+                     "not one of disable, round-robin");
+}
+
+TEST(ConfigRule, ReservePoolIsAnOldNameForReservePoolSize) {
+    auto r = ini("[databases]\napp = host=x reserve_pool=3\nb = host=x reserve_pool_size=4\n");
+    ASSERT_TRUE(r.ok()) << all_errors(r);
+    EXPECT_EQ(r.cfg->databases.at("app").reserve_pool_size, 3);
+    EXPECT_EQ(r.cfg->databases.at("b").reserve_pool_size, 4);
+    expect_one_error(ini("[databases]\napp = reserve_pool=-1\n"), 2, 20, "must not be negative");
+}
+
+TEST(ConfigRule, NoOpSettingsAreValidatedKeptAndNamedOnce) {
+    auto r = ini(
+        "[pgbouncer]\ndns_max_ttl = 30\npkt_buf = 8192\nlisten_port = 6433\n"
+        "tcp_defer_accept = 1\n");
+    ASSERT_TRUE(r.ok()) << all_errors(r);
+    EXPECT_EQ(r.cfg->no_op_settings,
+              (std::vector<std::string>{"dns_max_ttl", "pkt_buf", "tcp_defer_accept"}));
+    EXPECT_EQ(no_op_warning(*r.cfg),
+              "settings with no effect in Sluice: dns_max_ttl, pkt_buf, tcp_defer_accept "
+              "(see README \"Settings with no effect\")");
+    EXPECT_EQ(r.cfg->sluice.dns_max_ttl, 30s);  // kept, for SHOW CONFIG
+    EXPECT_EQ(r.cfg->sluice.pkt_buf, 8192);
+    auto y = yaml("sluice:\n  query_wait_notify: 2\n  log_pooler_errors: 0\n");
+    ASSERT_TRUE(y.ok()) << all_errors(y);
+    EXPECT_EQ(no_op_warning(*y.cfg),
+              "settings with no effect in Sluice: query_wait_notify, log_pooler_errors "
+              "(see README \"Settings with no effect\")");
+    auto none = ini("[pgbouncer]\nlisten_port = 6433\n");
+    ASSERT_TRUE(none.ok());
+    EXPECT_EQ(no_op_warning(*none.cfg), "");
+    expect_one_error(ini("[pgbouncer]\ndns_max_ttl = soon\n"), 2, 15, "expected a duration");
+    expect_one_error(yaml("sluice:\n  pkt_buf: 10\n"), 2, 12, "out of range 512..");
+}
+
+TEST(ConfigRule, TlsModesAreLibpqWords) {
+    auto r = ini("[pgbouncer]\nclient_tls_sslmode = Require\nserver_tls_sslmode = verify-full\n");
+    ASSERT_TRUE(r.ok()) << all_errors(r);
+    EXPECT_EQ(r.cfg->sluice.client_tls_sslmode, "require");
+    EXPECT_EQ(r.cfg->sluice.server_tls_sslmode, "verify-full");
+    expect_one_error(yaml("sluice:\n  client_tls_sslmode: on\n"), 2, 23,
+                     "'on' is not one of disable, allow, prefer, require, verify-ca, verify-full");
+}
+
+// ---------------------------------------------------------------------------------------
 // Durations
 
 TEST(ConfigDuration, AllForms) {
@@ -415,7 +505,9 @@ TEST(ConfigErrors, UnknownKeys) {
     expect_one_error(yaml("\nsluicee:\n  a: 1\n"), 2, 1, "unknown section 'sluicee'");
     expect_one_error(ini("[pgbouncer]\nlisten_port = 6432\nfrobnicate = 1\n"), 3, 1,
                      "unknown setting 'frobnicate'");
-    expect_one_error(ini("[pgbouncer]\n[peers]\n1 = host=x\n"), 2, 1, "unknown section [peers]");
+    expect_one_error(ini("[pgbouncer]\n[peers]\n1 = host=x\n"), 2, 1,
+                     "section [peers] is not supported");
+    expect_one_error(ini("[pgbouncer]\n[peer]\n"), 2, 1, "unknown section [peer]");
     expect_one_error(ini("[databases]\napp = host=x  bogus=1\n"), 2, 15, "unknown setting 'bogus'");
 }
 

@@ -1,0 +1,411 @@
+// The settings table (see settings.hpp): every setting of the sluice/[pgbouncer], databases
+// and users sections with its status. The loader reads values through it (loader.cpp,
+// where setting::set is defined beside the value converters), SHOW CONFIG and SET use it.
+//
+// Adding a PgBouncer setting: implement it (a member in config.hpp, an entry here, the code
+// that reads it, a test), or list it as refused with a note saying what to do instead. A
+// no-op needs a reason why ignoring it is harmless, and a line in the README's "Settings
+// with no effect"; nothing about authentication, TLS or access may be one.
+#include "sluice/config/settings.hpp"
+
+#include <algorithm>
+#include <cstdio>
+
+namespace sluice::config {
+
+const char* to_string(section s) {
+    switch (s) {
+        case section::general:
+            return "sluice";
+        case section::database:
+            return "databases";
+        case section::user:
+            return "users";
+    }
+    return "?";
+}
+
+const char* to_string(support s) {
+    switch (s) {
+        case support::implemented:
+            return "implemented";
+        case support::no_op:
+            return "no-op";
+        case support::refused:
+            return "refused";
+    }
+    return "?";
+}
+
+namespace {
+
+template <class S>
+constexpr section section_of() {
+    if constexpr (std::is_same_v<S, general>) return section::general;
+    else if constexpr (std::is_same_v<S, database>) return section::database;
+    else return section::user;
+}
+
+// An entry under construction: imp("name", &general::member).range(1, 65535).restart().
+struct def : setting {
+    def& range(std::int64_t lo, std::int64_t hi) {
+        min = lo;
+        max = hi;
+        return *this;
+    }
+    def& at_least(std::int64_t lo) {
+        min = lo;
+        return *this;
+    }
+    def& restart() {
+        changeable = false;
+        return *this;
+    }
+    def& as(value_format f) {
+        format = f;
+        return *this;
+    }
+    def& one_of(const char* words) {
+        format = value_format::choice;
+        choices = words;
+        return *this;
+    }
+    // Sluice always behaves as this setting's default; another value is refused with `why`.
+    def& only_default(const char* why) {
+        default_only = true;
+        note = why;
+        return *this;
+    }
+    def& alias(const char* of) {
+        alias_of = of;
+        return *this;
+    }
+};
+
+template <class S, class M>
+def imp(const char* name, M S::*member) {
+    def e;
+    e.name = name;
+    e.where = section_of<S>();
+    e.status = support::implemented;
+    e.member = member;
+    return e;
+}
+
+template <class S, class M>
+def no_op(const char* name, M S::*member, const char* why_harmless) {
+    def e = imp(name, member);
+    e.status = support::no_op;
+    e.note = why_harmless;
+    return e;
+}
+
+def refused(section where, const char* name, const char* why) {
+    def e;
+    e.name = name;
+    e.where = where;
+    e.status = support::refused;
+    e.note = why;
+    return e;
+}
+
+constexpr const char* sslmodes = "disable|allow|prefer|require|verify-ca|verify-full";
+
+const char* const no_dns_cache =
+    "Sluice keeps no DNS cache: it resolves a host name afresh through the system resolver "
+    "for every new server connection, so there is no cached answer to age";
+
+std::vector<setting> build_table() {
+    using g = general;
+    using d = database;
+    using u = user;
+    constexpr std::int64_t i32 = std::numeric_limits<std::int32_t>::max();
+    const auto gen = section::general;
+    const auto db = section::database;
+    return {
+        // --- sluice: / [pgbouncer] -------------------------------------------------------
+        imp("listen_addr", &g::listen_addr).restart(),
+        imp("listen_port", &g::listen_port).range(1, 65535).restart(),
+        imp("unix_socket_dir", &g::unix_socket_dir).restart(),
+        imp("unix_socket_mode", &g::unix_socket_mode).range(0, 07777).as(value_format::octal)
+            .restart(),
+        refused(gen, "unix_socket_group",
+                "Sluice does not change the group of its Unix socket; make unix_socket_dir "
+                "a directory of the wanted group, or use unix_socket_mode"),
+        refused(gen, "user",
+                "Sluice does not switch to another OS user; start it as that user (for "
+                "example systemd's User=)"),
+        imp("listen_backlog", &g::listen_backlog).at_least(1).restart(),
+        imp("so_reuseport", &g::so_reuseport).restart(),
+        imp("workers", &g::workers).range(0, 1024).restart(),
+
+        imp("pool_mode", &g::pool_mode_),
+        imp("default_pool_size", &g::default_pool_size),
+        imp("min_pool_size", &g::min_pool_size),
+        imp("reserve_pool_size", &g::reserve_pool_size),
+        imp("reserve_pool_timeout", &g::reserve_pool_timeout),
+        imp("max_client_conn", &g::max_client_conn).at_least(1),
+        imp("max_db_connections", &g::max_db_connections),
+        imp("max_db_client_connections", &g::max_db_client_connections),
+        imp("max_user_connections", &g::max_user_connections),
+        imp("max_user_client_connections", &g::max_user_client_connections),
+        imp("server_round_robin", &g::server_round_robin)
+            .only_default("Sluice always reuses the most recently used idle server "
+                          "(server_round_robin = 0)"),
+        imp("max_prepared_statements", &g::max_prepared_statements),
+        refused(gen, "max_prepared_statements_cache",
+                "not a Sluice setting; max_prepared_statements bounds the prepared "
+                "statements kept per server connection"),
+        imp("track_extra_parameters", &g::track_extra_parameters),
+        imp("ignore_startup_parameters", &g::ignore_startup_parameters),
+        refused(gen, "disable_pqexec",
+                "Sluice cannot refuse the simple query protocol; remove the setting, or "
+                "keep a PgBouncer where this protection is needed"),
+        imp("server_reset_query", &g::server_reset_query),
+        imp("server_reset_query_always", &g::server_reset_query_always),
+        imp("server_check_query", &g::server_check_query),
+        imp("server_check_delay", &g::server_check_delay),
+        imp("server_fast_close", &g::server_fast_close)
+            .only_default("in session mode Sluice closes a server marked by RECONNECT or "
+                          "RELOAD when its client leaves (server_fast_close = 0)"),
+        imp("application_name_add_host", &g::application_name_add_host)
+            .only_default("Sluice passes application_name to the server unchanged "
+                          "(application_name_add_host = 0)"),
+        imp("autodb_idle_timeout", &g::autodb_idle_timeout),
+        imp("pool_idle_timeout", &g::pool_idle_timeout),
+        imp("stats_period", &g::stats_period),
+        imp("scram_iterations", &g::scram_iterations).at_least(1),
+        no_op("query_wait_notify", &g::query_wait_notify,
+              "it only sends a queued client a NOTICE saying that it waits; Sluice sends "
+              "none, and query_wait_timeout still bounds the wait"),
+        // A PostgreSQL message length is an int32 that counts itself.
+        imp("max_packet_size", &g::max_packet_size).range(5, i32),
+        no_op("pkt_buf", &g::pkt_buf,
+              "PgBouncer's fixed I/O buffer size; Sluice sizes its buffers per message, "
+              "bounded by max_packet_size and max_held_message_size")
+            .range(512, 1 << 30)
+            .restart(),
+        no_op("sbuf_loopcnt", &g::sbuf_loopcnt,
+              "a fairness limit for PgBouncer's single event loop; Sluice returns to its "
+              "event loop after every read, so one busy connection cannot starve others"),
+        imp("max_held_message_size", &g::max_held_message_size).range(1024, i32),
+
+        imp("server_lifetime", &g::server_lifetime),
+        imp("server_idle_timeout", &g::server_idle_timeout),
+        imp("server_connect_timeout", &g::server_connect_timeout),
+        imp("server_login_retry", &g::server_login_retry),
+        imp("client_login_timeout", &g::client_login_timeout),
+        imp("query_timeout", &g::query_timeout),
+        imp("query_wait_timeout", &g::query_wait_timeout),
+        imp("cancel_wait_timeout", &g::cancel_wait_timeout),
+        imp("client_idle_timeout", &g::client_idle_timeout),
+        imp("idle_transaction_timeout", &g::idle_transaction_timeout),
+        imp("transaction_timeout", &g::transaction_timeout),
+        imp("suspend_timeout", &g::suspend_timeout),
+
+        imp("auth_type", &g::auth_type_),
+        imp("auth_file", &g::auth_file),
+        imp("auth_hba_file", &g::auth_hba_file),
+        imp("auth_ident_file", &g::auth_ident_file),
+        imp("auth_user", &g::auth_user),
+        imp("auth_query", &g::auth_query),
+        imp("auth_dbname", &g::auth_dbname),
+        imp("auth_cache_ttl", &g::auth_cache_ttl),
+
+        imp("client_tls_sslmode", &g::client_tls_sslmode).one_of(sslmodes),
+        imp("client_tls_key_file", &g::client_tls_key_file),
+        imp("client_tls_cert_file", &g::client_tls_cert_file),
+        imp("client_tls_ca_file", &g::client_tls_ca_file),
+        imp("client_tls_protocols", &g::client_tls_protocols),
+        imp("client_tls_ciphers", &g::client_tls_ciphers),
+        imp("client_tls13_ciphers", &g::client_tls13_ciphers),
+        imp("client_tls_ecdhcurve", &g::client_tls_ecdhcurve),
+        imp("client_tls_dheparams", &g::client_tls_dheparams),
+        imp("server_tls_sslmode", &g::server_tls_sslmode).one_of(sslmodes),
+        imp("server_tls_ca_file", &g::server_tls_ca_file),
+        imp("server_tls_key_file", &g::server_tls_key_file),
+        imp("server_tls_cert_file", &g::server_tls_cert_file),
+        imp("server_tls_protocols", &g::server_tls_protocols),
+        imp("server_tls_ciphers", &g::server_tls_ciphers),
+        imp("server_tls13_ciphers", &g::server_tls13_ciphers),
+
+        imp("logfile", &g::logfile).restart(),
+        imp("pidfile", &g::pidfile).restart(),
+        imp("syslog", &g::syslog)
+            .only_default("Sluice logs to stderr and logfile only (syslog = 0); let "
+                          "journald or the service manager forward stderr")
+            .restart(),
+        refused(gen, "syslog_ident", "Sluice does not log to syslog (see syslog)"),
+        refused(gen, "syslog_facility", "Sluice does not log to syslog (see syslog)"),
+        imp("log_connections", &g::log_connections),
+        imp("log_disconnections", &g::log_disconnections),
+        no_op("log_pooler_errors", &g::log_pooler_errors,
+              "Sluice always logs the fatal errors it sends to clients (login failures, "
+              "refusals), so 0 hides nothing and 1 is what it does"),
+        imp("log_stats", &g::log_stats),
+        imp("verbose", &g::verbose),
+
+        imp("admin_users", &g::admin_users),
+        imp("stats_users", &g::stats_users),
+        refused(gen, "stats_users_prefix",
+                "not a Sluice setting; list the users in stats_users"),
+
+        imp("tcp_keepalive", &g::tcp_keepalive),
+        imp("tcp_keepcnt", &g::tcp_keepcnt),
+        imp("tcp_keepidle", &g::tcp_keepidle),
+        imp("tcp_keepintvl", &g::tcp_keepintvl),
+        imp("tcp_user_timeout", &g::tcp_user_timeout),
+        no_op("tcp_defer_accept", &g::tcp_defer_accept,
+              "an accept-latency optimisation; Sluice accepts at once, and "
+              "client_login_timeout still ends a client that sends nothing")
+            .restart(),
+        refused(gen, "tcp_socket_buffer",
+                "Sluice leaves socket buffer sizes to the kernel (net.ipv4.tcp_rmem and "
+                "tcp_wmem tune them)"),
+
+        no_op("dns_max_ttl", &g::dns_max_ttl, no_dns_cache),
+        no_op("dns_nxdomain_ttl", &g::dns_nxdomain_ttl, no_dns_cache),
+        no_op("dns_zone_check_period", &g::dns_zone_check_period,
+              "Sluice holds no resolved addresses to re-check: every new server "
+              "connection resolves the host name afresh"),
+        refused(gen, "resolv_conf",
+                "Sluice resolves host names through the system resolver "
+                "(/etc/resolv.conf, /etc/nsswitch.conf) and cannot use other name "
+                "servers; ignoring this could send connections to other addresses"),
+
+        refused(gen, "conffile",
+                "the configuration file is the one named on the command line, and RELOAD "
+                "reads it again"),
+        no_op("service_name", &g::service_name,
+              "it names a Windows service; Sluice does not run as one (PgBouncer too "
+              "ignores it elsewhere)"),
+        no_op("job_name", &g::job_name,
+              "PgBouncer's old name for service_name, which names a Windows service"),
+        refused(gen, "peer_id",
+                "Sluice has no peering ([peers]): a cancel request must reach the Sluice "
+                "process that holds the connection"),
+
+        imp("metrics_listen", &g::metrics_listen).as(value_format::host_port).restart(),
+
+        // --- databases: name = connection string / mapping ---------------------------------
+        imp("dbname", &d::dbname),
+        imp("host", &d::host).as(value_format::host_list),
+        imp("port", &d::port).range(1, 65535),
+        imp("user", &d::user),
+        imp("password", &d::password),
+        imp("auth_user", &d::auth_user),
+        imp("auth_query", &d::auth_query),
+        imp("auth_dbname", &d::auth_dbname),
+        imp("pool_size", &d::pool_size),
+        imp("min_pool_size", &d::min_pool_size),
+        imp("reserve_pool_size", &d::reserve_pool_size),
+        imp("reserve_pool", &d::reserve_pool_size).alias("reserve_pool_size"),
+        refused(db, "connect_query",
+                "Sluice does not run a query on new server connections; set session "
+                "defaults with ALTER ROLE or ALTER DATABASE ... SET"),
+        imp("pool_mode", &d::mode),
+        imp("load_balance_hosts", &d::load_balance_hosts)
+            .one_of("disable|round-robin")
+            .only_default("Sluice tries the hosts in the order given "
+                          "(load_balance_hosts = disable)"),
+        imp("max_db_connections", &d::max_db_connections),
+        imp("max_db_client_connections", &d::max_db_client_connections),
+        imp("server_lifetime", &d::server_lifetime),
+        imp("client_encoding", &d::client_encoding),
+        imp("datestyle", &d::datestyle),
+        imp("timezone", &d::timezone),
+        imp("application_name", &d::application_name),
+
+        // --- users: name = settings ---------------------------------------------------------
+        imp("pool_size", &u::pool_size),
+        imp("reserve_pool_size", &u::reserve_pool_size),
+        imp("pool_mode", &u::mode),
+        imp("max_user_connections", &u::max_user_connections),
+        imp("max_user_client_connections", &u::max_user_client_connections),
+        imp("query_timeout", &u::query_timeout),
+        imp("idle_transaction_timeout", &u::idle_transaction_timeout),
+        imp("client_idle_timeout", &u::client_idle_timeout),
+    };
+}
+
+std::string format_seconds(duration d) {
+    auto us = d.count();
+    if (us % 1000000 == 0) return std::to_string(us / 1000000);
+    std::string s = std::to_string(double(us) / 1e6);
+    while (!s.empty() && s.back() == '0') s.pop_back();
+    if (!s.empty() && s.back() == '.') s.pop_back();
+    return s;
+}
+
+}  // namespace
+
+const std::vector<setting>& settings() {
+    static const std::vector<setting> table = build_table();
+    return table;
+}
+
+const setting* find_setting(section where, std::string_view name) {
+    for (const auto& s : settings())
+        if (s.where == where && name == s.name) return &s;
+    return nullptr;
+}
+
+bool security_related(std::string_view name) {
+    static const char* const words[] = {"tls",        "ssl",         "auth",   "hba",
+                                        "password",   "admin_users", "stats_users",
+                                        "cert",       "cipher",      "key_file", "pqexec",
+                                        "unix_socket"};
+    for (const char* w : words)
+        if (name.find(w) != std::string_view::npos) return true;
+    return name == "user";  // the OS user to run as
+}
+
+std::string no_op_warning(const config& cfg) {
+    if (cfg.no_op_settings.empty()) return {};
+    std::string names;
+    for (const auto& n : cfg.no_op_settings) names += (names.empty() ? "" : ", ") + n;
+    return "settings with no effect in Sluice: " + names +
+           " (see README \"Settings with no effect\")";
+}
+
+std::string setting::get(const general& gen) const {
+    return std::visit(
+        [&](auto m) -> std::string {
+            using M = decltype(m);
+            if constexpr (std::is_same_v<M, std::monostate>) {
+                return {};
+            } else {
+                using T = typename member_traits<M>::value;
+                if constexpr (!std::is_same_v<typename member_traits<M>::owner, general>) {
+                    return {};  // a member of a database or user entry
+                } else {
+                    const T& v = gen.*m;
+                    if constexpr (std::is_same_v<T, bool>) {
+                        return v ? "1" : "0";
+                    } else if constexpr (std::is_same_v<T, int> ||
+                                         std::is_same_v<T, std::int64_t>) {
+                        if (format == value_format::octal) {
+                            char buf[32];
+                            std::snprintf(buf, sizeof buf, "0%llo",
+                                          static_cast<unsigned long long>(v));
+                            return buf;
+                        }
+                        return std::to_string(v);
+                    } else if constexpr (std::is_same_v<T, duration>) {
+                        return format_seconds(v);
+                    } else if constexpr (std::is_same_v<T, std::string>) {
+                        return v;
+                    } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+                        std::string out;
+                        for (const auto& s : v) out += (out.empty() ? "" : ",") + s;
+                        return out;
+                    } else {
+                        return to_string(v);
+                    }
+                }
+            }
+        },
+        member);
+}
+
+}  // namespace sluice::config

@@ -1,0 +1,228 @@
+"""The settings rule, end to end: `sluice --check` refuses a setting Sluice does not support
+with FILE:LINE:COL (exit 1), names the settings that have no effect in one warning (exit 0),
+and the same warning is logged at start-up. Then the settings that only a parser test named
+before, each exercised against a running Sluice (tests/unit/config/settings_rule_test.cpp
+asks for a test per implemented setting)."""
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import harness
+from harness import DEADLINE, PgError, RawPg, SYNC, m_parse, message, startup_packet, wait_for
+
+WARNING = ('settings with no effect in Sluice: {} (see README "Settings with no effect")')
+
+
+def check(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(harness.sluice_bin()), "--check", str(path)], capture_output=True,
+                          text=True, timeout=30)
+
+
+@pytest.fixture
+def tmp():
+    return harness.make_tempdir("sluice-rule-")
+
+
+# -- --check ------------------------------------------------------------------------------
+
+def test_check_refuses_an_unsupported_setting_with_its_position(tmp):
+    ini = tmp / "pgbouncer.ini"
+    ini.write_text("[databases]\n"
+                   "app = host=127.0.0.1 port=5432 dbname=app\n"
+                   "\n"
+                   "[pgbouncer]\n"
+                   "listen_port = 6432\n"
+                   "  unix_socket_group = postgres\n")
+    r = check(ini)
+    assert r.returncode == 1, r
+    assert f"{ini}:6:3: setting unix_socket_group is not supported: " in r.stderr, r.stderr
+    assert "configuration is valid" not in r.stdout
+
+
+def test_check_reports_every_refused_setting(tmp):
+    ini = tmp / "pgbouncer.ini"
+    ini.write_text("[databases]\n"
+                   "app = host=127.0.0.1 connect_query='SELECT 1'\n"
+                   "[pgbouncer]\n"
+                   "user = postgres\n"
+                   "server_round_robin = 1\n")
+    r = check(ini)
+    assert r.returncode == 1, r
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith(f"{ini}:2:22: setting databases.app.connect_query is not "
+                               "supported: "), r.stderr
+    assert lines[1].startswith(f"{ini}:4:1: setting user is not supported: "), r.stderr
+    assert lines[2].startswith(f"{ini}:5:22: setting server_round_robin = 1 is not "
+                               "supported: "), r.stderr
+    assert len(lines) == 3, r.stderr
+
+    y = tmp / "sluice.yaml"
+    y.write_text("sluice:\n  listen_port: 6432\n  peer_id: 1\n")
+    r = check(y)
+    assert r.returncode == 1, r
+    assert r.stderr.startswith(f"{y}:3:3: setting peer_id is not supported: "), r.stderr
+
+
+def test_check_names_the_settings_with_no_effect(tmp):
+    ini = tmp / "pgbouncer.ini"
+    ini.write_text("[databases]\n"
+                   "app = host=127.0.0.1 port=5432 dbname=app\n"
+                   "[pgbouncer]\n"
+                   "listen_port = 6432\n"
+                   "dns_max_ttl = 30\n"
+                   "tcp_defer_accept = 1\n")
+    r = check(ini)
+    assert r.returncode == 0, r
+    assert r.stderr == f"{ini}: warning: " + WARNING.format("dns_max_ttl, tcp_defer_accept") + "\n"
+    assert "configuration is valid" in r.stdout
+
+    plain = tmp / "plain.ini"
+    plain.write_text("[pgbouncer]\nlisten_port = 6432\n")
+    r = check(plain)
+    assert r.returncode == 0, r
+    assert "warning" not in r.stderr, r.stderr
+
+
+def test_startup_logs_one_warning_naming_them(make_sluice):
+    s = make_sluice(dns_max_ttl=30, pkt_buf=8192, sbuf_loopcnt=10)
+    assert s.psql("SELECT 1").stdout.strip() == "1"
+    text = s.log_text()
+    line = WARNING.format("dns_max_ttl, pkt_buf, sbuf_loopcnt")
+    assert text.count(line) == 1, s.log_tail()
+    # SHOW CONFIG lists a no-op with the value the file gave.
+    rows = s.psql("SHOW CONFIG", user="admin", db="sluice").stdout
+    assert "dns_max_ttl|30|15|yes" in rows.splitlines(), rows
+
+
+def test_no_warning_without_no_op_settings(make_sluice):
+    s = make_sluice()
+    assert s.psql("SELECT 1").stdout.strip() == "1"
+    assert "settings with no effect" not in s.log_text()
+
+
+# -- implemented settings, exercised ----------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+def test_listen_backlog_is_the_listening_socket_backlog(make_sluice):
+    s = make_sluice(listen_backlog=37)
+    out = subprocess.run(["ss", "-ltnH", f"( sport = :{s.port} )"], capture_output=True,
+                         text=True, timeout=10).stdout
+    # For a listening socket ss shows the backlog as Send-Q (the third column).
+    assert [line.split()[2] for line in out.splitlines()] == ["37"], out
+
+
+@pytest.mark.parametrize("where", ["sluice", "database"])
+def test_max_db_client_connections(make_sluice, where):
+    if where == "sluice":
+        s = make_sluice(max_db_client_connections=1)
+    else:
+        s = make_sluice(config={"databases": {"app": {"max_db_client_connections": 1}}})
+    first = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
+    try:
+        first.login("app", s.users["app"], "app")
+        second = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
+        with pytest.raises(PgError) as e:
+            second.login("app", s.users["app"], "app")
+        assert e.value.sqlstate == "53300"
+        assert "(max_db_client_connections)" in e.value.message, e.value.message
+        second.close()
+    finally:
+        first.terminate()
+    # The slot is free again once the first client has left.
+    assert wait_for(lambda: s.psql("SELECT 1").returncode == 0)
+
+
+@pytest.mark.parametrize("always", [True, False])
+def test_server_reset_query_always(make_sluice, always):
+    # Transaction mode, one server: the reset query runs after each transaction only with
+    # server_reset_query_always, and what it sets is visible to the next transaction.
+    s = make_sluice(pool_mode="transaction", default_pool_size=1,
+                    server_reset_query="SET statement_timeout = 4321",
+                    server_reset_query_always=always)
+    c = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
+    try:
+        c.login("app", s.users["app"], "app")
+        rows, err = c.query("SELECT 1")
+        assert err is None
+        rows, err = c.query("SHOW statement_timeout")
+        assert err is None
+        assert rows == [["4321ms" if always else "0"]]
+    finally:
+        c.terminate()
+
+
+def test_scram_iterations_are_what_the_server_first_message_says(make_sluice):
+    s = make_sluice(scram_iterations=1234)  # userlist passwords are plaintext here
+    c = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
+    try:
+        c.send(startup_packet("app", "app"))
+        kind, body = c.read_msg()
+        assert kind == b"R" and struct.unpack("!I", body[:4])[0] == 10, (kind, body)
+        scram = harness._ScramClient(s.users["app"])
+        first = scram.client_first()
+        c.send(message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first))
+        kind, body = c.read_msg()
+        assert kind == b"R" and struct.unpack("!I", body[:4])[0] == 11, (kind, body)
+        attrs = dict(kv.split("=", 1) for kv in body[4:].decode().split(","))
+        assert attrs["i"] == "1234"
+        # And the login completes with that count.
+        c.send(message(b"p", scram.client_final(body[4:])))
+        kind, body = c.read_msg()
+        assert kind == b"R" and struct.unpack("!I", body[:4])[0] == 12, (kind, body)
+    finally:
+        c.close()
+
+
+def test_max_held_message_size_bounds_a_named_parse(make_sluice):
+    # In transaction mode Sluice keeps the text of a named Parse whole; a longer one than
+    # max_held_message_size is refused with 54000 and the connection stays usable.
+    s = make_sluice(pool_mode="transaction", max_held_message_size=1024)
+    c = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
+    try:
+        c.login("app", s.users["app"], "app")
+        c.send(m_parse("big", "SELECT '" + "x" * 2000 + "'") + SYNC)
+        errors = []
+        while True:
+            kind, body = c.read_msg()
+            if kind == b"E":
+                errors.append(harness.parse_error_fields(body))
+            if kind == b"Z":
+                break
+        assert [e.get("C") for e in errors] == ["54000"], errors
+        assert "max_held_message_size" in errors[0].get("M", ""), errors
+        rows, err = c.query("SELECT 2")
+        assert err is None and rows == [["2"]]
+    finally:
+        c.terminate()
+
+
+@pytest.mark.parametrize("connections,disconnections", [(True, False), (False, True)])
+def test_log_connections_and_disconnections(make_sluice, connections, disconnections):
+    s = make_sluice(log_connections=connections, log_disconnections=disconnections)
+    assert s.psql("SELECT 1").stdout.strip() == "1"
+    wait_for(lambda: not disconnections or "closing: db=app user=app" in s.log_text())
+    text = s.log_text()
+    assert ("login: db=app user=app" in text) == connections, s.log_tail()
+    assert ("closing: db=app user=app" in text) == disconnections, s.log_tail()
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_verbose_turns_on_debug_lines(make_sluice, verbose):
+    s = make_sluice(verbose=verbose)
+    assert s.psql("SELECT 1").stdout.strip() == "1"
+    # A new server connection is a debug line.
+    assert ("new server connection" in s.log_text()) == bool(verbose), s.log_tail()
+
+
+def test_database_datestyle_and_timezone(make_sluice):
+    s = make_sluice(config={"databases": {"app": {"datestyle": "SQL, DMY",
+                                                  "timezone": "Asia/Tokyo"}}})
+    with psycopg.connect(s.dsn(), autocommit=True) as c:
+        assert c.execute("SHOW DateStyle").fetchone()[0] == "SQL, DMY"
+        assert c.execute("SHOW TimeZone").fetchone()[0] == "Asia/Tokyo"
