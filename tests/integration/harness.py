@@ -972,3 +972,78 @@ def default_config(pg: Postgres, **general: Any) -> Dict[str, Any]:
             "app": {"host": "127.0.0.1", "port": pg.port, "dbname": "app"},
         },
     }
+
+
+# ---------------------------------------------------------------------------------------
+# Certificates for TLS tests, made by the openssl CLI (EC P-256: fast to generate)
+
+_CA_CONF = """\
+[req]
+distinguished_name = dn
+prompt = no
+x509_extensions = v3_ca
+[dn]
+CN = {cn}
+[v3_ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+"""
+
+_LEAF_EXT = """\
+[v3]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth,clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid,issuer
+{san}
+"""
+
+
+def openssl(d: Path, *args: str) -> None:
+    r = subprocess.run(["openssl", *args], cwd=str(d), capture_output=True, text=True,
+                       timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
+
+
+class CertAuthority:
+    """A throwaway CA in directory `d`: `crt`/`key`, and leaf(name, cn, san) certificates
+    (server and client use) returned as objects with .crt, .key and .cn. Keys are 0600 and,
+    when running as root, owned by the PostgreSQL OS user so that PostgreSQL can read them."""
+
+    def __init__(self, d: Path, cn: str = "Sluice Test CA"):
+        import secrets
+        self._serial = lambda: str(secrets.randbits(62))
+        self.dir = Path(d)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = cn.replace(" ", "_")
+        (self.dir / f"{self.name}.cnf").write_text(_CA_CONF.format(cn=cn))
+        self.crt, self.key = self.dir / f"{self.name}.crt", self.dir / f"{self.name}.key"
+        openssl(self.dir, "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt",
+                "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", self.key.name,
+                "-out", self.crt.name, "-days", "30", "-config", f"{self.name}.cnf",
+                "-set_serial", self._serial())
+        self._own(self.crt, self.key)
+
+    def _own(self, *paths: Path) -> None:
+        for p in paths:
+            if p.suffix == ".key":
+                os.chmod(p, 0o600)
+            if is_root():
+                ensure_pg_os_user()
+                shutil.chown(p, PG_OS_USER, PG_OS_USER)
+
+    def leaf(self, name: str, cn: str, san: str = ""):
+        from types import SimpleNamespace
+        d = self.dir
+        (d / f"{name}.ext").write_text(_LEAF_EXT.format(san=f"subjectAltName = {san}" if san else ""))
+        openssl(d, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+        openssl(d, "x509", "-req", "-in", f"{name}.csr", "-CA", self.crt.name, "-CAkey",
+                self.key.name, "-set_serial", self._serial(), "-days", "30", "-out",
+                f"{name}.crt", "-extfile", f"{name}.ext", "-extensions", "v3")
+        leaf = SimpleNamespace(crt=d / f"{name}.crt", key=d / f"{name}.key", cn=cn)
+        self._own(leaf.crt, leaf.key)
+        return leaf

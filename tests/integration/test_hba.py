@@ -20,7 +20,6 @@ import hashlib
 import os
 import pwd
 import re
-import secrets
 import socket
 import ssl
 import struct
@@ -111,61 +110,14 @@ def hba_line(text: str, start: str) -> int:
 # ---------------------------------------------------------------------------------------
 # certificates (openssl CLI)
 
-_CA_CONF = """\
-[req]
-distinguished_name = dn
-prompt = no
-x509_extensions = v3_ca
-[dn]
-CN = Sluice HBA Test CA
-[v3_ca]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-"""
-
-_LEAF_EXT = """\
-[v3]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth,clientAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid,issuer
-{san}
-"""
-
-
-def _openssl(d: Path, *args: str) -> None:
-    r = subprocess.run(["openssl", *args], cwd=str(d), capture_output=True, text=True,
-                       timeout=60)
-    if r.returncode != 0:
-        raise RuntimeError(f"openssl {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
-
-
-def _leaf(d: Path, name: str, cn: str, san: str = "") -> SimpleNamespace:
-    (d / f"{name}.ext").write_text(_LEAF_EXT.format(san=f"subjectAltName = {san}" if san else ""))
-    _openssl(d, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
-    _openssl(d, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-set_serial", str(secrets.randbits(62)), "-days", "30", "-out", f"{name}.crt",
-             "-extfile", f"{name}.ext", "-extensions", "v3")
-    os.chmod(d / f"{name}.key", 0o600)
-    return SimpleNamespace(crt=d / f"{name}.crt", key=d / f"{name}.key", cn=cn)
-
-
 @pytest.fixture(scope="session")
 def certs():
-    d = harness.make_tempdir("sluice-hba-certs-")
-    (d / "ca.cnf").write_text(_CA_CONF)
-    _openssl(d, "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt",
-             "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "30", "-config", "ca.cnf", "-set_serial", str(secrets.randbits(62)))
-    os.chmod(d / "ca.key", 0o600)
+    ca = harness.CertAuthority(harness.make_tempdir("sluice-hba-certs-"), "Sluice HBA Test CA")
     return SimpleNamespace(
-        ca=d / "ca.crt",
-        server=_leaf(d, "server", "sluice-hba", "DNS:localhost,IP:127.0.0.1"),
-        app=_leaf(d, "client_app", "app"),
-        stats=_leaf(d, "client_stats", "stats"))
+        ca=ca.crt,
+        server=ca.leaf("server", "sluice-hba", "DNS:localhost,IP:127.0.0.1"),
+        app=ca.leaf("client_app", "app"),
+        stats=ca.leaf("client_stats", "stats"))
 
 
 # ---------------------------------------------------------------------------------------
