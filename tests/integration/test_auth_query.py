@@ -150,3 +150,23 @@ def test_cache_expires_and_looks_up_again(roles, make_sluice):
         with connect(s, "burst2", PGONLY_PW) as c:
             c.execute("SELECT 1")
     assert harness.wait_for(lambda: auth_queries_logged(roles, "burst2") - before >= 3)
+
+
+def test_per_database_auth_user_query_and_dbname(roles, make_sluice, pg):
+    # Only the [databases] entry names the lookup: the general section has no auth_user.
+    def shadow_lookups():
+        return sum(1 for l in roles.log.read_text(errors="replace").splitlines()
+                   if "authuser@postgres" in l and "pg_shadow" in l)
+    before = shadow_lookups()
+    s = make_sluice(users={"app": APP_PW, "authuser": AUTH_PW}, auth_type="scram-sha-256",
+                    config={"databases": {"app": {
+                        "auth_user": "authuser", "auth_dbname": "postgres",
+                        "auth_query": "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"}}})
+    with connect(s, "pgonly", PGONLY_PW) as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == "pgonly"
+    assert harness.wait_for(lambda: shadow_lookups() > before)
+    # Without an auth_user anywhere, a user missing from auth_file is simply unknown.
+    s2 = make_sluice(users={"app": APP_PW}, auth_type="scram-sha-256")
+    with pytest.raises(psycopg.OperationalError) as e:
+        connect(s2, "pgonly", PGONLY_PW)
+    assert 'password authentication failed for user "pgonly"' in str(e.value)
