@@ -31,7 +31,11 @@ void stream::reset() {
 bool stream::has_buffered() const {
     if (!tls_) return false;
     SSL* s = const_cast<asio::ssl::stream<stream_socket&>&>(*tls_).native_handle();
-    return SSL_has_pending(s) != 0;
+    // Records OpenSSL has taken in, and ciphertext Asio has put into the BIO pair that
+    // OpenSSL has not read yet. (Asio's own input buffer only holds bytes beyond what the
+    // BIO took, more than a record's worth.)
+    BIO* rbio = SSL_get_rbio(s);
+    return SSL_has_pending(s) != 0 || (rbio && BIO_ctrl_pending(rbio) > 0);
 }
 
 std::string stream::tls_description() const {

@@ -47,7 +47,8 @@ public:
     // start (direct TLS). Returns the handshake's error, if any.
     asio::awaitable<error_code> handshake(asio::ssl::stream_base::handshake_type type,
                                           std::string already_read = {});
-    // Decrypted or undecrypted bytes held inside OpenSSL (not visible to poll()).
+    // Decrypted or undecrypted bytes held inside OpenSSL (not visible to poll()). Used to
+    // tell whether an idle server said something; the session never waits on it.
     bool has_buffered() const;
     // "TLSv1.3/TLS_AES_256_GCM_SHA384" (PgBouncer's `tls=` wording), "" when plain.
     std::string tls_description() const;
