@@ -12,7 +12,7 @@ bool pool_state::take(bool reserve) {
 }
 
 bool pool_state::is_waiting(waiter_id w) const {
-    return std::find(waiters_.begin(), waiters_.end(), w) != waiters_.end();
+    return std::any_of(waiters_.begin(), waiters_.end(), [&](auto& e) { return e.id == w; });
 }
 
 checkout pool_state::request(waiter_id w, int worker, clock_time) {
@@ -27,7 +27,7 @@ checkout pool_state::request(waiter_id w, int worker, clock_time) {
         return {checkout::idle_server, s};
     }
     if (!paused_ && waiters_.empty() && take(false)) return {checkout::connect, 0};
-    waiters_.push_back(w);
+    waiters_.push_back({w, worker});
     return {checkout::wait, 0};
 }
 
@@ -35,21 +35,22 @@ checkout pool_state::retry(waiter_id w, clock_time since, clock_time now) {
     if (paused_ || !is_waiting(w)) return {checkout::wait, 0};
     // Only the longest waiter takes a free slot: the queue stays fair.
     const bool reserve = limits_.reserve_pool_size > 0 && now - since >= limits_.reserve_pool_timeout;
-    if (waiters_.front() == w && !idle_.empty()) {
+    if (waiters_.front().id == w && !idle_.empty()) {
         waiters_.pop_front();
         server_id s = idle_.back().id;
         idle_.pop_back();
         return {checkout::idle_server, s};
     }
-    if ((waiters_.front() == w || reserve) && take(reserve)) {
-        waiters_.erase(std::find(waiters_.begin(), waiters_.end(), w));
+    if ((waiters_.front().id == w || reserve) && take(reserve)) {
+        waiters_.erase(std::find_if(waiters_.begin(), waiters_.end(),
+                                    [&](auto& e) { return e.id == w; }));
         return {checkout::connect, 0};
     }
     return {checkout::wait, 0};
 }
 
 bool pool_state::cancel(waiter_id w) {
-    auto it = std::find(waiters_.begin(), waiters_.end(), w);
+    auto it = std::find_if(waiters_.begin(), waiters_.end(), [&](auto& e) { return e.id == w; });
     if (it == waiters_.end()) return false;
     waiters_.erase(it);
     return true;
@@ -59,8 +60,20 @@ std::optional<grant> pool_state::released(server_id s, int worker, clock_time co
                                           clock_time now, bool reusable) {
     if (!reusable) return slot_freed();
     if (!paused_ && !waiters_.empty()) {
-        waiter_id w = waiters_.front();
-        waiters_.pop_front();
+        // The first waiter on the server's worker, if one is near the front: the server
+        // then stays on its thread (no socket migration, no cross-thread wake-up).
+        std::size_t pick = 0;
+        const std::size_t window = std::min(affinity_window, waiters_.size());
+        for (std::size_t i = 0; i < window; ++i) {
+            if (waiters_[i].worker == worker) {
+                pick = i;
+                break;
+            }
+            if (waiters_[i].bypassed >= max_bypass) break;  // its turn: no more overtaking
+        }
+        for (std::size_t i = 0; i < pick; ++i) waiters_[i].bypassed++;
+        waiter_id w = waiters_[pick].id;
+        waiters_.erase(waiters_.begin() + std::ptrdiff_t(pick));
         return grant{w, s};
     }
     idle_.push_back({s, worker, now, connected});
@@ -73,7 +86,7 @@ std::optional<grant> pool_state::slot_freed() {
         shared_.give_back();
     }
     if (!paused_ && !waiters_.empty() && take(false)) {
-        waiter_id w = waiters_.front();
+        waiter_id w = waiters_.front().id;
         waiters_.pop_front();
         return grant{w, 0};
     }
@@ -105,7 +118,7 @@ std::vector<server_id> pool_state::expire(clock_time now, bool all) {
 std::vector<grant> pool_state::match_idle() {
     std::vector<grant> out;
     while (!paused_ && !waiters_.empty() && !idle_.empty()) {
-        out.push_back({waiters_.front(), idle_.back().id});
+        out.push_back({waiters_.front().id, idle_.back().id});
         waiters_.pop_front();
         idle_.pop_back();
     }
@@ -115,7 +128,7 @@ std::vector<grant> pool_state::match_idle() {
 std::vector<grant> pool_state::fill_room() {
     std::vector<grant> out = match_idle();
     while (!paused_ && !waiters_.empty() && take(false)) {
-        out.push_back({waiters_.front(), 0});
+        out.push_back({waiters_.front().id, 0});
         waiters_.pop_front();
     }
     return out;

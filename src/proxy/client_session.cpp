@@ -178,29 +178,32 @@ asio::awaitable<void> client_session::client_loop() {
     auto& m = *relay_;
     for (;;) {
         if (fatal_ || !socket_.is_open()) co_return;
-        if (in_.empty()) {
-            // Idle: hold no buffer while waiting.
-            in_.shrink_if_empty();
-            if (!server_) idle_since_ns.store(now_ns(), std::memory_order_relaxed);
-            if (!socket_.has_buffered()) {
-                auto [wec] = co_await socket_.lowest_layer().async_wait(
-                    asio::socket_base::wait_read, use_nothrow);
-                if (wec) co_return;
-            }
-        }
-        in_.reserve_tail(4096);
         error_code rec;
         std::size_t n = 0;
-        if (socket_.tls()) {
-            // OpenSSL decides how many socket bytes make a record: let it read.
-            std::tie(rec, n) = co_await socket_.async_read_some(in_.writable(), use_nothrow);
+        if (in_.empty()) {
+            // Idle: hold no buffer while waiting, only the small first_bytes_. A read
+            // (unlike async_wait, which re-arms epoll with a syscall every time) is tried
+            // at once and costs nothing more when it has to wait. A typical request fits
+            // in first_bytes_; the rest of a larger one is read below, straight away.
+            in_.shrink_if_empty();
+            if (!server_) idle_since_ns.store(now_ns(), std::memory_order_relaxed);
+            std::tie(rec, n) = co_await socket_.async_read_some(asio::buffer(first_bytes_), use_nothrow);
+            if (rec) co_return;  // EOF or reset: the client is gone
+            in_.reserve_tail(std::max<std::size_t>(4096, n));
+            std::memcpy(in_.writable().data(), first_bytes_.data(), n);
         } else {
-            n = socket_.lowest_layer().read_some(in_.writable(), rec);
-            if (rec == asio::error::would_block || rec == asio::error::try_again) {
-                auto [wec] = co_await socket_.lowest_layer().async_wait(
-                    asio::socket_base::wait_read, use_nothrow);
-                if (wec) co_return;
-                continue;
+            in_.reserve_tail(4096);
+            if (socket_.tls()) {
+                // OpenSSL decides how many socket bytes make a record: let it read.
+                std::tie(rec, n) = co_await socket_.async_read_some(in_.writable(), use_nothrow);
+            } else {
+                n = socket_.lowest_layer().read_some(in_.writable(), rec);
+                if (rec == asio::error::would_block || rec == asio::error::try_again) {
+                    auto [wec] = co_await socket_.lowest_layer().async_wait(
+                        asio::socket_base::wait_read, use_nothrow);
+                    if (wec) co_return;
+                    continue;
+                }
             }
         }
         if (rec) co_return;  // EOF or reset: the client is gone

@@ -10,7 +10,9 @@
 //               recently used first), else a slot to connect, else it waits (FIFO).
 //   retry()     a waiter's timer fired: after reserve_pool_timeout it may take a slot of
 //               the reserve pool; otherwise it keeps waiting.
-//   released()  a clean server comes back: the first waiter gets it, or it goes idle.
+//   released()  a clean server comes back: a waiter gets it (the first one on the
+//               server's worker among the first affinity_window waiters, so that no
+//               socket moves between threads; see below), or it goes idle.
 //   slot_freed() a server was closed, or a connection attempt failed: the first waiter
 //               may connect in its place.
 //   expire()    idle servers past server_idle_timeout / server_lifetime are taken out.
@@ -22,7 +24,10 @@
 //     reserve_pool_timeout; every slot also holds one unit of the limits shared with other
 //     pools (max_db_connections, max_user_connections), taken and given back here only.
 //   - a waiter is in the queue exactly until it is granted something or cancels; a grant
-//     goes to the longest waiter first; nothing is granted while paused.
+//     goes to the longest waiter first, except that a returned server may go to a later
+//     waiter on its own worker: only within the first affinity_window waiters, and never
+//     past a waiter already passed over max_bypass times. So a waiter is overtaken at most
+//     max_bypass times (bounded unfairness), and nothing is granted while paused.
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -65,6 +70,10 @@ public:
 
 class pool_state {
 public:
+    // Worker affinity for returned servers (see the invariants above).
+    static constexpr std::size_t affinity_window = 8;
+    static constexpr int max_bypass = 4;
+
     explicit pool_state(shared_limits& shared, pool_limits limits = {})
         : shared_(shared), limits_(limits) {}
 
@@ -117,8 +126,13 @@ private:
     pool_limits limits_;
     bool paused_ = false;
     int slots_ = 0;                 // servers counted against the limits
+    struct waiter_entry {
+        waiter_id id;
+        int worker;
+        int bypassed = 0;  // times a later waiter was served first
+    };
     std::vector<idle_entry> idle_;  // most recently used at the back
-    std::deque<waiter_id> waiters_;
+    std::deque<waiter_entry> waiters_;
 };
 
 }  // namespace sluice::pool

@@ -15,6 +15,7 @@
 // The relay has two loops on the session's worker thread: client_loop reads the client,
 // server_loop (while a server is linked) reads the server. Both only move bytes and
 // call the core; the core is not thread-safe and needs none: both loops run on one strand.
+#include <array>
 #include <deque>
 #include <map>
 #include <memory>
@@ -145,6 +146,7 @@ private:
     net::stream socket_;
     int worker_;
     byte_buffer in_;  // client bytes not yet forwarded
+    std::array<std::uint8_t, 128> first_bytes_;  // an idle client's next request starts here
     std::size_t max_packet_ = 0;
 
     // tracked parameters: what this client believes its session has

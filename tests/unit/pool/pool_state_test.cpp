@@ -64,6 +64,58 @@ TEST(pool_state, released_server_goes_to_the_longest_waiter) {
     EXPECT_EQ(p.slots(), 1);
 }
 
+TEST(pool_state, returned_server_prefers_a_waiter_on_its_worker_near_the_front) {
+    counting_limits shared;
+    pool_state p(shared, sized(1));
+    ASSERT_EQ(p.request(1, 0, t0).kind, checkout::connect);
+    ASSERT_EQ(p.request(2, 1, t0).kind, checkout::wait);  // worker 1
+    ASSERT_EQ(p.request(3, 0, t0).kind, checkout::wait);  // worker 0
+    ASSERT_EQ(p.request(4, 1, t0).kind, checkout::wait);
+    // A server on worker 0 goes to waiter 3 (same worker), ahead of waiter 2.
+    auto g = p.released(100, 0, t0, t0 + 1s, true);
+    ASSERT_TRUE(g);
+    EXPECT_EQ(g->waiter, 3u);
+    // On worker 1: the first waiter of worker 1, which is also the longest one.
+    g = p.released(100, 1, t0, t0 + 2s, true);
+    ASSERT_TRUE(g);
+    EXPECT_EQ(g->waiter, 2u);
+    g = p.released(100, 0, t0, t0 + 3s, true);  // nobody on worker 0: the first waiter
+    ASSERT_TRUE(g);
+    EXPECT_EQ(g->waiter, 4u);
+    EXPECT_EQ(p.waiting(), 0u);
+}
+
+TEST(pool_state, a_waiter_is_overtaken_at_most_max_bypass_times) {
+    counting_limits shared;
+    pool_state p(shared, sized(1));
+    ASSERT_EQ(p.request(1, 0, t0).kind, checkout::connect);
+    ASSERT_EQ(p.request(2, 1, t0).kind, checkout::wait);  // the one on the other worker
+    waiter_id next = 10;
+    int overtaken = 0;
+    for (;;) {
+        ASSERT_EQ(p.request(next++, 0, t0).kind, checkout::wait);
+        auto g = p.released(100, 0, t0, t0 + 1s, true);
+        ASSERT_TRUE(g);
+        if (g->waiter == 2u) break;
+        ++overtaken;
+        ASSERT_LE(overtaken, pool_state::max_bypass);
+    }
+    EXPECT_EQ(overtaken, pool_state::max_bypass);
+}
+
+TEST(pool_state, affinity_looks_only_within_the_window) {
+    counting_limits shared;
+    pool_state p(shared, sized(1));
+    ASSERT_EQ(p.request(1, 0, t0).kind, checkout::connect);
+    waiter_id w = 10;
+    for (std::size_t i = 0; i < pool_state::affinity_window; ++i)
+        ASSERT_EQ(p.request(w++, 1, t0).kind, checkout::wait);
+    ASSERT_EQ(p.request(99, 0, t0).kind, checkout::wait);  // same worker, but too far back
+    auto g = p.released(100, 0, t0, t0 + 1s, true);
+    ASSERT_TRUE(g);
+    EXPECT_EQ(g->waiter, 10u);
+}
+
 TEST(pool_state, idle_server_on_the_clients_worker_is_preferred_then_most_recent) {
     counting_limits shared;
     pool_state p(shared, sized(3));
