@@ -634,7 +634,7 @@ def parse_pgbench(out: str) -> Dict[str, float]:
     m = re.search(r"number of transactions actually processed:\s*(\d+)", out)
     if m:
         res["processed"] = int(m.group(1))
-    m = re.search(r"tps = ([0-9.]+) \((?:without initial connection time|excluding)", out)
+    m = re.search(r"tps = ([0-9.]+) \((?:without initial connection time|excluding|including reconnection)", out)
     if m:
         res["tps"] = float(m.group(1))
     m = re.search(r"latency average = ([0-9.]+) ms", out)
