@@ -192,6 +192,20 @@ void config() {
         "    queries_per_second: 10.5\n    action: delay\n    max_delay: 250ms\n");
 }
 
+void hba() {
+    using namespace std::string_literals;
+    put("hba", "rules",
+        "# comment\nlocal all all peer map=os\nhostssl app,@dbs app 127.0.0.1/32 scram-sha-256 "
+        "clientcert=verify-full\nhostnossl sameuser +grp 10.0.0.0 255.0.0.0 md5\n"
+        "host \"all\" all ::1/128 reject\nhost all /^a.*$ all password\n"
+        "hostssl all all all cert map=certs\nhost replication all 0.0.0.0/0 trust \\\n  # x\n"
+        "\0127.0.0.1\0app\0app\0root\0\x02"s);
+    put("hba", "ident", "os root app\ncerts /^(.*)@example\\.com$ \\1\ncerts \"a b\" +grp\n"
+                        "\0\0\0bob\0bob@example.com\0\x01"s);
+    put("hba", "errors", "host all all 10.0.0.0/33 md5\nlocal all\nhost all all ::1 ldap\n"
+                         "host all all 1.2.3.4/8 md5 map=x\n\0::ffff:10.1.2.3\0a\0b\0\0"s);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -204,5 +218,6 @@ int main(int argc, char** argv) {
     startup();
     scram();
     config();
+    hba();
     return 0;
 }

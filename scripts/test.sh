@@ -63,7 +63,8 @@ if [ "${SLUICE_SKIP_SANITIZERS:-0}" != 1 ]; then
         export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
         suite unit-asan count_ctest ctest --test-dir build-asan --output-on-failure -j2 --timeout 300
         SLUICE_BIN="$root/build-asan/sluice" suite integration-asan count_pytest \
-            /usr/bin/python3 -m pytest tests/integration/test_core.py -q -p no:cacheprovider
+            /usr/bin/python3 -m pytest tests/integration/test_core.py tests/integration/test_tls.py \
+            tests/integration/test_hba.py tests/integration/test_auth_query.py -q -p no:cacheprovider
     else
         echo "sanitizer build failed"; failed=$((failed + 1)); failed_suites+=("build-asan")
     fi
@@ -82,7 +83,8 @@ if [ "${SLUICE_SKIP_SANITIZERS:-0}" != 1 ] && [ "${SLUICE_SKIP_TSAN:-0}" != 1 ];
         suite unit-tsan count_ctest ctest --test-dir build-tsan --output-on-failure -j2 --timeout 600
         SLUICE_BIN="$root/build-tsan/sluice" SLUICE_LOG_DIR="$tsan_logs" SLUICE_TEST_TIMEOUT=300 \
             suite integration-tsan count_pytest /usr/bin/python3 -m pytest \
-            tests/integration/test_core.py tests/integration/test_txn.py -q -p no:cacheprovider
+            tests/integration/test_core.py tests/integration/test_txn.py tests/integration/test_tls.py \
+            -q -p no:cacheprovider
         suite tsan-reports count_tsan /usr/bin/python3 scripts/tsan_reports.py \
             "${TSAN_REPORTS:-/tmp/tsan-reports.txt}" "$tsan_logs" "$logdir/unit-tsan.log"
         unset TSAN_OPTIONS

@@ -382,8 +382,10 @@ std::optional<hba_error> parse_address(const std::vector<field>& fields, std::si
         std::string len = text.substr(slash + 1);
         int max_bits = ip->v6 ? 128 : 32;
         int bits = 0;
+        // At most three digits: the value stays small (no overflow on a long digit run).
         bool ok = !len.empty() && len.size() <= 3;
         for (char c : len) {
+            if (!ok) break;
             if (c < '0' || c > '9')
                 ok = false;
             else

@@ -44,84 +44,24 @@ GSSENC_REQUEST_BYTES = struct.pack("!II", 8, GSSENC_REQUEST)
 # ---------------------------------------------------------------------------------------
 # certificates
 
-_EXT_TEMPLATE = """\
-[v3]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth,clientAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid,issuer
-{san}
-"""
-
-_CA_CONF = """\
-[req]
-distinguished_name = dn
-prompt = no
-x509_extensions = v3_ca
-[dn]
-CN = {cn}
-[v3_ca]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-"""
-
-
-def _openssl(d: Path, *args: str) -> None:
-    r = subprocess.run(["openssl", *args], cwd=str(d), capture_output=True, text=True,
-                       timeout=60)
-    if r.returncode != 0:
-        raise RuntimeError(f"openssl {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
-
-
-def _make_ca(d: Path, name: str, cn: str) -> SimpleNamespace:
-    conf = d / f"{name}.cnf"
-    conf.write_text(_CA_CONF.format(cn=cn))
-    _openssl(d, "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt",
-             "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
-             "-out", f"{name}.crt", "-days", "30", "-config", conf.name,
-             "-set_serial", str(secrets.randbits(62)))
-    os.chmod(d / f"{name}.key", 0o600)
-    return SimpleNamespace(crt=d / f"{name}.crt", key=d / f"{name}.key")
-
-
-def _make_leaf(d: Path, name: str, cn: str, ca: SimpleNamespace, san: str = "") -> SimpleNamespace:
-    ext = d / f"{name}.ext"
-    ext.write_text(_EXT_TEMPLATE.format(san=f"subjectAltName = {san}" if san else ""))
-    _openssl(d, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
-    _openssl(d, "x509", "-req", "-in", f"{name}.csr", "-CA", str(ca.crt), "-CAkey", str(ca.key),
-             "-set_serial", str(secrets.randbits(62)), "-days", "30", "-out", f"{name}.crt",
-             "-extfile", ext.name, "-extensions", "v3")
-    os.chmod(d / f"{name}.key", 0o600)
-    return SimpleNamespace(crt=d / f"{name}.crt", key=d / f"{name}.key", cn=cn)
-
-
 @pytest.fixture(scope="session")
 def certs():
     d = harness.make_tempdir("sluice-certs-")
-    ca = _make_ca(d, "ca", "Sluice Test CA")
-    other_ca = _make_ca(d, "other_ca", "Other Test CA")
+    ca = harness.CertAuthority(d, "Sluice Test CA")
+    other_ca = harness.CertAuthority(d, "Other Test CA")
     c = SimpleNamespace(dir=d, ca=ca.crt, other_ca=other_ca.crt)
     # Sluice's own certificates
-    c.sluice_a = _make_leaf(d, "sluice_a", "sluice-a", ca, "DNS:localhost,IP:127.0.0.1")
-    c.sluice_b = _make_leaf(d, "sluice_b", "sluice-b", ca, "DNS:localhost,IP:127.0.0.1")
-    c.wrong = _make_leaf(d, "wrong", "wrong.example", ca, "DNS:wrong.example")
+    c.sluice_a = ca.leaf("sluice_a", "sluice-a", "DNS:localhost,IP:127.0.0.1")
+    c.sluice_b = ca.leaf("sluice_b", "sluice-b", "DNS:localhost,IP:127.0.0.1")
+    c.wrong = ca.leaf("wrong", "wrong.example", "DNS:wrong.example")
     # client certificates
-    c.client_app = _make_leaf(d, "client_app", "app", ca)
-    c.client_app_other = _make_leaf(d, "client_app_other", "app", other_ca)
-    c.client_certuser = _make_leaf(d, "client_certuser", "certuser", ca)
-    # PostgreSQL's certificate: the name localhost only, no IP address
-    c.pg = _make_leaf(d, "pg", "pg-localhost", ca, "DNS:localhost")
-    # PostgreSQL (unprivileged OS user when we are root) reads its key: its own copy, 0600.
-    pg_key = d / "pg_server.key"
-    shutil.copyfile(c.pg.key, pg_key)
-    os.chmod(pg_key, 0o600)
-    if harness.is_root():
-        harness.ensure_pg_os_user()
-        shutil.chown(pg_key, harness.PG_OS_USER, harness.PG_OS_USER)
-    c.pg_server_key = pg_key
+    c.client_app = ca.leaf("client_app", "app")
+    c.client_app_other = other_ca.leaf("client_app_other", "app")
+    c.client_certuser = ca.leaf("client_certuser", "certuser")
+    # PostgreSQL's certificate: the name localhost only, no IP address (its key is owned
+    # by the PostgreSQL OS user, 0600, as PostgreSQL demands)
+    c.pg = ca.leaf("pg", "pg-localhost", "DNS:localhost")
+    c.pg_server_key = c.pg.key
     return c
 
 

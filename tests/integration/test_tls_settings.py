@@ -138,7 +138,7 @@ def test_check_refuses_values_openssl_cannot_use(make_sluice, ca, setting, value
 
 
 def server_tls_of_app(s) -> list:
-    with psycopg.connect(s.dsn("admin", ADMIN_PW, "sluice"), autocommit=True,
+    with psycopg.connect(s.dsn("admin", ADMIN_PW, "sluice", sslmode="prefer"), autocommit=True,
                          prepare_threshold=None) as con:
         cur = con.execute("SHOW SERVERS")
         cols = [d.name for d in cur.description]
@@ -171,3 +171,53 @@ def test_server_tls_settings_reach_postgres(make_sluice, tls_pg, ca, general, ve
         if cipher:
             assert all(t.endswith("/" + cipher) for t in tls), tls
             assert all(x.endswith("/" + cipher) for x in seen), seen
+
+
+def console(s):
+    return psycopg.connect(s.dsn("admin", ADMIN_PW, "sluice", sslmode="prefer"), autocommit=True,
+                           prepare_threshold=None)
+
+
+def test_console_set_changes_tls_for_new_handshakes(make_sluice, ca):
+    s = make_sluice(**client_tls(ca))
+    assert handshake(s, ca)[0] == "TLSv1.3"
+    with console(s) as con:
+        con.execute("SET client_tls_protocols = 'tlsv1.2'")
+        # A value OpenSSL cannot use is refused and changes nothing.
+        with pytest.raises(psycopg.Error) as e:
+            con.execute("SET client_tls_ciphers = 'NO-SUCH-CIPHER'")
+        assert e.value.sqlstate == "22023"
+        assert "client_tls_ciphers" in str(e.value)
+    assert handshake(s, ca)[0] == "TLSv1.2"
+
+
+def test_tls_servers_shared_by_clients_on_both_workers(make_sluice, tls_pg, ca):
+    # Transaction mode, two workers, two servers for twenty clients: servers are handed to
+    # clients on the other worker too, TLS session and all.
+    import threading
+    s = make_sluice(workers=2, pool_mode="transaction", default_pool_size=2,
+                    server_tls_sslmode="verify-full", server_tls_ca_file=str(ca.crt),
+                    config={"databases": {"app": {"host": "localhost", "port": tls_pg.port}}},
+                    **client_tls(ca))
+    errors, done = [], []
+
+    def work(i):
+        try:
+            with psycopg.connect(s.dsn("app", APP_PW, "app", sslmode="require"),
+                                 autocommit=True) as c:
+                for k in range(50):
+                    assert c.execute("SELECT %s::int + 1", (k,)).fetchone()[0] == k + 1
+            done.append(i)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=harness.DEADLINE)
+    assert not errors, errors[:3]
+    assert len(done) == 20
+    tls = server_tls_of_app(s)
+    assert 1 <= len(tls) <= 2 and all(t and t.startswith("TLSv1.3") for t in tls), tls
+    assert pg_ssl_of_app(tls_pg)

@@ -136,9 +136,11 @@ private:
     std::vector<hba_rule> rules_;
 };
 
-// Longest name a regular expression is run on. std::regex recurses per character, so a
-// hostile multi-kilobyte name must not reach it; PostgreSQL's own names stop at 63 bytes.
-inline constexpr std::size_t hba_max_regex_subject = 1024;
+// Longest name a regular expression is run on: 64 bytes, the longest certificate CN
+// (X.509 ub-common-name), past PostgreSQL's 63-byte names. std::regex backtracks and
+// recurses per character, so a client must not choose long subjects; the patterns
+// themselves come from the operator (a pathological one can still be slow).
+inline constexpr std::size_t hba_max_regex_subject = 64;
 
 // One pg_ident.conf entry: MAPNAME SYSTEM-USERNAME DATABASE-USERNAME.
 struct ident_entry {
