@@ -101,9 +101,10 @@ asio::awaitable<bool> server_connection::connect(login_params p) {
     co_return co_await connect_with(p, net::sslmode::require);
 }
 
-asio::awaitable<bool> server_connection::negotiate_tls(const login_params& p, net::sslmode mode,
-                                                       const std::string& host) {
-    const std::string where = host + ":" + std::to_string(p.port);
+asio::awaitable<bool> server_connection::negotiate_tls(std::shared_ptr<const net::tls_config> tls,
+                                                       net::sslmode mode, std::string host,
+                                                       int port) {
+    const std::string where = host + ":" + std::to_string(port);
     // SSLRequest: int32 length 8, int32 80877103. The answer is one byte, read alone so
     // that nothing of the handshake is taken from the socket here.
     std::string request;
@@ -133,8 +134,7 @@ asio::awaitable<bool> server_connection::negotiate_tls(const login_params& p, ne
         last_error = "server " + where + " sent an invalid answer to SSLRequest";
         co_return false;
     }
-    socket.start_tls(std::const_pointer_cast<asio::ssl::context>(
-        std::shared_ptr<const asio::ssl::context>(p.tls->server_side)));
+    socket.start_tls(tls->server_side);
     if (!net::prepare_server_tls(socket.ssl(), mode, host, err)) {
         last_error = err;
         co_return false;
@@ -150,7 +150,7 @@ asio::awaitable<bool> server_connection::negotiate_tls(const login_params& p, ne
     co_return true;
 }
 
-asio::awaitable<bool> server_connection::connect_with(const login_params& p, net::sslmode mode) {
+asio::awaitable<bool> server_connection::connect_with(login_params p, net::sslmode mode) {
     connect_time = last_used = steady_clock::now();
     internal_query_timeout = p.connect_timeout;
     state = server_state::login;
@@ -187,7 +187,7 @@ asio::awaitable<bool> server_connection::connect_with(const login_params& p, net
         // As libpq: TLS is never used over a Unix socket. Each host of a list is checked
         // on its own name; one that fails the check is skipped like one that is down.
         if (mode != net::sslmode::disable && !unix_socket && p.tls && p.tls->server_side &&
-            !co_await negotiate_tls(p, mode, h)) {
+            !co_await negotiate_tls(p.tls, mode, h, p.port)) {
             if (*timed_out) break;
             socket.reset();
             continue;

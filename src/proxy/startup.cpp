@@ -413,7 +413,7 @@ asio::awaitable<bool> client_session::startup() {
     co_return co_await write_client(out);
 }
 
-asio::awaitable<bool> client_session::check_cert(const std::string& map, bool full) {
+asio::awaitable<bool> client_session::check_cert(std::string map, bool full) {
     auto cn = socket_.tls() ? net::peer_common_name(socket_.ssl()) : std::nullopt;
     if (!cn) {
         spdlog::info("client {} closing because: no verified client certificate (user {})", id,
@@ -433,7 +433,7 @@ asio::awaitable<bool> client_session::check_cert(const std::string& map, bool fu
     co_return true;
 }
 
-asio::awaitable<bool> client_session::check_peer(const std::string& map) {
+asio::awaitable<bool> client_session::check_peer(std::string map) {
     ucred peer{};
     socklen_t len = sizeof peer;
     std::string os_user;

@@ -117,11 +117,11 @@ public:
 
 private:
     // One try: connect to each host in turn and log in, with TLS as `mode` says.
-    asio::awaitable<bool> connect_with(const login_params& p, net::sslmode mode);
+    asio::awaitable<bool> connect_with(login_params p, net::sslmode mode);
     // SSLRequest and the handshake on a fresh TCP connection to `host`. False (with
     // last_error) when the mode's demands are not met.
-    asio::awaitable<bool> negotiate_tls(const login_params& p, net::sslmode mode,
-                                        const std::string& host);
+    asio::awaitable<bool> negotiate_tls(std::shared_ptr<const net::tls_config> tls,
+                                        net::sslmode mode, std::string host, int port);
     mutable std::mutex host_mutex_;
     std::string host_;
 };

@@ -104,8 +104,8 @@ private:
                                        const std::optional<std::string>& secret, bool known);
     // cert and peer: the name the certificate or the OS vouches for, checked against the
     // user (directly, or through the ident map). Sends the error itself.
-    asio::awaitable<bool> check_cert(const std::string& map, bool full);
-    asio::awaitable<bool> check_peer(const std::string& map);
+    asio::awaitable<bool> check_cert(std::string map, bool full);
+    asio::awaitable<bool> check_peer(std::string map);
     asio::awaitable<bool> read_client_message(protocol::message_view& out);
     asio::awaitable<bool> send_welcome();
     asio::awaitable<void> handle_cancel_request(protocol::cancel_request req);
