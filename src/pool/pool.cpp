@@ -26,7 +26,7 @@ void pool::shared::give_back() {
 
 pool::pool(pool_manager& manager, std::string database, std::string user)
     : manager_(manager), database_(std::move(database)), user_(std::move(user)),
-      shared_(*this), state_(shared_) {}
+      snapshot_(std::make_shared<const settings>()), shared_(*this), state_(shared_) {}
 
 pool::settings pool::current_settings() const {
     std::lock_guard lk(mutex_);
@@ -52,6 +52,7 @@ void pool::update_settings(settings s) {
                            (s.login.tls ? s.login.tls->server_generation : 0) !=
                                (settings_.login.tls ? settings_.login.tls->server_generation : 0);
     settings_ = std::move(s);
+    snapshot_ = std::make_shared<const settings>(settings_);
     state_.set_limits(limits_of(settings_));
     if (address_changed)
         for (auto& srv : all_) srv->close_needed = true;
@@ -110,11 +111,11 @@ void pool::grant_locked(const grant& g) {
 asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int worker) {
     const auto start = steady_clock::now();
     std::shared_ptr<waiter> w;
-    settings cfg;
+    std::shared_ptr<const settings> snapshot;  // shared, not copied: no allocation per checkout
     server_ptr s;  // an idle server to check out; none: connect in the slot we hold
     {
         std::lock_guard lk(mutex_);
-        cfg = settings_;
+        snapshot = snapshot_;
         sync_pause_locked();
         auto id = ++next_waiter_;
         auto c = state_.request(id, worker, start);
@@ -130,6 +131,7 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
     // Wait in line. Woken by a grant (release() hands a server, a freed slot lets us
     // connect, RESUME, a larger pool_size); or by our own timer: the reserve pool, the
     // shared limits, query_wait_timeout.
+    const settings& cfg = *snapshot;
     const auto deadline = start + cfg.query_wait_timeout;
     const auto reserve_at = start + cfg.reserve_pool_timeout;
     while (w) {

@@ -166,6 +166,7 @@ private:
     std::string database_, user_;
     mutable std::mutex mutex_;
     settings settings_;
+    std::shared_ptr<const settings> snapshot_;  // settings_, immutable, for checkouts
     shared shared_;
     pool_state state_;                      // slots, idle list, waiters: the decisions
     std::vector<server_ptr> all_;           // every open or connecting server
