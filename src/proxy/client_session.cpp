@@ -184,7 +184,7 @@ asio::awaitable<void> client_session::client_loop() {
             // Idle: hold no buffer while waiting, only the small first_bytes_. A read
             // (unlike async_wait, which re-arms epoll with a syscall every time) is tried
             // at once and costs nothing more when it has to wait. A typical request fits
-            // in first_bytes_; the rest of a larger one is read below, straight away.
+            // in first_bytes_; the rest of a larger one is read into in_ on the next turn.
             in_.shrink_if_empty();
             if (!server_) idle_since_ns.store(now_ns(), std::memory_order_relaxed);
             std::tie(rec, n) = co_await socket_.async_read_some(asio::buffer(first_bytes_), use_nothrow);
