@@ -273,7 +273,6 @@ std::shared_ptr<const tls_config> make_tls_config(const config::general& g,
     if (*cm != sslmode::disable) {
         out->client_side = make_client_side(g, *cm, error);
         if (!out->client_side) return nullptr;
-        out->client_ca_set = !g.client_tls_ca_file.empty();
     }
     if (*sm != sslmode::disable) {
         out->server_side = make_server_side(g, *sm, error);

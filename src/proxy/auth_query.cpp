@@ -75,7 +75,6 @@ asio::awaitable<auth_query_cache::result> auth_query_cache::run_query(runtime& r
     pool::login_params p = rt.pool_settings(database, auth_user).login;
     if (!auth_dbname.empty()) p.database = auth_dbname;
     auto conn = std::make_shared<pool::server_connection>(ex, 0);
-    queries_run_++;
     if (!co_await conn->connect(p)) {
         r.error = "cannot log in to " + p.database + " as auth_user " + auth_user + ": " +
                   conn->last_error;

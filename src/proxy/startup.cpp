@@ -320,8 +320,7 @@ asio::awaitable<bool> client_session::startup() {
     if (!authenticated) co_return false;
     if (clientcert_full) {
         auto cn = net::peer_common_name(socket_.ssl());
-        auto rules = rt_.rules();
-        if (!cn || !(map.empty() ? *cn == user : rules->ident->allows(map, *cn, user))) {
+        if (!cn || !may_log_in_as_user(*cn, map)) {
             // PostgreSQL answers as for a wrong password and logs the real reason.
             spdlog::info("client {} closing because: certificate validation "
                          "(clientcert=verify-full) failed for user \"{}\": CN mismatch", id, user);
@@ -413,6 +412,11 @@ asio::awaitable<bool> client_session::startup() {
     co_return co_await write_client(out);
 }
 
+bool client_session::may_log_in_as_user(const std::string& system_user,
+                                        const std::string& map) const {
+    return map.empty() ? system_user == user : rt_.rules()->ident->allows(map, system_user, user);
+}
+
 asio::awaitable<bool> client_session::check_cert(std::string map, bool full) {
     auto cn = socket_.tls() ? net::peer_common_name(socket_.ssl()) : std::nullopt;
     if (!cn) {
@@ -422,9 +426,7 @@ asio::awaitable<bool> client_session::check_cert(std::string map, bool full) {
         co_return false;
     }
     if (!full) co_return true;  // clientcert=verify-ca: any certificate of the CA
-    auto rules = rt_.rules();
-    const bool ok = map.empty() ? *cn == user : rules->ident->allows(map, *cn, user);
-    if (!ok) {
+    if (!may_log_in_as_user(*cn, map)) {
         spdlog::info("client {} closing because: certificate CN \"{}\" is not user \"{}\"{}", id,
                      *cn, user, map.empty() ? std::string() : " in ident map " + map);
         co_await send_error("28000", "certificate authentication failed for user \"" + user + "\"");
@@ -451,9 +453,7 @@ asio::awaitable<bool> client_session::check_peer(std::string map) {
         co_await send_error("28000", "Peer authentication failed for user \"" + user + "\"");
         co_return false;
     }
-    auto rules = rt_.rules();
-    const bool ok = map.empty() ? os_user == user : rules->ident->allows(map, os_user, user);
-    if (!ok) {
+    if (!may_log_in_as_user(os_user, map)) {
         spdlog::info("client {} closing because: peer OS user \"{}\" is not user \"{}\"{}", id,
                      os_user, user, map.empty() ? std::string() : " in ident map " + map);
         co_await send_error("28000", "Peer authentication failed for user \"" + user + "\"");

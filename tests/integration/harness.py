@@ -20,6 +20,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -1014,7 +1015,6 @@ class CertAuthority:
     when running as root, owned by the PostgreSQL OS user so that PostgreSQL can read them."""
 
     def __init__(self, d: Path, cn: str = "Sluice Test CA"):
-        import secrets
         self._serial = lambda: str(secrets.randbits(62))
         self.dir = Path(d)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -1047,3 +1047,25 @@ class CertAuthority:
         leaf = SimpleNamespace(crt=d / f"{name}.crt", key=d / f"{name}.key", cn=cn)
         self._own(leaf.crt, leaf.key)
         return leaf
+
+
+def tls_client_context(ca: Path, alpn=None, cert=None) -> ssl.SSLContext:
+    """A client TLS context that verifies against `ca`, offers `alpn` and presents the
+    leaf certificate `cert` (a CertAuthority.leaf) when given."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(ca))
+    if alpn is not None:
+        ctx.set_alpn_protocols(alpn)
+    if cert is not None:
+        ctx.load_cert_chain(str(cert.crt), str(cert.key))
+    return ctx
+
+
+def raw_tls(port: int, ctx: ssl.SSLContext, direct: bool = False, hostname: str = "localhost",
+            timeout: float = 10.0) -> "RawPg":
+    """A RawPg whose socket is TLS: after SSLRequest/'S', or direct (ClientHello first)."""
+    rp = RawPg("127.0.0.1", port, timeout=timeout)
+    if not direct:
+        assert rp.ssl_request() == b"S"
+    rp.sock = ctx.wrap_socket(rp.sock, server_hostname=hostname)
+    return rp

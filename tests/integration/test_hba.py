@@ -21,7 +21,6 @@ import os
 import pwd
 import re
 import socket
-import ssl
 import struct
 import subprocess
 from pathlib import Path
@@ -185,14 +184,7 @@ def raw_unix(s) -> RawPg:
 def raw_tls(s, certs, cert=None) -> RawPg:
     """A RawPg over TLS (SSLRequest, 'S', handshake verifying Sluice's certificate),
     presenting the client certificate `cert` if given."""
-    rp = RawPg("127.0.0.1", s.port)
-    assert rp.ssl_request() == b"S"
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(str(certs.ca))
-    if cert is not None:
-        ctx.load_cert_chain(str(cert.crt), str(cert.key))
-    rp.sock = ctx.wrap_socket(rp.sock, server_hostname="localhost")
-    return rp
+    return harness.raw_tls(s.port, harness.tls_client_context(certs.ca, cert=cert))
 
 
 def first_auth(rp: RawPg, user: str, db: str):

@@ -156,22 +156,11 @@ def show(s, what):
 
 
 def client_ctx(certs, alpn=None, cert=None, ca=None) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(str(ca or certs.ca))
-    if alpn is not None:
-        ctx.set_alpn_protocols(alpn)
-    if cert is not None:
-        ctx.load_cert_chain(str(cert.crt), str(cert.key))
-    return ctx
+    return harness.tls_client_context(ca or certs.ca, alpn=alpn, cert=cert)
 
 
 def raw_tls(s, ctx, direct=False, hostname="localhost", timeout=10.0) -> RawPg:
-    """A RawPg whose socket is TLS: after SSLRequest/'S', or direct (ClientHello first)."""
-    rp = RawPg("127.0.0.1", s.port, timeout=timeout)
-    if not direct:
-        assert rp.ssl_request() == b"S"
-    rp.sock = ctx.wrap_socket(rp.sock, server_hostname=hostname)
-    return rp
+    return harness.raw_tls(s.port, ctx, direct=direct, hostname=hostname, timeout=timeout)
 
 
 def peer_cn(s, certs) -> str:

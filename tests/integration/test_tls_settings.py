@@ -221,3 +221,16 @@ def test_tls_servers_shared_by_clients_on_both_workers(make_sluice, tls_pg, ca):
     tls = server_tls_of_app(s)
     assert 1 <= len(tls) <= 2 and all(t and t.startswith("TLSv1.3") for t in tls), tls
     assert pg_ssl_of_app(tls_pg)
+
+
+def test_reload_with_an_unusable_key_keeps_the_running_tls(make_sluice, ca, tmp_path):
+    s = make_sluice(**client_tls(ca))
+    assert handshake(s, ca)[0] == "TLSv1.3"
+    (tmp_path / "empty.key").write_text("")
+    s.update(client_tls_key_file=str(tmp_path / "empty.key"))
+    with console(s) as con:
+        with pytest.raises(psycopg.Error) as e:
+            con.execute("RELOAD")
+        assert e.value.sqlstate == "F0000"
+    assert harness.wait_for(lambda: "client_tls_key_file" in s.log_text())
+    assert handshake(s, ca)[0] == "TLSv1.3"  # still the old certificate and key

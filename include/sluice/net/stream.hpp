@@ -31,10 +31,6 @@ public:
     void cancel(error_code& ec) { socket_.cancel(ec); }
     void shutdown(error_code& ec) { socket_.shutdown(asio::socket_base::shutdown_both, ec); }
     void close(error_code& ec) { socket_.close(ec); }
-    void close() {
-        error_code ignored;
-        socket_.close(ignored);
-    }
 
     // Drops any TLS state and closes the socket, ready for a new connect (the next host).
     void reset();

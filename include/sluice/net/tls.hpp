@@ -23,8 +23,8 @@ const char* to_string(sslmode m);
 
 // `client_tls_protocols` / `server_tls_protocols`: "secure" (TLS 1.2 and 1.3), "all" and
 // "legacy" (1.0 to 1.3), or a list of tlsv1.0 / tlsv1.1 / tlsv1.2 / tlsv1.3. Returns
-// the OpenSSL versions bitmask-free as [min, max] plus the versions in between that are
-// excluded; nullopt if the text is not valid.
+// the OpenSSL version range [min, max] plus options excluding the versions inside it that
+// are not listed; nullopt if the text is not valid.
 struct tls_protocol_range {
     int min_version = 0, max_version = 0;  // TLS1_x_VERSION
     long excluded_options = 0;             // SSL_OP_NO_TLSv1_x for holes in the list
@@ -34,7 +34,6 @@ std::optional<tls_protocol_range> parse_tls_protocols(std::string_view text);
 struct tls_config {
     sslmode client_mode = sslmode::disable;
     std::shared_ptr<asio::ssl::context> client_side;  // null when client TLS is off
-    bool client_ca_set = false;  // a client certificate is requested (and verified)
 
     sslmode server_mode = sslmode::disable;
     std::shared_ptr<asio::ssl::context> server_side;  // null when server TLS is off

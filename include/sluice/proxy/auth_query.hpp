@@ -10,7 +10,6 @@
 //   - a failed lookup (PostgreSQL down, auth_user refused) is not kept: the next login
 //     tries again.
 // Entries are bounded: past max_entries, expired ones are dropped before a new one is made.
-#include <atomic>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -37,9 +36,6 @@ public:
     asio::awaitable<result> lookup(runtime& rt, std::string database, std::string user,
                                    asio::any_io_executor ex);
 
-    // How many auth queries were sent to PostgreSQL (SHOW STATS-like counter, tests).
-    std::uint64_t queries_run() const { return queries_run_.load(); }
-
     static constexpr std::size_t max_entries = 10000;
 
 private:
@@ -58,7 +54,6 @@ private:
 
     std::mutex mutex_;
     std::unordered_map<std::string, std::shared_ptr<entry>> entries_;
-    std::atomic<std::uint64_t> queries_run_{0};
 };
 
 }  // namespace sluice::proxy

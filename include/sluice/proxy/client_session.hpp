@@ -106,6 +106,8 @@ private:
     // user (directly, or through the ident map). Sends the error itself.
     asio::awaitable<bool> check_cert(std::string map, bool full);
     asio::awaitable<bool> check_peer(std::string map);
+    // The OS user or certificate CN may log in as `user`: the same name, or through `map`.
+    bool may_log_in_as_user(const std::string& system_user, const std::string& map) const;
     asio::awaitable<bool> read_client_message(protocol::message_view& out);
     asio::awaitable<bool> send_welcome();
     asio::awaitable<void> handle_cancel_request(protocol::cancel_request req);
