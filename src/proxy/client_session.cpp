@@ -123,7 +123,7 @@ asio::awaitable<bool> client_session::write_client(std::span<const asio::const_b
     writing_client_ = false;
     if (!write_waiters_.empty()) {
         write_waiters_.front()->cancel();
-        write_waiters_.pop_front();
+        write_waiters_.erase(write_waiters_.begin());
     }
     co_return !ec;
 }
