@@ -223,6 +223,12 @@ std::optional<hba_error> expand_includes(const std::vector<token>& in,
 }
 
 std::shared_ptr<const hba_regex> compile_regex(const std::string& pattern, std::string& why) {
+    // std::regex's compiler recurses per alternative: a long pattern could exhaust the
+    // stack (found by the hba fuzz target). Real patterns are short.
+    if (pattern.size() > 256) {
+        why = "regular expression longer than 256 bytes";
+        return nullptr;
+    }
     try {
         return std::make_shared<const hba_regex>(
             hba_regex{std::regex(pattern, std::regex::ECMAScript)});
