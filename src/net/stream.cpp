@@ -1,7 +1,10 @@
 #include "sluice/net/stream.hpp"
 
 #include <openssl/ssl.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 namespace sluice::net {
 
@@ -19,6 +22,25 @@ asio::awaitable<error_code> stream::handshake(asio::ssl::stream_base::handshake_
     }
     auto [ec, used] = co_await tls_->async_handshake(type, asio::buffer(already_read), use_nothrow);
     co_return ec;
+}
+
+std::size_t stream::read_now(asio::mutable_buffer b, error_code& ec) {
+    for (;;) {
+        ssize_t n = ::recv(socket_.native_handle(), b.data(), b.size(), MSG_DONTWAIT);
+        if (n > 0) {
+            ec = {};
+            return std::size_t(n);
+        }
+        if (n == 0) {
+            ec = b.size() == 0 ? error_code() : error_code(asio::error::eof);
+            return 0;
+        }
+        if (errno == EINTR) continue;
+        ec = (errno == EAGAIN || errno == EWOULDBLOCK)
+                 ? error_code(asio::error::would_block)
+                 : error_code(errno, asio::error::get_system_category());
+        return 0;
+    }
 }
 
 void stream::reset() {

@@ -197,8 +197,8 @@ asio::awaitable<void> client_session::client_loop() {
                 // OpenSSL decides how many socket bytes make a record: let it read.
                 std::tie(rec, n) = co_await socket_.async_read_some(in_.writable(), use_nothrow);
             } else {
-                n = socket_.lowest_layer().read_some(in_.writable(), rec);
-                if (rec == asio::error::would_block || rec == asio::error::try_again) {
+                n = socket_.read_now(in_.writable(), rec);
+                if (rec == asio::error::would_block) {
                     auto [wec] = co_await socket_.lowest_layer().async_wait(
                         asio::socket_base::wait_read, use_nothrow);
                     if (wec) co_return;

@@ -844,6 +844,37 @@ def test_slow_reader_memory_bounded(pg, make_sluice, su, mode):
     assert s.alive()
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["session", TXN])
+def test_client_stalled_mid_message_does_not_stall_its_worker(make_sluice, mode):
+    """A client that sends part of a message and then nothing (slowloris) must not hold
+    its worker: with one worker, every other client shares it. The stalled client's
+    message is completed afterwards and answered as usual."""
+    s = make_sluice(pool_mode=mode, default_pool_size=2, workers=1)
+    stalled = raw_login(s)
+    other = raw_login(s)
+    q = b"SELECT 'stalled' AS x\0"
+    msg = b"Q" + struct.pack("!I", 4 + len(q)) + q
+    try:
+        # Stalled inside the 5-byte header: the relay cannot forward a partial header,
+        # so the bytes wait in Sluice. (Once the header is complete, the rest streams.)
+        stalled.send(msg[:3])
+        # The other client is answered while the first is stalled (RawPg's 10 s timeout
+        # is the deadline; a worker blocked on the stalled socket never answers). Three
+        # rounds: by the second, Sluice has surely read the stalled bytes sent first.
+        for i in range(3):
+            rows, _ = other.query(f"SELECT {i}")
+            assert rows == [[str(i)]]
+        stalled.send(msg[3:])
+        msgs = read_until(stalled, b"Z")
+        assert [k for k, _ in msgs] == [b"T", b"D", b"C", b"Z"], msgs
+        assert msgs[1][1].endswith(b"stalled")
+    finally:
+        stalled.abort()
+        other.abort()
+    assert s.alive()
+
+
 # ---------------------------------------------------------------------------------------
 # 7. PostgreSQL restart under pgbench (last: it restarts the session's PostgreSQL)
 

@@ -49,6 +49,11 @@ public:
     // "TLSv1.3/TLS_AES_256_GCM_SHA384" (PgBouncer's `tls=` wording), "" when plain.
     std::string tls_description() const;
 
+    // Plain only: the bytes the socket has now, never waiting (asio's synchronous
+    // read_some would block the whole worker in poll() on a socket not set
+    // non-blocking). would_block when there are none, eof when the peer closed.
+    std::size_t read_now(asio::mutable_buffer b, error_code& ec);
+
     // Re-homes the connection onto another worker's executor. Only with no operation
     // pending. False if the socket could not be moved (it is then closed).
     bool migrate(asio::any_io_executor ex);
