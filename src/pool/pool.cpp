@@ -66,6 +66,16 @@ std::map<std::string, std::string> pool::welcome_parameters() const {
     return welcome_;
 }
 
+shared_params pool::intern_parameters(param_set p) {
+    std::lock_guard lk(mutex_);
+    std::erase_if(interned_, [](auto& w) { return w.expired(); });
+    for (auto& w : interned_)
+        if (auto s = w.lock(); s && *s == p) return s;
+    auto s = std::make_shared<const param_set>(std::move(p));
+    if (interned_.size() < max_interned) interned_.push_back(s);
+    return s;
+}
+
 void pool::learn_scram_keys(std::vector<std::uint8_t> client_key,
                             std::vector<std::uint8_t> server_key) {
     std::lock_guard lk(mutex_);
@@ -305,14 +315,14 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
         bool ok = co_await s->run_internal_query(std::move(sql), login.max_packet_size, &row);
         if (ok && row.size() == unreported.size())
             for (std::size_t i = 0; i < row.size(); ++i)
-                if (row[i]) s->parameters[unreported[i]] = *row[i];
+                if (row[i]) s->parameters.set(unreported[i], *row[i]);
     }
     {
         std::lock_guard lk(mutex_);
-        if (welcome_.empty()) welcome_ = s->parameters;
+        if (welcome_.empty()) welcome_ = {s->parameters.begin(), s->parameters.end()};
         else
             for (auto& k : settings_.unreported_tracked)
-                if (auto it = welcome_.find(k); it != welcome_.end()) s->parameters[k] = it->second;
+                if (auto it = welcome_.find(k); it != welcome_.end()) s->parameters.set(k, it->second);
         s->state = server_state::active;
     }
     spdlog::debug("new server connection {} to {}:{} for {}/{}", s->id, s->host(), s->port.load(),
@@ -390,7 +400,7 @@ void pool::maintain(bool close_all_idle) {
 void pool::restore_defaults(server_connection& s) const {
     std::lock_guard lk(mutex_);
     for (auto& k : settings_.unreported_tracked)
-        if (auto it = welcome_.find(k); it != welcome_.end()) s.parameters[k] = it->second;
+        if (auto it = welcome_.find(k); it != welcome_.end()) s.parameters.set(k, it->second);
 }
 
 void pool::close_all_now() {

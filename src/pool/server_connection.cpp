@@ -275,7 +275,7 @@ asio::awaitable<bool> server_connection::connect_with(login_params p, net::sslmo
                                                  : "server refused the login");
             }
             case proto::msg::parameter_status:
-                if (auto ps = proto::decode_parameter_status(m.body)) parameters[ps->first] = ps->second;
+                if (auto ps = proto::decode_parameter_status(m.body)) parameters.set(ps->first, ps->second);
                 break;
             case proto::msg::backend_key_data:
                 if (auto k = proto::decode_backend_key_data(m.body)) backend_key = *k;
@@ -345,7 +345,7 @@ asio::awaitable<bool> server_connection::run_internal_query_unbounded(
             last_error_fields = proto::decode_error(m.body);
             last_error = last_error_fields ? last_error_fields->message : "error";
         } else if (m.type == proto::msg::parameter_status) {
-            if (auto ps = proto::decode_parameter_status(m.body)) parameters[ps->first] = ps->second;
+            if (auto ps = proto::decode_parameter_status(m.body)) parameters.set(ps->first, ps->second);
         } else if (m.type == proto::msg::data_row && row && row->empty()) {
             if (auto values = proto::decode_data_row(m.body))
                 for (auto& v : *values)

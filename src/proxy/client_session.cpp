@@ -318,7 +318,9 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
 
 void client_session::on_query_start() {
     query_start_ = steady_clock::now();
-    query_since_ns.store(now_ns(), std::memory_order_relaxed);
+    query_since_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                             query_start_.time_since_epoch()).count(),
+                         std::memory_order_relaxed);
 }
 
 void client_session::on_ready_for_query(char status, char previous, bool more) {
@@ -352,8 +354,16 @@ void client_session::on_parameter_status(std::string_view name, std::string_view
     // The client changed a parameter (SET ...): remember it for this client and server.
     if (!server_) return;
     std::string k(name);
-    server_->parameters[k] = std::string(value);
-    if (auto it = wanted_params_.find(k); it != wanted_params_.end()) it->second = value;
+    // Before the change the linked server matched this client's set (synced at link); a
+    // value that both now share keeps it so.
+    bool synced = server_->parameters.synced_to() == wanted_params_;
+    server_->parameters.set(k, std::string(value));
+    if (auto it = wanted_params_->find(k); it != wanted_params_->end() && it->second != value) {
+        pool::param_set wanted = *wanted_params_;
+        wanted[k] = std::string(value);
+        wanted_params_ = pool_->intern_parameters(std::move(wanted));
+    }
+    if (synced) server_->parameters.mark_synced(wanted_params_);
 }
 
 void client_session::on_client_parse() { pool_->stats.client_parse_count++; }

@@ -55,8 +55,11 @@ asio::awaitable<bool> client_session::link_server() {
 
 asio::awaitable<bool> client_session::sync_parameters(pool::server_connection& s) {
     // One round trip with every SET the server needs to match what this client believes.
+    // The usual case costs a pointer compare: the server was last made to match this very
+    // (shared) set, and nothing changed its parameters since.
+    if (s.parameters.synced_to() == wanted_params_) co_return true;
     std::string sql;
-    for (auto& [k, v] : wanted_params_) {
+    for (auto& [k, v] : *wanted_params_) {
         auto it = s.parameters.find(k);
         if (it != s.parameters.end() && it->second == v) continue;
         // set_config() takes the value as the setting's own text (SET with a quoted
@@ -64,17 +67,20 @@ asio::awaitable<bool> client_session::sync_parameters(pool::server_connection& s
         sql += (sql.empty() ? "SELECT " : ", ") + std::string("pg_catalog.set_config(") +
                quote_literal(k) + ", " + quote_literal(v) + ", false)";
     }
-    if (sql.empty()) co_return true;
-    bool ok = co_await s.run_internal_query(std::move(sql), max_packet_);
-    if (!ok) co_return false;
-    // Parameters PostgreSQL does not report (search_path before 18, ...) are recorded by hand.
-    for (auto& [k, v] : wanted_params_) s.parameters[k] = v;
+    if (!sql.empty()) {
+        bool ok = co_await s.run_internal_query(std::move(sql), max_packet_);
+        if (!ok) co_return false;
+        // Parameters PostgreSQL does not report (search_path before 18, ...) are recorded
+        // by hand.
+        for (auto& [k, v] : *wanted_params_) s.parameters.set(k, v);
+    }
+    s.parameters.mark_synced(wanted_params_);
     co_return true;
 }
 
 asio::awaitable<bool> client_session::refresh_untracked_parameters(pool::server_connection& s) {
     std::vector<std::string> names;
-    for (auto& [k, v] : wanted_params_)
+    for (auto& [k, v] : *wanted_params_)
         if (!reported_by_server(k)) names.push_back(k);
     if (names.empty()) co_return true;
     std::string sql = "SELECT ";
@@ -83,8 +89,17 @@ asio::awaitable<bool> client_session::refresh_untracked_parameters(pool::server_
     std::vector<std::optional<std::string>> row;
     bool ok = co_await s.run_internal_query(std::move(sql), max_packet_, &row);
     if (!ok || row.size() != names.size()) co_return false;
+    // The server was linked (synced) for this client; after this both have the same
+    // values again, for the new set.
+    bool synced = s.parameters.synced_to() == wanted_params_;
+    pool::param_set wanted = *wanted_params_;
     for (std::size_t i = 0; i < names.size(); ++i)
-        if (row[i]) wanted_params_[names[i]] = s.parameters[names[i]] = *row[i];
+        if (row[i]) {
+            wanted[names[i]] = *row[i];
+            s.parameters.set(names[i], *row[i]);
+        }
+    wanted_params_ = pool_->intern_parameters(std::move(wanted));
+    if (synced) s.parameters.mark_synced(wanted_params_);
     co_return true;
 }
 

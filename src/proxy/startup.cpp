@@ -393,15 +393,17 @@ asio::awaitable<bool> client_session::startup() {
         pool_->release(std::move(r.server));
         welcome = pool_->welcome_parameters();
     }
+    pool::param_set wanted;
     for (auto& [k, v] : welcome)
-        if (is_tracked(k, g.track_extra_parameters)) wanted_params_[k] = v;
-    for (auto& [k, v] : startup_values) wanted_params_[k] = v;
+        if (is_tracked(k, g.track_extra_parameters)) wanted[k] = v;
+    for (auto& [k, v] : startup_values) wanted[k] = v;
+    wanted_params_ = pool_->intern_parameters(std::move(wanted));
 
     w.authentication_ok();
     for (auto& [k, v] : welcome) {
         if (!reported_by_server(k) && !is_server_status_parameter(k)) continue;
-        auto it = wanted_params_.find(k);
-        w.parameter_status(k, it != wanted_params_.end() ? it->second : v);
+        auto it = wanted_params_->find(k);
+        w.parameter_status(k, it != wanted_params_->end() ? it->second : v);
     }
     for (auto& [k, v] : startup_values)
         if (!welcome.count(k) && reported_by_server(k)) w.parameter_status(k, v);

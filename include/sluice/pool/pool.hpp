@@ -90,6 +90,12 @@ public:
     // The ParameterStatus values a fresh server reports, for welcoming clients without a
     // server round trip. Empty until the first server login.
     std::map<std::string, std::string> welcome_parameters() const;
+    // One shared copy of each distinct client parameter set (server_parameters.hpp):
+    // clients with the same parameters share it, and a server made to match one of them
+    // matches them all. At most max_interned sets are shared; past that a set is
+    // returned unshared, which is as correct, only not shared.
+    shared_params intern_parameters(param_set p);
+    static constexpr std::size_t max_interned = 64;
     // SCRAM keys learnt from a client's login (pass-through when only a verifier is known).
     void learn_scram_keys(std::vector<std::uint8_t> client_key,
                           std::vector<std::uint8_t> server_key);
@@ -173,6 +179,7 @@ private:
     std::unordered_map<waiter_id, std::shared_ptr<waiter>> waiting_;
     waiter_id next_waiter_ = 0;
     std::map<std::string, std::string> welcome_;
+    std::vector<std::weak_ptr<const param_set>> interned_;
     std::vector<std::uint8_t> scram_client_key_, scram_server_key_;
     std::string learnt_secret_;
     steady_clock::time_point login_failed_at_{};

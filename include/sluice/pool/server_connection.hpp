@@ -14,6 +14,7 @@
 #include "sluice/net/stream.hpp"
 #include "sluice/net/tls.hpp"
 #include "sluice/net/tcp_options.hpp"
+#include "sluice/pool/server_parameters.hpp"
 #include "sluice/pool/server_statements.hpp"
 #include "sluice/protocol/codec.hpp"
 
@@ -90,7 +91,7 @@ public:
     }
     std::atomic<int> port{0};
     protocol::cancel_request backend_key{};
-    std::map<std::string, std::string> parameters;  // last ParameterStatus values
+    server_parameters parameters;  // last ParameterStatus values, and the set they match
     // Read by the console and other workers while the owner writes them: atomics.
     std::atomic<char> transaction_status{'I'};
     std::atomic<server_state> state{server_state::login};

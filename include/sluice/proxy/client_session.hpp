@@ -152,7 +152,9 @@ private:
     std::size_t max_packet_ = 0;
 
     // tracked parameters: what this client believes its session has
-    std::map<std::string, std::string, std::less<>> wanted_params_;
+    // (immutable and usually shared with the pool's other clients: pool::intern_parameters;
+    // a change makes a new set)
+    pool::shared_params wanted_params_;
     config::pool_mode mode_ = config::pool_mode::session;
 
     // relay state
