@@ -1,27 +1,212 @@
 #include "sluice/net/stream.hpp"
 
-#include <openssl/ssl.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
+#include <vector>
 
 namespace sluice::net {
 
+// --- the BIO: OpenSSL's view of the stream ---------------------------------------------
+
+namespace {
+
+stream* owner(BIO* b) { return static_cast<stream*>(BIO_get_data(b)); }
+
+int bio_read_cb(BIO* b, char* out, int len) { return owner(b)->bio_read(out, len); }
+int bio_write_cb(BIO* b, const char* in, int len) { return owner(b)->bio_write(in, len); }
+
+long bio_ctrl_cb(BIO*, int cmd, long, void*) {
+    // FLUSH: records go to the socket as they are written. Nothing else is supported
+    // (PENDING is not needed: has_buffered() looks at the stream itself).
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+int bio_create_cb(BIO* b) {
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+const BIO_METHOD* stream_bio_method() {
+    static BIO_METHOD* m = [] {
+        BIO_METHOD* x = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sluice-stream");
+        BIO_meth_set_read(x, bio_read_cb);
+        BIO_meth_set_write(x, bio_write_cb);
+        BIO_meth_set_ctrl(x, bio_ctrl_cb);
+        BIO_meth_set_create(x, bio_create_cb);
+        return x;
+    }();
+    return m;
+}
+
+// The error of a failed SSL_read/SSL_write/SSL_do_handshake, as Asio's TLS layer names it
+// (so that verify_failure_reason() reads OpenSSL's reason the same way).
+error_code ssl_error(int code, bool eof) {
+    if (code == SSL_ERROR_ZERO_RETURN) return asio::error::eof;
+    if (code == SSL_ERROR_SSL || ERR_peek_error() != 0) {
+        unsigned long e = ERR_get_error();
+        if (e != 0) return error_code(int(e), asio::error::get_ssl_category());
+    }
+    if (eof) return asio::error::eof;  // closed without close_notify
+    if (errno != 0) return error_code(errno, asio::error::get_system_category());
+    return asio::error::connection_reset;
+}
+
+}  // namespace
+
+int stream::bio_read(char* out, int len) {
+    BIO* b = SSL_get_rbio(ssl_);
+    BIO_clear_retry_flags(b);
+    std::size_t want = std::size_t(std::max(len, 0)), got = 0;
+    if (small_begin_ < small_end_) {
+        got = std::min<std::size_t>(want, small_end_ - small_begin_);
+        std::memcpy(out, small_.data() + small_begin_, got);
+        small_begin_ = std::uint16_t(small_begin_ + got);
+    }
+    if (got < want && !bulk_.empty()) {
+        std::size_t more = std::min(want - got, bulk_.size());
+        std::memcpy(out + got, bulk_.readable(), more);
+        bulk_.consume(more);
+        got += more;
+        bulk_.shrink_if_empty();  // back to the worker's block cache
+    }
+    if (got > 0) return int(got);
+    if (cipher_eof_) return 0;
+    BIO_set_retry_read(b);
+    return -1;
+}
+
+int stream::bio_write(const char* in, int len) {
+    BIO* b = SSL_get_wbio(ssl_);
+    BIO_clear_retry_flags(b);
+    for (;;) {
+        ssize_t n = ::send(socket_.native_handle(), in, std::size_t(len), MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n >= 0) return int(n);
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_write(b);
+        return -1;
+    }
+}
+
+asio::mutable_buffer stream::cipher_space() {
+    // Both buffers are drained here (the TLS read waits only when OpenSSL wants bytes).
+    small_begin_ = small_end_ = 0;
+    reading_small_ = !last_read_full_;
+    if (reading_small_) return asio::buffer(small_);
+    bulk_.reserve_tail(byte_buffer::standard_size);
+    return bulk_.writable();
+}
+
+void stream::cipher_commit(std::size_t n, const error_code& ec) {
+    if (ec == asio::error::eof) cipher_eof_ = true;
+    if (reading_small_) {
+        small_end_ = std::uint16_t(n);
+        last_read_full_ = n == small_.size();
+    } else {
+        last_read_full_ = n == bulk_.writable().size();
+        bulk_.commit(n);
+        bulk_.shrink_if_empty();
+    }
+}
+
+// --- TLS steps ----------------------------------------------------------------------------
+
+stream::tls_step stream::tls_read(asio::mutable_buffer out, std::size_t& n, error_code& ec) {
+    n = 0;
+    ec = {};
+    if (out.size() == 0) return tls_step::done;
+    ERR_clear_error();
+    errno = 0;
+    if (SSL_read_ex(ssl_, out.data(), out.size(), &n) == 1) return tls_step::done;
+    int code = SSL_get_error(ssl_, 0);
+    if (code == SSL_ERROR_WANT_READ) return tls_step::want_read;
+    if (code == SSL_ERROR_WANT_WRITE) return tls_step::want_write;
+    ec = ssl_error(code, cipher_eof_);
+    return tls_step::done;
+}
+
+stream::tls_step stream::tls_write(const asio::const_buffer* pieces, std::size_t count,
+                                   std::size_t& n, error_code& ec) {
+    n = 0;
+    ec = {};
+    if (count == 0) return tls_step::done;
+    // Small pieces of one batch (a relay batch is several) go out as one record, not a
+    // record each: gathered into a per-thread buffer, up to a record's worth. (Partial
+    // writes are on, and a retry after WANT_WRITE gathers the same bytes again: the caller
+    // keeps its buffers until the write completes.)
+    const void* data = pieces[0].data();
+    std::size_t size = pieces[0].size();
+    if (count > 1 && size < 16384) {
+        static thread_local std::vector<char> gathered;
+        gathered.clear();
+        for (std::size_t i = 0; i < count && gathered.size() < 16384; ++i) {
+            std::size_t take = std::min<std::size_t>(pieces[i].size(), 16384 - gathered.size());
+            auto p = static_cast<const char*>(pieces[i].data());
+            gathered.insert(gathered.end(), p, p + take);
+        }
+        data = gathered.data();
+        size = gathered.size();
+    }
+    ERR_clear_error();
+    errno = 0;
+    if (SSL_write_ex(ssl_, data, size, &n) == 1) return tls_step::done;
+    int code = SSL_get_error(ssl_, 0);
+    if (code == SSL_ERROR_WANT_WRITE) return tls_step::want_write;
+    if (code == SSL_ERROR_WANT_READ) return tls_step::want_read;
+    ec = ssl_error(code, cipher_eof_);
+    return tls_step::done;
+}
+
+// --- set-up and the rest --------------------------------------------------------------------
+
+stream::~stream() {
+    if (ssl_) SSL_free(ssl_);
+}
+
 void stream::start_tls(std::shared_ptr<asio::ssl::context> ctx) {
     ctx_ = std::move(ctx);
-    tls_ = std::make_unique<asio::ssl::stream<stream_socket&>>(socket_, *ctx_);
+    ssl_ = SSL_new(ctx_->native_handle());
+    BIO* b = BIO_new(stream_bio_method());
+    BIO_set_data(b, this);
+    SSL_set_bio(ssl_, b, b);  // (the same BIO both ways: one reference)
+    SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                           SSL_MODE_RELEASE_BUFFERS);
+    error_code ignored;
+    socket_.native_non_blocking(true, ignored);  // the BIO's send must never block
 }
 
 asio::awaitable<error_code> stream::handshake(asio::ssl::stream_base::handshake_type type,
                                               std::string already_read) {
-    if (!tls_) co_return asio::error::operation_not_supported;
-    if (already_read.empty()) {
-        auto [ec] = co_await tls_->async_handshake(type, use_nothrow);
-        co_return ec;
+    if (!ssl_) co_return asio::error::operation_not_supported;
+    if (type == asio::ssl::stream_base::client) SSL_set_connect_state(ssl_);
+    else SSL_set_accept_state(ssl_);
+    if (!already_read.empty()) {
+        bulk_.reserve_tail(already_read.size());
+        std::memcpy(bulk_.writable().data(), already_read.data(), already_read.size());
+        bulk_.commit(already_read.size());
     }
-    auto [ec, used] = co_await tls_->async_handshake(type, asio::buffer(already_read), use_nothrow);
-    co_return ec;
+    for (;;) {
+        ERR_clear_error();
+        errno = 0;
+        int r = SSL_do_handshake(ssl_);
+        if (r == 1) co_return error_code();
+        int code = SSL_get_error(ssl_, r);
+        if (code == SSL_ERROR_WANT_READ) {
+            auto [ec, n] = co_await socket_.async_read_some(cipher_space(), use_nothrow);
+            cipher_commit(n, ec);
+            if (ec && ec != asio::error::eof) co_return ec;
+        } else if (code == SSL_ERROR_WANT_WRITE) {
+            auto [ec] = co_await socket_.async_wait(asio::socket_base::wait_write, use_nothrow);
+            if (ec) co_return ec;
+        } else {
+            co_return ssl_error(code, cipher_eof_);
+        }
+    }
 }
 
 std::size_t stream::read_now(asio::mutable_buffer b, error_code& ec) {
@@ -44,42 +229,34 @@ std::size_t stream::read_now(asio::mutable_buffer b, error_code& ec) {
 }
 
 void stream::reset() {
-    tls_.reset();
+    if (ssl_) SSL_free(ssl_);
+    ssl_ = nullptr;
     ctx_.reset();
+    small_begin_ = small_end_ = 0;
+    reading_small_ = last_read_full_ = cipher_eof_ = false;
+    bulk_ = byte_buffer();
     error_code ignored;
     socket_.close(ignored);
 }
 
 bool stream::has_buffered() const {
-    if (!tls_) return false;
-    SSL* s = const_cast<asio::ssl::stream<stream_socket&>&>(*tls_).native_handle();
-    // Records OpenSSL has taken in, and ciphertext Asio has put into the BIO pair that
-    // OpenSSL has not read yet. (Asio's own input buffer only holds bytes beyond what the
-    // BIO took, more than a record's worth.)
-    BIO* rbio = SSL_get_rbio(s);
-    return SSL_has_pending(s) != 0 || (rbio && BIO_ctrl_pending(rbio) > 0);
+    if (!ssl_) return false;
+    // Records OpenSSL has taken in, and ciphertext read from the socket that OpenSSL has
+    // not taken yet.
+    return SSL_has_pending(ssl_) != 0 || small_begin_ < small_end_ || !bulk_.empty();
 }
 
 std::string stream::tls_description() const {
-    if (!tls_) return {};
-    SSL* s = const_cast<asio::ssl::stream<stream_socket&>&>(*tls_).native_handle();
-    std::string out = SSL_get_version(s);
-    if (const char* c = SSL_get_cipher_name(s)) out += std::string("/") + c;
+    if (!ssl_) return {};
+    std::string out = SSL_get_version(ssl_);
+    if (const char* c = SSL_get_cipher_name(ssl_)) out += std::string("/") + c;
     return out;
 }
 
 bool stream::migrate(asio::any_io_executor ex) {
     if (socket_.get_executor() == ex) return true;
-    // The TLS session outlives the Asio wrapper, whose internals (timers) belong to the
-    // old executor: take a reference to the SSL object, drop the wrapper, build a new one
-    // on the new executor around the same session. An idle connection has nothing
-    // buffered inside the wrapper (the pool checks that before handing it out).
-    SSL* session = nullptr;
-    if (tls_) {
-        session = tls_->native_handle();
-        SSL_up_ref(session);
-        tls_.reset();
-    }
+    // The descriptor moves to the new executor's reactor under the same number, so the
+    // TLS session (whose BIO sends to socket_'s descriptor) carries on as it is.
     error_code ec;
     auto protocol = socket_.local_endpoint(ec).protocol();
     int fd = ec ? -1 : socket_.release(ec);
@@ -87,10 +264,9 @@ bool stream::migrate(asio::any_io_executor ex) {
     if (fd >= 0) socket_.assign(protocol, fd, ec);
     if (fd < 0 || ec) {
         if (fd >= 0) ::close(fd);
-        if (session) SSL_free(session);
         return false;
     }
-    if (session) tls_ = std::make_unique<asio::ssl::stream<stream_socket&>>(socket_, session);
+    if (ssl_) socket_.native_non_blocking(true, ec);
     return true;
 }
 

@@ -1,12 +1,37 @@
 #pragma once
 // One byte stream over a connected socket, plain or TLS, so that the session, console and
 // server code has a single path for both. Plain: async_read_some/async_write_some go to
-// the socket. After start_tls() and a handshake they go through OpenSSL (asio::ssl).
+// the socket. After start_tls() and a handshake they go through OpenSSL.
+//
+// TLS without a second buffer layer. OpenSSL talks to the socket through a small BIO of
+// our own (stream.cpp):
+//   - writing, the BIO sends each record straight to the socket (send, MSG_DONTWAIT); only
+//     when the socket is full does an operation wait (for writability);
+//   - reading, ciphertext is read by an ordinary speculative socket read, into a 256-byte
+//     buffer inside the stream when the connection was quiet (an idle client's next
+//     request, a typical response) or into a pooled 16 KiB byte_buffer during bulk
+//     transfers; the BIO hands those bytes to OpenSSL, which decrypts into the caller's
+//     buffer. Nothing is held while idle but the SSL object itself.
+// (Asio's ssl::stream copies every record twice through a BIO pair, keeps two 17 KiB
+// buffers per connection for its lifetime, and turns each buffer of a gathered write
+// into its own record.)
+//
+// Flow of one TLS read:   SSL_read -> data: complete (posted, never inline)
+//                                  -> WANT_READ: socket read into cipher_space(), then again
+//                                  -> WANT_WRITE (a TLS 1.3 KeyUpdate reply): wait writable
+// Flow of one TLS write:  gather the first pieces (up to a record) -> SSL_write
+//                                  -> written: complete -> WANT_WRITE: wait writable, again
 //
 // Invariants:
-//   - the stream is not movable: the TLS layer refers to socket_;
+//   - the stream is not movable: the BIO points at it;
 //   - start_tls() only on a connected socket with no operation pending, once;
-//   - at most one read and one write in flight at a time (what asio::ssl allows).
+//   - at most one read and one write in flight at a time;
+//   - a TLS read waits on the socket only when OpenSSL has consumed every buffered
+//     ciphertext byte (so the buffer a pending socket read fills is never touched);
+//   - completions are never invoked from inside the initiating call.
+#include <openssl/ssl.h>
+
+#include <array>
 #include <boost/asio/ssl.hpp>
 #include <memory>
 #include <string>
@@ -23,6 +48,7 @@ public:
     explicit stream(stream_socket s) : socket_(std::move(s)) {}
     stream(const stream&) = delete;
     stream& operator=(const stream&) = delete;
+    ~stream();
 
     stream_socket& lowest_layer() { return socket_; }
     executor_type get_executor() { return socket_.get_executor(); }
@@ -37,14 +63,14 @@ public:
 
     // TLS. The context is kept alive as long as the connection (a RELOAD may replace it).
     void start_tls(std::shared_ptr<asio::ssl::context> ctx);
-    bool tls() const { return tls_ != nullptr; }
-    SSL* ssl() { return tls_ ? tls_->native_handle() : nullptr; }
+    bool tls() const { return ssl_ != nullptr; }
+    SSL* ssl() { return ssl_; }
     // `already_read`: bytes of the ClientHello that were read before TLS was known to
     // start (direct TLS). Returns the handshake's error, if any.
     asio::awaitable<error_code> handshake(asio::ssl::stream_base::handshake_type type,
                                           std::string already_read = {});
-    // Decrypted or undecrypted bytes held inside OpenSSL (not visible to poll()). Used to
-    // tell whether an idle server said something; the session never waits on it.
+    // Decrypted or undecrypted bytes held inside OpenSSL or this stream (not visible to
+    // poll()). Used to tell whether an idle server said something.
     bool has_buffered() const;
     // "TLSv1.3/TLS_AES_256_GCM_SHA384" (PgBouncer's `tls=` wording), "" when plain.
     std::string tls_description() const;
@@ -62,8 +88,9 @@ public:
     auto async_read_some(const MutableBuffers& buffers, Token&& token) {
         return asio::async_initiate<Token, void(error_code, std::size_t)>(
             [this](auto handler, const MutableBuffers& b) {
-                if (tls_) tls_->async_read_some(b, std::move(handler));
-                else socket_.async_read_some(b, std::move(handler));
+                if (!ssl_) return socket_.async_read_some(b, std::move(handler));
+                asio::async_compose<decltype(handler), void(error_code, std::size_t)>(
+                    tls_read_op<MutableBuffers>{this, b}, handler, socket_);
             },
             token, buffers);
     }
@@ -71,16 +98,108 @@ public:
     auto async_write_some(const ConstBuffers& buffers, Token&& token) {
         return asio::async_initiate<Token, void(error_code, std::size_t)>(
             [this](auto handler, const ConstBuffers& b) {
-                if (tls_) tls_->async_write_some(b, std::move(handler));
-                else socket_.async_write_some(b, std::move(handler));
+                if (!ssl_) return socket_.async_write_some(b, std::move(handler));
+                asio::async_compose<decltype(handler), void(error_code, std::size_t)>(
+                    tls_write_op<ConstBuffers>{this, b}, handler, socket_);
             },
             token, buffers);
     }
 
+    // --- the TLS steps the operations below drive (stream.cpp) ---
+    enum class tls_step { done, want_read, want_write };
+    // One SSL_read into `out`: done (n bytes, or ec), or what it waits for.
+    tls_step tls_read(asio::mutable_buffer out, std::size_t& n, error_code& ec);
+    // One SSL_write of up to a record gathered from `pieces`.
+    tls_step tls_write(const asio::const_buffer* pieces, std::size_t count, std::size_t& n,
+                       error_code& ec);
+    // Where the next socket read of ciphertext goes, and how much it brought (ec: EOF is
+    // remembered so that OpenSSL sees the end of the stream).
+    asio::mutable_buffer cipher_space();
+    void cipher_commit(std::size_t n, const error_code& ec);
+    // The BIO's side (stream.cpp).
+    int bio_read(char* out, int len);
+    int bio_write(const char* in, int len);
+
 private:
+    template <class Buffers>
+    struct tls_read_op {
+        stream* s;
+        Buffers buffers;
+        enum { starting, reading, waiting, delivering } state = starting;
+        error_code result_ec{};
+        std::size_t result_n = 0;
+
+        template <class Self>
+        void operator()(Self& self, error_code ec = {}, std::size_t n = 0) {
+            if (state == delivering) return self.complete(result_ec, result_n);
+            if (state == reading) s->cipher_commit(n, ec);
+            if (state == reading && ec && ec != asio::error::eof) return self.complete(ec, 0);
+            if (state == waiting && ec) return self.complete(ec, 0);
+            asio::mutable_buffer out;
+            for (auto it = asio::buffer_sequence_begin(buffers);
+                 it != asio::buffer_sequence_end(buffers); ++it)
+                if (it->size() > 0) {
+                    out = *it;
+                    break;
+                }
+            switch (s->tls_read(out, result_n, result_ec)) {
+            case tls_step::done:
+                if (state != starting) return self.complete(result_ec, result_n);
+                state = delivering;  // never complete inside the initiating call
+                return asio::post(s->socket_.get_executor(), std::move(self));
+            case tls_step::want_read:
+                state = reading;
+                return s->socket_.async_read_some(s->cipher_space(), std::move(self));
+            case tls_step::want_write:
+                state = waiting;
+                return s->socket_.async_wait(asio::socket_base::wait_write, std::move(self));
+            }
+        }
+    };
+
+    template <class Buffers>
+    struct tls_write_op {
+        stream* s;
+        Buffers buffers;
+        enum { starting, waiting, delivering } state = starting;
+        error_code result_ec{};
+        std::size_t result_n = 0;
+
+        template <class Self>
+        void operator()(Self& self, error_code ec = {}, std::size_t = 0) {
+            if (state == delivering) return self.complete(result_ec, result_n);
+            if (state == waiting && ec) return self.complete(ec, 0);
+            std::array<asio::const_buffer, 16> pieces;
+            std::size_t count = 0;
+            for (auto it = asio::buffer_sequence_begin(buffers);
+                 it != asio::buffer_sequence_end(buffers) && count < pieces.size(); ++it)
+                if (it->size() > 0) pieces[count++] = *it;
+            switch (s->tls_write(pieces.data(), count, result_n, result_ec)) {
+            case tls_step::done:
+                if (state != starting) return self.complete(result_ec, result_n);
+                state = delivering;
+                return asio::post(s->socket_.get_executor(), std::move(self));
+            case tls_step::want_read:  // (renegotiation is off; a read-side need all the same)
+                state = waiting;
+                return s->socket_.async_wait(asio::socket_base::wait_read, std::move(self));
+            case tls_step::want_write:
+                state = waiting;
+                return s->socket_.async_wait(asio::socket_base::wait_write, std::move(self));
+            }
+        }
+    };
+
     stream_socket socket_;
     std::shared_ptr<asio::ssl::context> ctx_;
-    std::unique_ptr<asio::ssl::stream<stream_socket&>> tls_;
+    SSL* ssl_ = nullptr;
+    // Ciphertext read from the socket and not yet taken by OpenSSL: small_ first, then
+    // bulk_. Both are empty whenever a socket read is pending.
+    std::array<std::uint8_t, 256> small_;
+    std::uint16_t small_begin_ = 0, small_end_ = 0;
+    bool reading_small_ = false;
+    bool last_read_full_ = false;  // the last socket read filled its buffer: more is coming
+    bool cipher_eof_ = false;
+    byte_buffer bulk_;
 };
 
 }  // namespace sluice::net
