@@ -298,7 +298,7 @@ def main() -> int:
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i -s")
     ap.add_argument("--pool-size", type=int, default=20,
                     help="default_pool_size, same for Sluice and PgBouncer")
-    ap.add_argument("--workers", type=int, default=0, help="Sluice workers (0 = one per core)")
+    ap.add_argument("--workers", type=int, default=0, help="Sluice workers (0 = Sluice's default: half the usable cores)")
     ap.add_argument("--idle-clients", type=int, default=1000,
                     help="idle clients for the memory figure (0 = skip)")
     ap.add_argument("--targets", default="direct,sluice,pgbouncer",

@@ -750,3 +750,22 @@ def test_sigterm_waits_for_last_client(make_sluice):
     rc = s.wait(DEADLINE)
     assert rc is not None, f"sluice still running {DEADLINE} s after the last client left"
     assert rc == 0, f"exit code {rc}"
+
+
+def test_default_workers_is_half_the_usable_cores(make_sluice):
+    """`workers: 0` starts half the cores this process may run on (its affinity mask),
+    at least one, and says so in the log; the pooler still serves."""
+    import os
+    expected = max(1, len(os.sched_getaffinity(0)) // 2)
+    s = make_sluice(workers=0)
+    word = "thread" if expected == 1 else "threads"
+    assert wait_for(lambda: f"{expected} worker {word} (workers: 0, half the usable cores)"
+                    in s.log_text(), DEADLINE), s.log_tail()
+    with psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True) as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_explicit_workers_count_is_used(make_sluice):
+    s = make_sluice(workers=3)
+    assert wait_for(lambda: "3 worker threads" in s.log_text(), DEADLINE), s.log_tail()
+    assert "half the usable cores" not in s.log_text()

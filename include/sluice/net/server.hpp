@@ -10,6 +10,9 @@
 
 namespace sluice::net {
 
+// What `workers: 0` means: half the cores this process may run on, at least one.
+int default_workers();
+
 class server {
 public:
     explicit server(proxy::runtime& rt);
