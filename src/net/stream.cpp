@@ -21,10 +21,13 @@ stream* owner(BIO* b) { return static_cast<stream*>(BIO_get_data(b)); }
 int bio_read_cb(BIO* b, char* out, int len) { return owner(b)->bio_read(out, len); }
 int bio_write_cb(BIO* b, const char* in, int len) { return owner(b)->bio_write(in, len); }
 
-long bio_ctrl_cb(BIO*, int cmd, long, void*) {
-    // FLUSH: records go to the socket as they are written. Nothing else is supported
-    // (PENDING is not needed: has_buffered() looks at the stream itself).
-    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+long bio_ctrl_cb(BIO* b, int cmd, long, void*) {
+    // FLUSH: records go to the socket as they are written. EOF: the peer closed and every
+    // byte was taken (OpenSSL then reports an unexpected EOF, not a clean close). Nothing
+    // else is supported (PENDING is not needed: has_buffered() looks at the stream).
+    if (cmd == BIO_CTRL_FLUSH) return 1;
+    if (cmd == BIO_CTRL_EOF) return owner(b)->cipher_at_eof() ? 1 : 0;
+    return 0;
 }
 
 int bio_create_cb(BIO* b) {
@@ -93,10 +96,18 @@ int stream::bio_write(const char* in, int len) {
     }
 }
 
-asio::mutable_buffer stream::cipher_space() {
-    // Both buffers are drained here (the TLS read waits only when OpenSSL wants bytes).
+asio::mutable_buffer stream::cipher_space(bool fresh) {
+    // Both buffers are drained here: OpenSSL asks for more (WANT_READ) only after the BIO
+    // came up empty, as long as SSL_MODE_AUTO_RETRY is on (the default). Should bytes be
+    // left all the same, they move to bulk_ rather than being lost.
+    if (small_begin_ < small_end_) {
+        std::size_t left = small_end_ - small_begin_;
+        bulk_.reserve_tail(left);
+        std::memcpy(bulk_.writable().data(), small_.data() + small_begin_, left);
+        bulk_.commit(left);
+    }
     small_begin_ = small_end_ = 0;
-    reading_small_ = !last_read_full_;
+    reading_small_ = bulk_.empty() && (fresh || !last_read_full_);
     if (reading_small_) return asio::buffer(small_);
     bulk_.reserve_tail(byte_buffer::standard_size);
     return bulk_.writable();
@@ -197,7 +208,7 @@ asio::awaitable<error_code> stream::handshake(asio::ssl::stream_base::handshake_
         if (r == 1) co_return error_code();
         int code = SSL_get_error(ssl_, r);
         if (code == SSL_ERROR_WANT_READ) {
-            auto [ec, n] = co_await socket_.async_read_some(cipher_space(), use_nothrow);
+            auto [ec, n] = co_await socket_.async_read_some(cipher_space(false), use_nothrow);
             cipher_commit(n, ec);
             if (ec && ec != asio::error::eof) co_return ec;
         } else if (code == SSL_ERROR_WANT_WRITE) {

@@ -28,7 +28,13 @@
 //   - at most one read and one write in flight at a time;
 //   - a TLS read waits on the socket only when OpenSSL has consumed every buffered
 //     ciphertext byte (so the buffer a pending socket read fills is never touched);
-//   - completions are never invoked from inside the initiating call.
+//   - completions are never invoked from inside the initiating call;
+//   - a write that failed or was cancelled may leave a record inside OpenSSL: the
+//     connection is then unusable, and every caller closes it (a later write of other
+//     bytes would send the old record as theirs).
+// Known limit: a peer's TLS 1.3 KeyUpdate asking for an answer while a write is stuck on
+// a full socket fails the connection (OpenSSL cannot interleave the reply with the
+// pending record). Renegotiation is off (tls.cpp), so a write never needs input.
 #include <openssl/ssl.h>
 
 #include <array>
@@ -112,9 +118,11 @@ public:
     // One SSL_write of up to a record gathered from `pieces`.
     tls_step tls_write(const asio::const_buffer* pieces, std::size_t count, std::size_t& n,
                        error_code& ec);
-    // Where the next socket read of ciphertext goes, and how much it brought (ec: EOF is
-    // remembered so that OpenSSL sees the end of the stream).
-    asio::mutable_buffer cipher_space();
+    // Where the next socket read of ciphertext goes (`fresh`: the first of a read
+    // operation), and how much it brought (ec: EOF is remembered so that OpenSSL sees the
+    // end of the stream).
+    asio::mutable_buffer cipher_space(bool fresh);
+    bool cipher_at_eof() const { return cipher_eof_ && small_begin_ == small_end_ && bulk_.empty(); }
     void cipher_commit(std::size_t n, const error_code& ec);
     // The BIO's side (stream.cpp).
     int bio_read(char* out, int len);
@@ -132,6 +140,8 @@ private:
         template <class Self>
         void operator()(Self& self, error_code ec = {}, std::size_t n = 0) {
             if (state == delivering) return self.complete(result_ec, result_n);
+            // (aborted: the stream may be closing; touch nothing of it)
+            if (ec == asio::error::operation_aborted) return self.complete(ec, 0);
             if (state == reading) s->cipher_commit(n, ec);
             if (state == reading && ec && ec != asio::error::eof) return self.complete(ec, 0);
             if (state == waiting && ec) return self.complete(ec, 0);
@@ -147,9 +157,13 @@ private:
                 if (state != starting) return self.complete(result_ec, result_n);
                 state = delivering;  // never complete inside the initiating call
                 return asio::post(s->socket_.get_executor(), std::move(self));
-            case tls_step::want_read:
+            case tls_step::want_read: {
+                // A new read starts small (an idle wait holds no block); within one read,
+                // after a full buffer, the bulk block.
+                const bool fresh = state == starting;
                 state = reading;
-                return s->socket_.async_read_some(s->cipher_space(), std::move(self));
+                return s->socket_.async_read_some(s->cipher_space(fresh), std::move(self));
+            }
             case tls_step::want_write:
                 state = waiting;
                 return s->socket_.async_wait(asio::socket_base::wait_write, std::move(self));
