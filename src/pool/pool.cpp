@@ -115,7 +115,11 @@ void pool::grant_locked(const grant& g) {
     }
     w->done = true;
     // The waiter's coroutine runs on its own worker; the timer is touched only there.
-    asio::post(w->executor, [w] { w->timer.cancel(); });
+    // Released on that very worker (the usual case, worker affinity): wake it now rather
+    // than through a posted handler.
+    auto* ioc = w->executor.target<asio::io_context::executor_type>();
+    if (ioc && ioc->running_in_this_thread()) w->timer.cancel();
+    else asio::post(w->executor, [w] { w->timer.cancel(); });
 }
 
 asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int worker) {
@@ -151,7 +155,8 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
         // Limits shared with other pools (max_db_connections, max_user_connections) free
         // up without telling us; look again now and then. Otherwise look again every
         // second anyway: a missed wake-up then costs a second, never query_wait_timeout.
-        if (manager_.db_limit(database_) > 0 || manager_.user_limit(user_) > 0)
+        if (manager_.any_shared_limit() &&
+            (manager_.db_limit(database_) > 0 || manager_.user_limit(user_) > 0))
             wake = std::min(wake, steady_clock::now() + std::chrono::milliseconds(100));
         else
             wake = std::min(wake, steady_clock::now() + std::chrono::seconds(1));
@@ -576,6 +581,11 @@ void pool_manager::set_limits(std::map<std::string, int> db_limits,
     user_limits_ = std::move(user_limits);
     default_db_limit_ = default_db_limit;
     default_user_limit_ = default_user_limit;
+    auto positive = [](auto& m) {
+        return std::any_of(m.begin(), m.end(), [](auto& kv) { return kv.second > 0; });
+    };
+    any_shared_limit_ = default_db_limit > 0 || default_user_limit > 0 ||
+                        positive(db_limits_) || positive(user_limits_);
 }
 
 }  // namespace sluice::pool

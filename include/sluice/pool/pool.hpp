@@ -220,6 +220,9 @@ public:
     std::atomic<int>& db_count(const std::string& db);
     std::atomic<int>& user_count(const std::string& user);
     // Per-name limits, and the general section's values for names without their own.
+    // False when no max_db_connections / max_user_connections is set anywhere: a waiter
+    // then has no shared limit to look at (no lock, no lookup per wait).
+    bool any_shared_limit() const { return any_shared_limit_.load(std::memory_order_relaxed); }
     void set_limits(std::map<std::string, int> db_limits, std::map<std::string, int> user_limits,
                     int default_db_limit, int default_user_limit);
 
@@ -234,6 +237,7 @@ private:
     std::map<std::string, std::unique_ptr<std::atomic<int>>> db_counts_, user_counts_;
     std::map<std::string, int> db_limits_, user_limits_;
     int default_db_limit_ = 0, default_user_limit_ = 0;
+    std::atomic<bool> any_shared_limit_{false};  // any of the above > 0: waiters poll them
     std::atomic<std::uint64_t> server_ids_{0};
 };
 
