@@ -488,7 +488,8 @@ def main() -> int:
         # -- table
         print()
         print(f"pgbench {' '.join(pgbench_args(a))}  | rounds={a.rounds} pool_size="
-              f"{a.pool_size} workers={a.workers or os.cpu_count()} (sluice) scale={a.scale}")
+              f"{a.pool_size} workers={a.workers or max(1, len(os.sched_getaffinity(0)) // 2)} "
+              f"(sluice{', its default' if not a.workers else ''}) scale={a.scale}")
         print(f"{'target':16s} {'median tps':>11s} {'min':>10s} {'max':>10s} "
               f"{'ok/rounds':>9s} {'failed':>6s} {'cpu us/xact':>11s}")
         for n, s in summary.items():

@@ -12,6 +12,9 @@
 #include <array>
 #include <climits>
 #include <cstdlib>
+#include <mutex>
+#include <string>
+#include <unordered_map>
 
 #include "sluice/auth/md5.hpp"
 
@@ -125,6 +128,38 @@ const std::array<std::uint8_t, 32>& mock_salt_key() {
         return out;
     }();
     return k;
+}
+
+// Verifiers derived from plaintext passwords, kept as PostgreSQL keeps one in pg_authid:
+// PBKDF2 with 4096 iterations costs about a millisecond of CPU, and deriving it on every
+// login made connection churn CPU-bound. Keyed by a digest of (user, password,
+// iterations), never by the password itself; a changed password is a new key. Bounded:
+// emptied when full (a login then derives again).
+scram_secret derived_secret(std::string_view user, const std::string& password, int iterations) {
+    static std::mutex mutex;
+    static std::unordered_map<std::string, scram_secret> cache;
+    constexpr std::size_t max_entries = 4096;
+    std::string material;
+    material.reserve(user.size() + password.size() + 16);
+    material.append(user).push_back('\0');
+    material.append(password).push_back('\0');
+    material += std::to_string(iterations);
+    std::string id(EVP_MAX_MD_SIZE, '\0');
+    unsigned id_len = 0;
+    EVP_Digest(material.data(), material.size(), reinterpret_cast<unsigned char*>(id.data()),
+               &id_len, EVP_sha256(), nullptr);
+    OPENSSL_cleanse(material.data(), material.size());
+    id.resize(id_len);
+    {
+        std::lock_guard lk(mutex);
+        if (auto it = cache.find(id); it != cache.end()) return it->second;
+    }
+    std::vector<std::uint8_t> salt(salt_len);
+    random_bytes(salt.data(), salt.size());
+    auto s = make_scram_secret(password, salt, iterations);  // outside the lock: slow
+    std::lock_guard lk(mutex);
+    if (cache.size() >= max_entries) cache.clear();
+    return cache.emplace(std::move(id), std::move(s)).first->second;  // first one wins
 }
 
 scram_secret mock_secret(std::string_view user, int iterations) {
@@ -287,11 +322,10 @@ scram_server::scram_server(std::optional<std::string> secret, int iterations,
         user_known_ = false;
         secret_ = mock_secret(user, iterations);
     } else {
-        // Plaintext: derive a verifier with a fresh salt, as PgBouncer does for plain
-        // userlist entries.
-        std::vector<std::uint8_t> salt(salt_len);
-        random_bytes(salt.data(), salt.size());
-        secret_ = make_scram_secret(*secret, salt, iterations);
+        // Plaintext: a verifier with a random salt, derived once per (user, password) and
+        // kept (derived_secret), so a client sees the same salt on every login, as with
+        // PostgreSQL. (PgBouncer derives one with a fresh salt on every login.)
+        secret_ = derived_secret(user, *secret, iterations);
     }
     OPENSSL_cleanse(secret->data(), secret->size());
 }

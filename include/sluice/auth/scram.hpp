@@ -40,8 +40,10 @@ public:
     // secret: a SCRAM verifier, or a plaintext password (a verifier is derived from it).
     // A missing user still runs the exchange with a made-up secret so that the reply does
     // not reveal which users exist; pass nullopt for that.
-    // user: only seeds the made-up salt for a missing user (as PostgreSQL's mock salt), so
-    // that asking twice for the same unknown user gives the same salt, like a real one.
+    // user: seeds the made-up salt for a missing user (as PostgreSQL's mock salt), so that
+    // asking twice for the same unknown user gives the same salt, like a real one; and,
+    // with the password, names the verifier derived from a plaintext password, which is
+    // derived once and kept (salt and keys the same on every login, as PostgreSQL's).
     scram_server(std::optional<std::string> secret, int iterations = 4096,
                  std::string_view user = {});
 

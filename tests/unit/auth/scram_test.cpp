@@ -144,6 +144,30 @@ TEST(ScramServer, Rfc7677VectorFromPlaintextNeedsSameSalt) {
     EXPECT_FALSE(server.client_final(rfc_client_final));
 }
 
+TEST(ScramServer, PlaintextVerifierIsDerivedOnceAndKept) {
+    // One verifier per (user, password, iterations), as PostgreSQL keeps one: the same salt
+    // and keys on every login (no PBKDF2 per login), another for another password or user.
+    scram_server a(std::string("pw-kept"), 4096, "kept_user");
+    scram_server b(std::string("pw-kept"), 4096, "kept_user");
+    scram_server other_pw(std::string("pw-other"), 4096, "kept_user");
+    scram_server other_user(std::string("pw-kept"), 4096, "kept_user2");
+    scram_server other_iter(std::string("pw-kept"), 8192, "kept_user");
+    EXPECT_EQ(a.secret().salt, b.secret().salt);
+    EXPECT_EQ(a.secret().stored_key, b.secret().stored_key);
+    EXPECT_EQ(a.secret().server_key, b.secret().server_key);
+    EXPECT_NE(a.secret().salt, other_pw.secret().salt);
+    EXPECT_NE(a.secret().salt, other_user.secret().salt);
+    EXPECT_NE(a.secret().salt, other_iter.secret().salt);
+    EXPECT_EQ(other_iter.secret().iterations, 8192);
+    // The kept verifier is the password's own: a real exchange with it succeeds, and
+    // one with a wrong password fails.
+    auto good = scram_client::with_password("pw-kept");
+    EXPECT_TRUE(converse(good, b));
+    scram_server c(std::string("pw-kept"), 4096, "kept_user");
+    auto bad = scram_client::with_password("pw-wrong");
+    EXPECT_FALSE(converse(bad, c));
+}
+
 TEST(ScramClient, Rfc7677Vector) {
     auto client = scram_client::with_password("pencil");
     client.set_username("user");
