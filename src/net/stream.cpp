@@ -63,29 +63,29 @@ error_code ssl_error(int code, bool eof) {
 }  // namespace
 
 int stream::bio_read(char* out, int len) {
-    BIO* b = SSL_get_rbio(ssl_);
+    BIO* b = SSL_get_rbio(tls_->ssl);
     BIO_clear_retry_flags(b);
     std::size_t want = std::size_t(std::max(len, 0)), got = 0;
-    if (small_begin_ < small_end_) {
-        got = std::min<std::size_t>(want, small_end_ - small_begin_);
-        std::memcpy(out, small_.data() + small_begin_, got);
-        small_begin_ = std::uint16_t(small_begin_ + got);
+    if (tls_->small_begin < tls_->small_end) {
+        got = std::min<std::size_t>(want, tls_->small_end - tls_->small_begin);
+        std::memcpy(out, tls_->small.data() + tls_->small_begin, got);
+        tls_->small_begin = std::uint16_t(tls_->small_begin + got);
     }
-    if (got < want && !bulk_.empty()) {
-        std::size_t more = std::min(want - got, bulk_.size());
-        std::memcpy(out + got, bulk_.readable(), more);
-        bulk_.consume(more);
+    if (got < want && !tls_->bulk.empty()) {
+        std::size_t more = std::min(want - got, tls_->bulk.size());
+        std::memcpy(out + got, tls_->bulk.readable(), more);
+        tls_->bulk.consume(more);
         got += more;
-        bulk_.shrink_if_empty();  // back to the worker's block cache
+        tls_->bulk.shrink_if_empty();  // back to the worker's block cache
     }
     if (got > 0) return int(got);
-    if (cipher_eof_) return 0;
+    if (tls_->cipher_eof) return 0;
     BIO_set_retry_read(b);
     return -1;
 }
 
 int stream::bio_write(const char* in, int len) {
-    BIO* b = SSL_get_wbio(ssl_);
+    BIO* b = SSL_get_wbio(tls_->ssl);
     BIO_clear_retry_flags(b);
     for (;;) {
         ssize_t n = ::send(socket_.native_handle(), in, std::size_t(len), MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -99,29 +99,29 @@ int stream::bio_write(const char* in, int len) {
 asio::mutable_buffer stream::cipher_space(bool fresh) {
     // Both buffers are drained here: OpenSSL asks for more (WANT_READ) only after the BIO
     // came up empty, as long as SSL_MODE_AUTO_RETRY is on (the default). Should bytes be
-    // left all the same, they move to bulk_ rather than being lost.
-    if (small_begin_ < small_end_) {
-        std::size_t left = small_end_ - small_begin_;
-        bulk_.reserve_tail(left);
-        std::memcpy(bulk_.writable().data(), small_.data() + small_begin_, left);
-        bulk_.commit(left);
+    // left all the same, they move to the bulk buffer rather than being lost.
+    if (tls_->small_begin < tls_->small_end) {
+        std::size_t left = tls_->small_end - tls_->small_begin;
+        tls_->bulk.reserve_tail(left);
+        std::memcpy(tls_->bulk.writable().data(), tls_->small.data() + tls_->small_begin, left);
+        tls_->bulk.commit(left);
     }
-    small_begin_ = small_end_ = 0;
-    reading_small_ = bulk_.empty() && (fresh || !last_read_full_);
-    if (reading_small_) return asio::buffer(small_);
-    bulk_.reserve_tail(byte_buffer::standard_size);
-    return bulk_.writable();
+    tls_->small_begin = tls_->small_end = 0;
+    tls_->reading_small = tls_->bulk.empty() && (fresh || !tls_->last_read_full);
+    if (tls_->reading_small) return asio::buffer(tls_->small);
+    tls_->bulk.reserve_tail(byte_buffer::standard_size);
+    return tls_->bulk.writable();
 }
 
 void stream::cipher_commit(std::size_t n, const error_code& ec) {
-    if (ec == asio::error::eof) cipher_eof_ = true;
-    if (reading_small_) {
-        small_end_ = std::uint16_t(n);
-        last_read_full_ = n == small_.size();
+    if (ec == asio::error::eof) tls_->cipher_eof = true;
+    if (tls_->reading_small) {
+        tls_->small_end = std::uint16_t(n);
+        tls_->last_read_full = n == tls_->small.size();
     } else {
-        last_read_full_ = n == bulk_.writable().size();
-        bulk_.commit(n);
-        bulk_.shrink_if_empty();
+        tls_->last_read_full = n == tls_->bulk.writable().size();
+        tls_->bulk.commit(n);
+        tls_->bulk.shrink_if_empty();
     }
 }
 
@@ -133,11 +133,11 @@ stream::tls_step stream::tls_read(asio::mutable_buffer out, std::size_t& n, erro
     if (out.size() == 0) return tls_step::done;
     ERR_clear_error();
     errno = 0;
-    if (SSL_read_ex(ssl_, out.data(), out.size(), &n) == 1) return tls_step::done;
-    int code = SSL_get_error(ssl_, 0);
+    if (SSL_read_ex(tls_->ssl, out.data(), out.size(), &n) == 1) return tls_step::done;
+    int code = SSL_get_error(tls_->ssl, 0);
     if (code == SSL_ERROR_WANT_READ) return tls_step::want_read;
     if (code == SSL_ERROR_WANT_WRITE) return tls_step::want_write;
-    ec = ssl_error(code, cipher_eof_);
+    ec = ssl_error(code, tls_->cipher_eof);
     return tls_step::done;
 }
 
@@ -165,27 +165,24 @@ stream::tls_step stream::tls_write(const asio::const_buffer* pieces, std::size_t
     }
     ERR_clear_error();
     errno = 0;
-    if (SSL_write_ex(ssl_, data, size, &n) == 1) return tls_step::done;
-    int code = SSL_get_error(ssl_, 0);
+    if (SSL_write_ex(tls_->ssl, data, size, &n) == 1) return tls_step::done;
+    int code = SSL_get_error(tls_->ssl, 0);
     if (code == SSL_ERROR_WANT_WRITE) return tls_step::want_write;
     if (code == SSL_ERROR_WANT_READ) return tls_step::want_read;
-    ec = ssl_error(code, cipher_eof_);
+    ec = ssl_error(code, tls_->cipher_eof);
     return tls_step::done;
 }
 
 // --- set-up and the rest --------------------------------------------------------------------
 
-stream::~stream() {
-    if (ssl_) SSL_free(ssl_);
-}
-
 void stream::start_tls(std::shared_ptr<asio::ssl::context> ctx) {
-    ctx_ = std::move(ctx);
-    ssl_ = SSL_new(ctx_->native_handle());
+    tls_ = std::make_unique<tls_state>();
+    tls_->ctx = std::move(ctx);
+    tls_->ssl = SSL_new(tls_->ctx->native_handle());
     BIO* b = BIO_new(stream_bio_method());
     BIO_set_data(b, this);
-    SSL_set_bio(ssl_, b, b);  // (the same BIO both ways: one reference)
-    SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+    SSL_set_bio(tls_->ssl, b, b);  // (the same BIO both ways: one reference)
+    SSL_set_mode(tls_->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                            SSL_MODE_RELEASE_BUFFERS);
     error_code ignored;
     socket_.native_non_blocking(true, ignored);  // the BIO's send must never block
@@ -193,20 +190,20 @@ void stream::start_tls(std::shared_ptr<asio::ssl::context> ctx) {
 
 asio::awaitable<error_code> stream::handshake(asio::ssl::stream_base::handshake_type type,
                                               std::string already_read) {
-    if (!ssl_) co_return asio::error::operation_not_supported;
-    if (type == asio::ssl::stream_base::client) SSL_set_connect_state(ssl_);
-    else SSL_set_accept_state(ssl_);
+    if (!tls_) co_return asio::error::operation_not_supported;
+    if (type == asio::ssl::stream_base::client) SSL_set_connect_state(tls_->ssl);
+    else SSL_set_accept_state(tls_->ssl);
     if (!already_read.empty()) {
-        bulk_.reserve_tail(already_read.size());
-        std::memcpy(bulk_.writable().data(), already_read.data(), already_read.size());
-        bulk_.commit(already_read.size());
+        tls_->bulk.reserve_tail(already_read.size());
+        std::memcpy(tls_->bulk.writable().data(), already_read.data(), already_read.size());
+        tls_->bulk.commit(already_read.size());
     }
     for (;;) {
         ERR_clear_error();
         errno = 0;
-        int r = SSL_do_handshake(ssl_);
+        int r = SSL_do_handshake(tls_->ssl);
         if (r == 1) co_return error_code();
-        int code = SSL_get_error(ssl_, r);
+        int code = SSL_get_error(tls_->ssl, r);
         if (code == SSL_ERROR_WANT_READ) {
             auto [ec, n] = co_await socket_.async_read_some(cipher_space(false), use_nothrow);
             cipher_commit(n, ec);
@@ -215,7 +212,7 @@ asio::awaitable<error_code> stream::handshake(asio::ssl::stream_base::handshake_
             auto [ec] = co_await socket_.async_wait(asio::socket_base::wait_write, use_nothrow);
             if (ec) co_return ec;
         } else {
-            co_return ssl_error(code, cipher_eof_);
+            co_return ssl_error(code, tls_->cipher_eof);
         }
     }
 }
@@ -240,27 +237,22 @@ std::size_t stream::read_now(asio::mutable_buffer b, error_code& ec) {
 }
 
 void stream::reset() {
-    if (ssl_) SSL_free(ssl_);
-    ssl_ = nullptr;
-    ctx_.reset();
-    small_begin_ = small_end_ = 0;
-    reading_small_ = last_read_full_ = cipher_eof_ = false;
-    bulk_ = byte_buffer();
+    tls_.reset();
     error_code ignored;
     socket_.close(ignored);
 }
 
 bool stream::has_buffered() const {
-    if (!ssl_) return false;
+    if (!tls_) return false;
     // Records OpenSSL has taken in, and ciphertext read from the socket that OpenSSL has
     // not taken yet.
-    return SSL_has_pending(ssl_) != 0 || small_begin_ < small_end_ || !bulk_.empty();
+    return SSL_has_pending(tls_->ssl) != 0 || tls_->small_begin < tls_->small_end || !tls_->bulk.empty();
 }
 
 std::string stream::tls_description() const {
-    if (!ssl_) return {};
-    std::string out = SSL_get_version(ssl_);
-    if (const char* c = SSL_get_cipher_name(ssl_)) out += std::string("/") + c;
+    if (!tls_) return {};
+    std::string out = SSL_get_version(tls_->ssl);
+    if (const char* c = SSL_get_cipher_name(tls_->ssl)) out += std::string("/") + c;
     return out;
 }
 
@@ -277,7 +269,7 @@ bool stream::migrate(asio::any_io_executor ex) {
         if (fd >= 0) ::close(fd);
         return false;
     }
-    if (ssl_) socket_.native_non_blocking(true, ec);
+    if (tls_) socket_.native_non_blocking(true, ec);
     return true;
 }
 

@@ -54,7 +54,6 @@ public:
     explicit stream(stream_socket s) : socket_(std::move(s)) {}
     stream(const stream&) = delete;
     stream& operator=(const stream&) = delete;
-    ~stream();
 
     stream_socket& lowest_layer() { return socket_; }
     executor_type get_executor() { return socket_.get_executor(); }
@@ -69,8 +68,8 @@ public:
 
     // TLS. The context is kept alive as long as the connection (a RELOAD may replace it).
     void start_tls(std::shared_ptr<asio::ssl::context> ctx);
-    bool tls() const { return ssl_ != nullptr; }
-    SSL* ssl() { return ssl_; }
+    bool tls() const { return tls_ != nullptr; }
+    SSL* ssl() { return tls_ ? tls_->ssl : nullptr; }
     // `already_read`: bytes of the ClientHello that were read before TLS was known to
     // start (direct TLS). Returns the handshake's error, if any.
     asio::awaitable<error_code> handshake(asio::ssl::stream_base::handshake_type type,
@@ -94,7 +93,7 @@ public:
     auto async_read_some(const MutableBuffers& buffers, Token&& token) {
         return asio::async_initiate<Token, void(error_code, std::size_t)>(
             [this](auto handler, const MutableBuffers& b) {
-                if (!ssl_) return socket_.async_read_some(b, std::move(handler));
+                if (!tls_) return socket_.async_read_some(b, std::move(handler));
                 asio::async_compose<decltype(handler), void(error_code, std::size_t)>(
                     tls_read_op<MutableBuffers>{this, b}, handler, socket_);
             },
@@ -104,7 +103,7 @@ public:
     auto async_write_some(const ConstBuffers& buffers, Token&& token) {
         return asio::async_initiate<Token, void(error_code, std::size_t)>(
             [this](auto handler, const ConstBuffers& b) {
-                if (!ssl_) return socket_.async_write_some(b, std::move(handler));
+                if (!tls_) return socket_.async_write_some(b, std::move(handler));
                 asio::async_compose<decltype(handler), void(error_code, std::size_t)>(
                     tls_write_op<ConstBuffers>{this, b}, handler, socket_);
             },
@@ -122,7 +121,9 @@ public:
     // operation), and how much it brought (ec: EOF is remembered so that OpenSSL sees the
     // end of the stream).
     asio::mutable_buffer cipher_space(bool fresh);
-    bool cipher_at_eof() const { return cipher_eof_ && small_begin_ == small_end_ && bulk_.empty(); }
+    bool cipher_at_eof() const {
+        return tls_->cipher_eof && tls_->small_begin == tls_->small_end && tls_->bulk.empty();
+    }
     void cipher_commit(std::size_t n, const error_code& ec);
     // The BIO's side (stream.cpp).
     int bio_read(char* out, int len);
@@ -152,7 +153,12 @@ private:
                     out = *it;
                     break;
                 }
-            switch (s->tls_read(out, result_n, result_ec)) {
+            // Nothing buffered anywhere (the usual start of a read): OpenSSL would only say
+            // WANT_READ, so go straight to the socket and save the failed SSL_read.
+            const auto step = state == starting && !s->has_buffered() && out.size() > 0
+                                  ? tls_step::want_read
+                                  : s->tls_read(out, result_n, result_ec);
+            switch (step) {
             case tls_step::done:
                 if (state != starting) return self.complete(result_ec, result_n);
                 state = delivering;  // never complete inside the initiating call
@@ -204,16 +210,25 @@ private:
     };
 
     stream_socket socket_;
-    std::shared_ptr<asio::ssl::context> ctx_;
-    SSL* ssl_ = nullptr;
-    // Ciphertext read from the socket and not yet taken by OpenSSL: small_ first, then
-    // bulk_. Both are empty whenever a socket read is pending.
-    std::array<std::uint8_t, 256> small_;
-    std::uint16_t small_begin_ = 0, small_end_ = 0;
-    bool reading_small_ = false;
-    bool last_read_full_ = false;  // the last socket read filled its buffer: more is coming
-    bool cipher_eof_ = false;
-    byte_buffer bulk_;
+    // TLS state, allocated by start_tls(): a plaintext connection carries one null pointer.
+    struct tls_state {
+        std::shared_ptr<asio::ssl::context> ctx;
+        SSL* ssl = nullptr;
+        // Ciphertext read from the socket and not yet taken by OpenSSL: small first, then
+        // bulk. Both are empty whenever a socket read is pending.
+        std::array<std::uint8_t, 256> small;
+        std::uint16_t small_begin = 0, small_end = 0;
+        bool reading_small = false;
+        bool last_read_full = false;  // the last socket read filled its buffer: more is coming
+        bool cipher_eof = false;
+        byte_buffer bulk;
+        tls_state() = default;
+        tls_state(const tls_state&) = delete;
+        ~tls_state() {
+            if (ssl) SSL_free(ssl);
+        }
+    };
+    std::unique_ptr<tls_state> tls_;
 };
 
 }  // namespace sluice::net
