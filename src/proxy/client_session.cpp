@@ -164,7 +164,9 @@ asio::awaitable<bool> client_session::write_server() {
     state = client_state::active;
     write_pieces_.clear();
     for (auto& [p, len] : batch.pieces()) write_pieces_.emplace_back(p, len);
-    auto [ec, n] = co_await asio::async_write(server_->socket, write_pieces_, use_nothrow);
+    // (a span, not the vector: async_write would copy a vector, a malloc per request)
+    auto [ec, n] = co_await asio::async_write(
+        server_->socket, std::span<const asio::const_buffer>(write_pieces_), use_nothrow);
     if (ec) {
         pool_->stats.errors_server++;
         co_await send_error("08006", "server connection lost while sending the request");
