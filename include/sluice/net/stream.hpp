@@ -8,15 +8,16 @@
 //   - writing, the BIO sends each record straight to the socket (send, MSG_DONTWAIT); only
 //     when the socket is full does an operation wait (for writability);
 //   - reading, ciphertext is read by an ordinary speculative socket read, into a 256-byte
-//     buffer inside the stream when the connection was quiet (an idle client's next
-//     request, a typical response) or into a pooled 16 KiB byte_buffer during bulk
-//     transfers; the BIO hands those bytes to OpenSSL, which decrypts into the caller's
+//     buffer in the stream's TLS state when a read starts (an idle client's next
+//     request, a typical response fit), or, after that filled up, into a pooled 16 KiB
+//     byte_buffer (bulk transfers); the BIO hands those bytes to OpenSSL, which decrypts into the caller's
 //     buffer. Nothing is held while idle but the SSL object itself.
 // (Asio's ssl::stream copies every record twice through a BIO pair, keeps two 17 KiB
 // buffers per connection for its lifetime, and turns each buffer of a gathered write
 // into its own record.)
 //
-// Flow of one TLS read:   SSL_read -> data: complete (posted, never inline)
+// Flow of one TLS read:   nothing buffered anywhere -> socket read first, then SSL_read
+//                         SSL_read -> data: complete (posted, never inline)
 //                                  -> WANT_READ: socket read into cipher_space(), then again
 //                                  -> WANT_WRITE (a TLS 1.3 KeyUpdate reply): wait writable
 // Flow of one TLS write:  gather the first pieces (up to a record) -> SSL_write
