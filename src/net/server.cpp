@@ -1,10 +1,12 @@
 #include "sluice/net/server.hpp"
 
 #include <spdlog/spdlog.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
 #include <filesystem>
 
@@ -53,18 +55,31 @@ bool server::open_listeners() {
     auto cfg = rt_.cfg();
     const auto& g = cfg->sluice;
     bool ok = true;
-    auto listen = [&](asio::generic::stream_protocol::endpoint ep, const std::string& what) {
+    // `optional`: the IPv6 half of `*`, which a host without IPv6 cannot bind (a warning,
+    // not a failure, as long as the IPv4 half listens).
+    auto listen = [&](asio::generic::stream_protocol::endpoint ep, const std::string& what,
+                      bool optional = false) {
         auto acc = std::make_unique<acceptor_t>(main_);
         error_code ec;
         acc->open(ep.protocol(), ec);
         if (!ec && ep.protocol().family() != AF_UNIX)
             acc->set_option(asio::socket_base::reuse_address(true), ec);
+        if (!ec && ep.protocol().family() == AF_INET6) {
+            // [::] takes IPv6 only: 0.0.0.0 has its own socket on the same port.
+            int one = 1;
+            if (::setsockopt(acc->native_handle(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0)
+                ec = error_code(errno, asio::error::get_system_category());
+        }
         if (!ec && g.so_reuseport) {
             int one = 1;
             ::setsockopt(acc->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
         }
         if (!ec) acc->bind(ep, ec);
         if (!ec) acc->listen(g.listen_backlog, ec);
+        if (ec && optional) {
+            spdlog::warn("not listening on {}: {}", what, ec.message());
+            return;
+        }
         if (ec) {
             spdlog::error("cannot listen on {}: {}", what, ec.message());
             ok = false;
@@ -75,8 +90,10 @@ bool server::open_listeners() {
     };
     for (const auto& a : g.listen_addr) {
         std::vector<asio::ip::address> addrs;
-        if (a == "*") {
-            addrs = {asio::ip::address_v4::any()};
+        const bool any = a == "*";
+        if (any) {
+            // Every address, IPv4 and IPv6, as PgBouncer's `*`.
+            addrs = {asio::ip::address_v4::any(), asio::ip::address_v6::any()};
         } else {
             error_code ec;
             auto addr = asio::ip::make_address(a, ec);
@@ -95,7 +112,9 @@ bool server::open_listeners() {
         }
         for (auto& addr : addrs) {
             asio::ip::tcp::endpoint ep(addr, std::uint16_t(g.listen_port));
-            listen({ep.data(), ep.size()}, ep.address().to_string() + ":" + std::to_string(g.listen_port));
+            std::string shown = addr.is_v6() ? "[" + addr.to_string() + "]" : addr.to_string();
+            listen({ep.data(), ep.size()}, shown + ":" + std::to_string(g.listen_port),
+                   any && addr.is_v6());
         }
     }
     if (!g.unix_socket_dir.empty()) {

@@ -769,3 +769,15 @@ def test_explicit_workers_count_is_used(make_sluice):
     s = make_sluice(workers=3)
     assert wait_for(lambda: "3 worker threads" in s.log_text(), DEADLINE), s.log_tail()
     assert "half the usable cores" not in s.log_text()
+
+
+def test_listen_addr_star_listens_on_ipv4_and_ipv6(make_sluice):
+    """`listen_addr = *` is every address, IPv4 and IPv6, as in PgBouncer: clients reach
+    Sluice over 127.0.0.1 and over ::1 (an IPv4-only listener refuses ::1)."""
+    s = make_sluice(listen_addr="*")
+    assert wait_for(lambda: f"listening on 0.0.0.0:{s.port}" in s.log_text()
+                    and f"listening on [::]:{s.port}" in s.log_text(), DEADLINE), s.log_tail()
+    for host in ("127.0.0.1", "::1"):
+        with psycopg.connect(host=host, port=s.port, user="app", password=APP_PW, dbname="app",
+                             autocommit=True, connect_timeout=10) as c:
+            assert c.execute("SELECT 1").fetchone()[0] == 1, host
