@@ -1,5 +1,6 @@
 // sluice CONFIG | sluice --check CONFIG | sluice --version
 #include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/null_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -23,7 +24,7 @@ void usage(std::ostream& os) {
           "  CONFIG is YAML (.yaml/.yml) or a PgBouncer .ini file.\n"
           "Options:\n"
           "  --check       validate CONFIG and exit (0 = valid, 1 = errors)\n"
-          "  -q, --quiet   log warnings and errors only\n"
+          "  -q, --quiet   nothing on stderr (the logfile, if any, still gets everything)\n"
           "  -v, --verbose more logging (repeat for more)\n"
           "  -V, --version print the version and exit\n"
           "  -h, --help    this help\n";
@@ -103,8 +104,9 @@ int main(int argc, char** argv) {
         return ok ? 0 : 1;
     }
 
-    // Logging: stderr, plus logfile when configured.
-    std::vector<spdlog::sink_ptr> sinks{std::make_shared<spdlog::sinks::stderr_color_sink_mt>()};
+    // Logging: stderr (not with --quiet, as PgBouncer's -q), plus logfile when configured.
+    std::vector<spdlog::sink_ptr> sinks;
+    if (!quiet) sinks.push_back(std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
     if (!cfg.sluice.logfile.empty()) {
         try {
             sinks.push_back(
@@ -115,12 +117,12 @@ int main(int argc, char** argv) {
             return 1;
         }
     }
+    if (sinks.empty()) sinks.push_back(std::make_shared<spdlog::sinks::null_sink_mt>());
     auto logger = std::make_shared<spdlog::logger>("sluice", sinks.begin(), sinks.end());
     spdlog::set_default_logger(logger);
     spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ [%t] %v");
     verbosity += cfg.sluice.verbose;
-    spdlog::set_level(quiet ? spdlog::level::warn
-                      : verbosity >= 2 ? spdlog::level::trace
+    spdlog::set_level(verbosity >= 2 ? spdlog::level::trace
                       : verbosity == 1 ? spdlog::level::debug
                                        : spdlog::level::info);
     spdlog::flush_on(spdlog::level::info);

@@ -781,3 +781,19 @@ def test_listen_addr_star_listens_on_ipv4_and_ipv6(make_sluice):
         with psycopg.connect(host=host, port=s.port, user="app", password=APP_PW, dbname="app",
                              autocommit=True, connect_timeout=10) as c:
             assert c.execute("SELECT 1").fetchone()[0] == 1, host
+
+
+def test_quiet_writes_nothing_to_stderr_and_everything_to_the_logfile(make_sluice, workdir):
+    """`-q` as PgBouncer's: nothing on stderr, while the logfile still gets the info lines
+    (start-up, logins)."""
+    logfile = workdir / "quiet-sluice.log"
+    s = make_sluice(args=("-q",), logfile=str(logfile), log_connections=True)
+    with psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True) as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    assert wait_for(lambda: logfile.exists() and "login: db=app user=app" in logfile.read_text(),
+                    DEADLINE), logfile.read_text() if logfile.exists() else "no logfile"
+    assert "listening on 127.0.0.1" in logfile.read_text()
+    # The harness's log of the process is its stdout and stderr: only the harness's own
+    # "=== start" marker may be there.
+    lines = [l for l in s.log_text().splitlines() if l.strip() and not l.startswith("=== start")]
+    assert lines == [], lines
