@@ -1,5 +1,6 @@
 // sluice CONFIG | sluice --check CONFIG | sluice --version
 #include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/dist_sink.h>
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -107,10 +108,16 @@ int main(int argc, char** argv) {
     // Logging: stderr (not with --quiet, as PgBouncer's -q), plus logfile when configured.
     std::vector<spdlog::sink_ptr> sinks;
     if (!quiet) sinks.push_back(std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+    // The file sink sits inside a dist_sink, whose sinks can be swapped while other threads
+    // log: SIGHUP opens the path again (logrotate has renamed the old file).
+    std::shared_ptr<spdlog::sinks::dist_sink_mt> file_sink;
+    const std::string log_pattern = "%Y-%m-%d %H:%M:%S.%e %^%l%$ [%t] %v";
     if (!cfg.sluice.logfile.empty()) {
         try {
-            sinks.push_back(
+            file_sink = std::make_shared<spdlog::sinks::dist_sink_mt>();
+            file_sink->add_sink(
                 std::make_shared<spdlog::sinks::basic_file_sink_mt>(cfg.sluice.logfile));
+            sinks.push_back(file_sink);
         } catch (const std::exception& e) {
             std::cerr << "sluice: cannot open logfile " << cfg.sluice.logfile << ": " << e.what()
                       << "\n";
@@ -120,7 +127,7 @@ int main(int argc, char** argv) {
     if (sinks.empty()) sinks.push_back(std::make_shared<spdlog::sinks::null_sink_mt>());
     auto logger = std::make_shared<spdlog::logger>("sluice", sinks.begin(), sinks.end());
     spdlog::set_default_logger(logger);
-    spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ [%t] %v");
+    spdlog::set_pattern(log_pattern);
     verbosity += cfg.sluice.verbose;
     spdlog::set_level(verbosity >= 2 ? spdlog::level::trace
                       : verbosity == 1 ? spdlog::level::debug
@@ -148,6 +155,19 @@ int main(int argc, char** argv) {
             spdlog::critical("{}", e.what());
             if (!pidfile.empty()) std::remove(pidfile.c_str());
             return 1;
+        }
+        if (file_sink) {
+            rt->reopen_log = [file_sink, path = rt->cfg()->sluice.logfile, log_pattern] {
+                try {
+                    auto fresh = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path);
+                    fresh->set_pattern(log_pattern);
+                    file_sink->set_sinks({fresh});
+                    spdlog::info("log file {} reopened", path);
+                } catch (const std::exception& e) {
+                    spdlog::error("cannot reopen log file {}: {} (logging to the old file)",
+                                  path, e.what());
+                }
+            };
         }
         sluice::net::server srv(*rt);
         rc = srv.run();

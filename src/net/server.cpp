@@ -194,6 +194,7 @@ asio::awaitable<void> server::signal_loop() {
         if (ec) co_return;
         switch (sig) {
             case SIGHUP: {
+                if (rt_.reopen_log) rt_.reopen_log();
                 std::string errors;
                 if (!rt_.reload(errors))
                     spdlog::error("RELOAD failed, keeping the running configuration:\n{}", errors);

@@ -797,3 +797,22 @@ def test_quiet_writes_nothing_to_stderr_and_everything_to_the_logfile(make_sluic
     # "=== start" marker may be there.
     lines = [l for l in s.log_text().splitlines() if l.strip() and not l.startswith("=== start")]
     assert lines == [], lines
+
+
+def test_sighup_reopens_the_log_file(make_sluice, workdir):
+    """logrotate's way: the file is renamed, SIGHUP, and Sluice writes to a new file at the
+    configured path; nothing more goes to the renamed one."""
+    logfile = workdir / "rotated-sluice.log"
+    s = make_sluice(logfile=str(logfile), log_connections=True)
+    assert wait_for(lambda: logfile.exists() and "listening on" in logfile.read_text(), DEADLINE)
+    old = workdir / "rotated-sluice.log.1"
+    logfile.rename(old)
+    s.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: logfile.exists() and "reopened" in logfile.read_text(), DEADLINE), \
+        s.log_tail()
+    with psycopg.connect(s.dsn("app", APP_PW, "app"), application_name="after_rotate",
+                         autocommit=True) as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    assert wait_for(lambda: "app=after_rotate" in logfile.read_text(), DEADLINE), \
+        logfile.read_text()
+    assert "after_rotate" not in old.read_text()

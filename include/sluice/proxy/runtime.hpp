@@ -73,6 +73,9 @@ public:
     // and refreshes pool settings and limits, as a successful RELOAD does.
     void update_config(const std::function<void(config::config&)>& change);
 
+    // SIGHUP reopens the log file (logrotate moves it away first); set by main().
+    std::function<void()> reopen_log;
+
     pool::pool_manager pools;
     session_registry sessions;
     auth_query_cache auth_queries;  // auth_user + auth_query lookups
