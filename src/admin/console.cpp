@@ -800,8 +800,10 @@ asio::awaitable<outcome> run_control(exec_context& cx, const command& c) {
         if (!rt.reload(errors)) {
             while (!errors.empty() && errors.back() == '\n') errors.pop_back();
             spdlog::error("RELOAD failed, keeping the running configuration:\n{}", errors);
-            write_error(cx.out, "F0000", "RELOAD failed: the running configuration is kept",
-                        "fix the configuration file and run RELOAD again", errors);
+            // PgBouncer's words (scripts match them); the reasons go in DETAIL as well.
+            write_error(cx.out, "F0000", "RELOAD failed, see logs for additional details",
+                        "the running configuration is kept; fix the file and RELOAD again",
+                        errors);
             co_return outcome::error;
         }
         co_return ok("RELOAD");

@@ -422,6 +422,7 @@ def test_reload_picks_up_pool_size_and_reports_broken_file(make_sluice):
         with pytest.raises(psycopg.Error) as ei:
             c.execute("RELOAD")
         assert ei.value.sqlstate == "F0000"
+        assert ei.value.diag.message_primary == "RELOAD failed, see logs for additional details"
         assert "sluice.yaml" in (ei.value.diag.message_detail or "")
         s.config_path.write_text(good.replace("default_pool_size: 9", "default_pool_size: 3")
                                  + "\nnot_a_setting: 1\n")
