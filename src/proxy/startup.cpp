@@ -315,6 +315,13 @@ asio::awaitable<bool> client_session::startup() {
             rt_.pools.get(database, user).learn_secret(*secret);
     }
 
+    // auth_type trust asks for no password, but the user must be listed in auth_file, as in
+    // PgBouncer (`any` takes any name; the console's users are checked as they are).
+    if (g.auth_type_ == config::auth_type::trust && !secret && !console) {
+        spdlog::info("client {} closing because: no such user: {}", id, user);
+        co_await send_error("08P01", "no such user: " + user);
+        co_return false;
+    }
     bool known = secret.has_value() || method == auth::hba_method::trust;
     bool authenticated = co_await authenticate(method, map, secret, known);
     if (!authenticated) co_return false;

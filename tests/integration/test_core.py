@@ -816,3 +816,18 @@ def test_sighup_reopens_the_log_file(make_sluice, workdir):
     assert wait_for(lambda: "app=after_rotate" in logfile.read_text(), DEADLINE), \
         logfile.read_text()
     assert "after_rotate" not in old.read_text()
+
+
+def test_trust_still_needs_the_user_in_auth_file(make_sluice):
+    """auth_type trust: no password asked, but only users listed in auth_file get in (as
+    PgBouncer); `any` takes any name."""
+    s = make_sluice(auth_type="trust")
+    with psycopg.connect(f"host=127.0.0.1 port={s.port} user=app dbname=app sslmode=disable",
+                         autocommit=True, connect_timeout=10) as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == "app"
+    with pytest.raises(psycopg.OperationalError) as ei:
+        psycopg.connect(f"host=127.0.0.1 port={s.port} user=not_listed dbname=app "
+                        "sslmode=disable", connect_timeout=10)
+    assert "no such user: not_listed" in str(ei.value)
+    assert wait_for(lambda: "closing because: no such user: not_listed" in s.log_text(),
+                    DEADLINE), s.log_tail()
