@@ -53,6 +53,8 @@ error_code ssl_error(int code, bool eof) {
     if (code == SSL_ERROR_ZERO_RETURN) return asio::error::eof;
     if (code == SSL_ERROR_SSL || ERR_peek_error() != 0) {
         unsigned long e = ERR_get_error();
+        // The peer closed without close_notify: an EOF, as for a plain socket.
+        if (ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) return asio::error::eof;
         if (e != 0) return error_code(int(e), asio::error::get_ssl_category());
     }
     if (eof) return asio::error::eof;  // closed without close_notify

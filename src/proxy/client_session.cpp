@@ -97,7 +97,12 @@ asio::awaitable<void> client_session::run() {
         co_await client_loop();
         co_await finish_server();
         if (cfg->sluice.log_disconnections)
-            spdlog::info("client {} closing: db={} user={}", id, database, user);
+            spdlog::info("client {} closing because: {} (age={}s): db={} user={} addr={}:{}", id,
+                         close_reason_,
+                         std::chrono::duration_cast<std::chrono::seconds>(steady_clock::now() -
+                                                                          connect_time)
+                             .count(),
+                         database, user, addr, port);
     }
     if (pool_) pool_->clients--;
     if (tenant_connection_open_) tenant_->close_connection();
@@ -141,6 +146,7 @@ asio::awaitable<void> client_session::send_error(std::string sqlstate, std::stri
     if (!fatal) w.ready_for_query(relay_ ? relay_->transaction_status() : 'I');
     co_await write_client(out);
     if (fatal) {
+        if (!fatal_) close_reason_ = message;
         fatal_ = true;
         spdlog::info("client {} ({}:{}): {} {}", id, addr, port, sqlstate, message);
     }
@@ -190,7 +196,10 @@ asio::awaitable<void> client_session::client_loop() {
             in_.shrink_if_empty();
             if (!server_) idle_since_ns.store(now_ns(), std::memory_order_relaxed);
             std::tie(rec, n) = co_await socket_.async_read_some(asio::buffer(first_bytes_), use_nothrow);
-            if (rec) co_return;  // EOF or reset: the client is gone
+            if (rec) {  // EOF or reset: the client is gone
+                note_client_gone(rec);
+                co_return;
+            }
             in_.reserve_tail(std::max<std::size_t>(4096, n));
             std::memcpy(in_.writable().data(), first_bytes_.data(), n);
         } else {
@@ -208,7 +217,10 @@ asio::awaitable<void> client_session::client_loop() {
                 }
             }
         }
-        if (rec) co_return;  // EOF or reset: the client is gone
+        if (rec) {  // EOF or reset: the client is gone
+            note_client_gone(rec);
+            co_return;
+        }
         in_.commit(n);
         idle_since_ns.store(0, std::memory_order_relaxed);
         idle_in_xact_since_ns.store(0, std::memory_order_relaxed);
@@ -221,6 +233,7 @@ asio::awaitable<void> client_session::client_loop() {
             if (r.event == relay::client_event::need_more) break;
             if (r.event == relay::client_event::terminate) {
                 client_gone_ = true;
+                close_reason_ = "client close request";
                 co_return;
             }
             if (r.event == relay::client_event::close) {
@@ -241,6 +254,16 @@ asio::awaitable<void> client_session::client_loop() {
             m.on_admission(v.allowed, v.retry_after, tenant_->name());
         }
     }
+}
+
+void client_session::note_client_gone(const error_code& ec) {
+    if (fatal_) return;  // the reason is already known (KILL, a timeout, an error sent)
+    // (a reset is the same event seen from here: the client went away without Terminate)
+    close_reason_ = ec == asio::error::eof || ec == asio::error::connection_reset
+                        ? std::string("client unexpected eof")
+                        : "client connection failed: " + ec.message();
+    // In the middle of a query or transaction: said, since the server is then closed.
+    if (server_ && !relay_->server_clean()) close_reason_ += " (with a query in progress)";
 }
 
 asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {

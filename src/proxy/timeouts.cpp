@@ -38,6 +38,7 @@ void client_session::kill(std::string sqlstate, std::string message) {
     asio::post(executor(), [self = shared_from_this(), sqlstate, message] {
         if (self->fatal_) return;
         self->fatal_ = true;
+        self->close_reason_ = message;
         if (!self->writing_client_ && self->socket_.is_open() && !self->socket_.tls()) {
             // Best effort: a FATAL the client can show, without waiting on a slow reader.
             std::string out;

@@ -831,3 +831,25 @@ def test_trust_still_needs_the_user_in_auth_file(make_sluice):
     assert "no such user: not_listed" in str(ei.value)
     assert wait_for(lambda: "closing because: no such user: not_listed" in s.log_text(),
                     DEADLINE), s.log_tail()
+
+
+def test_disconnect_reasons_in_the_log(make_sluice):
+    """log_disconnections says why, in PgBouncer's words: Terminate is `client close
+    request`, a vanished client `client unexpected eof`, and one that vanished with a
+    query running says so."""
+    s = make_sluice(log_disconnections=True, pool_mode="transaction")
+    polite = RawPg("127.0.0.1", s.port, timeout=10)
+    polite.login("app", APP_PW, "app")
+    polite.send(message(b"X", b""))
+    gone = RawPg("127.0.0.1", s.port, timeout=10)
+    gone.login("app", APP_PW, "app")
+    gone.close()  # FIN without Terminate
+    busy = RawPg("127.0.0.1", s.port, timeout=10)
+    busy.login("app", APP_PW, "app")
+    busy.send(message(b"Q", b"SELECT pg_sleep(30)\0"))
+    time.sleep(0.2)  # (the query reaches the server; the assertion below waits anyway)
+    busy.abort()
+    reasons = ["closing because: client close request (age=",
+               "closing because: client unexpected eof (age=",
+               "closing because: client unexpected eof (with a query in progress) (age="]
+    assert wait_for(lambda: all(r in s.log_text() for r in reasons), DEADLINE), s.log_tail()

@@ -116,6 +116,7 @@ private:
     asio::awaitable<void> client_loop();
     asio::awaitable<void> server_loop(pool::server_ptr server);
     asio::awaitable<bool> write_server();  // what the relay put in to_server()
+    void note_client_gone(const error_code& ec);  // sets close_reason_ for an EOF or reset
     // server_link.cpp
     asio::awaitable<bool> link_server();
     asio::awaitable<bool> sync_parameters(pool::server_connection& s);
@@ -164,6 +165,9 @@ private:
     asio::steady_timer server_loop_done_;
     bool client_gone_ = false;
     bool fatal_ = false;                   // the session is being torn down
+    // Why the session ended, for the log_disconnections line in PgBouncer's words
+    // ("closing because: client close request"); set where the end is decided.
+    std::string close_reason_ = "client unexpected eof";
     steady_clock::time_point query_start_{}, xact_start_{};
     std::vector<asio::const_buffer> write_pieces_, server_pieces_;
     bool reset_query_always_ = false;
