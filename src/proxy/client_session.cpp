@@ -263,7 +263,8 @@ void client_session::note_client_gone(const error_code& ec) {
                         ? std::string("client unexpected eof")
                         : "client connection failed: " + ec.message();
     // In the middle of a query or transaction: said, since the server is then closed.
-    if (server_ && !relay_->server_clean()) close_reason_ += " (with a query in progress)";
+    if (query_since_ns.load(std::memory_order_relaxed) != 0) close_reason_ += " (with a query in progress)";
+    else if (server_ && !relay_->server_clean()) close_reason_ += " (in a transaction)";
 }
 
 asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
