@@ -222,11 +222,62 @@ std::optional<hba_error> expand_includes(const std::vector<token>& in,
     return std::nullopt;
 }
 
+// True when a quantifier repeats something that is itself repeated without bound:
+// `a**`, `(a+)*`, `(.*x)+`, `(a{2,})*`. std::regex backtracks on those exponentially
+// even on a 64-byte name (found by the hba fuzz target: `^(.**)@example`). A lazy `?`
+// after a quantifier is fine.
+bool nested_quantifier(const std::string& p) {
+    std::vector<bool> group_unbounded{false};  // per open group: contains `*`, `+`, `{n,}`
+    bool prev_quantifier = false, prev_group_unbounded = false;
+    for (std::size_t i = 0; i < p.size(); ++i) {
+        char c = p[i];
+        bool quantifier = c == '*' || c == '+' || c == '{';
+        if (quantifier) {
+            std::size_t close = c == '{' ? p.find('}', i) : i;
+            bool unbounded = c != '{' || (close != std::string::npos && p[close - 1] == ',');
+            if (prev_quantifier || (prev_group_unbounded && unbounded)) return true;
+            if (unbounded) group_unbounded.back() = true;
+            if (c == '{' && close != std::string::npos) i = close;
+            prev_quantifier = true;
+            prev_group_unbounded = false;
+            continue;
+        }
+        if (c == '?' && prev_quantifier) continue;  // lazy, or `?` after a quantifier
+        prev_quantifier = false;
+        prev_group_unbounded = false;
+        if (c == '\\') {
+            ++i;  // an escaped character is an atom
+        } else if (c == '[') {
+            // A class is an atom: skip to its end (a `]` first in the class is literal).
+            std::size_t j = i + 1;
+            if (j < p.size() && p[j] == '^') ++j;
+            if (j < p.size() && p[j] == ']') ++j;
+            while (j < p.size() && p[j] != ']') j += p[j] == '\\' ? 2 : 1;
+            i = j;
+        } else if (c == '(') {
+            group_unbounded.push_back(false);
+        } else if (c == ')' && group_unbounded.size() > 1) {
+            bool inner = group_unbounded.back();
+            group_unbounded.pop_back();
+            if (inner) group_unbounded.back() = true;
+            prev_group_unbounded = inner;
+        } else if (c == '?') {
+            prev_quantifier = true;  // `x?` is a (bounded) quantifier too: `x?*` nests
+        }
+    }
+    return false;
+}
+
 std::shared_ptr<const hba_regex> compile_regex(const std::string& pattern, std::string& why) {
     // std::regex's compiler recurses per alternative: a long pattern could exhaust the
     // stack (found by the hba fuzz target). Real patterns are short.
     if (pattern.size() > 256) {
         why = "regular expression longer than 256 bytes";
+        return nullptr;
+    }
+    if (nested_quantifier(pattern)) {
+        why = "nested quantifiers (a repeated group that repeats without bound) would make "
+              "matching exponentially slow";
         return nullptr;
     }
     try {

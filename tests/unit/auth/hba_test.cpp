@@ -974,3 +974,17 @@ TEST(IdentErrors, CheckReportsEveryError) {
     EXPECT_EQ(all[1].line, 4);
     EXPECT_TRUE(ident_map::check("m a b\n").empty());
 }
+
+TEST(HbaParse, RegexWithNestedQuantifiersIsRefused) {
+    // Exponential backtracking in std::regex (the hba fuzz target found `^(.**)@...`).
+    for (const char* re : {"/^(.**)@example", "/(a+)+", "/(.*x)*", "/a**", "/(a?*)",
+                           "/((a*)b)+"}) {
+        hba_error e = parse_err(std::string("local all ") + re + " trust\n");
+        EXPECT_NE(e.message.find("nested quantifiers"), std::string::npos) << re << ": " << e.message;
+    }
+    for (const char* re : {"/^(.*)@example\\.com$", "/^[a-z]+_ro$", "/(ab)?c", "/a*?b", "/(a|b)+",
+                           "/[*+]+", "/\\*+", "/(a+){3}", "/^(?:x|y)*$"}) {
+        hba_file f = parse_ok(std::string("local all ") + re + " trust\n");
+        EXPECT_EQ(f.rules().size(), 1u) << re;
+    }
+}
