@@ -263,7 +263,8 @@ void client_session::note_client_gone(const error_code& ec) {
                         ? std::string("client unexpected eof")
                         : "client connection failed: " + ec.message();
     // In the middle of a query or transaction: said, since the server is then closed.
-    if (query_since_ns.load(std::memory_order_relaxed) != 0) close_reason_ += " (with a query in progress)";
+    if (query_since_ns.load(std::memory_order_relaxed) != 0)
+        close_reason_ += " (with a query in progress)";
     else if (server_ && !relay_->server_clean()) close_reason_ += " (in a transaction)";
 }
 
@@ -344,9 +345,7 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
 
 void client_session::on_query_start() {
     query_start_ = steady_clock::now();
-    query_since_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                             query_start_.time_since_epoch()).count(),
-                         std::memory_order_relaxed);
+    query_since_ns.store(to_ns(query_start_), std::memory_order_relaxed);
 }
 
 void client_session::on_ready_for_query(char status, char previous, bool more) {

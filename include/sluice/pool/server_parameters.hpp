@@ -23,7 +23,6 @@ using shared_params = std::shared_ptr<const param_set>;
 
 class server_parameters {
 public:
-    const param_set& values() const { return values_; }
     auto find(std::string_view k) const { return values_.find(k); }
     auto end() const { return values_.end(); }
     auto begin() const { return values_.begin(); }

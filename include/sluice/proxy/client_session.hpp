@@ -79,11 +79,10 @@ public:
         transaction_timeout_ns{0}, client_idle_timeout_ns{0};
     // Called by the sweeper (any thread): acts on an expired timeout.
     void check_timeouts(std::int64_t now);
-    static std::int64_t now_ns() {
-        return std::chrono::duration_cast<std::chrono::nanoseconds>(
-                   steady_clock::now().time_since_epoch())
-            .count();
+    static std::int64_t to_ns(steady_clock::time_point t) {
+        return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
     }
+    static std::int64_t now_ns() { return to_ns(steady_clock::now()); }
     std::shared_ptr<ratelimit::tenant> tenant_;
     admin::console_role console_role_ = admin::console_role::none;
     bool tenant_connection_open_ = false;
