@@ -121,6 +121,29 @@ const char* client_state_name(proxy::client_state s) {
 // ---------------------------------------------------------------------------------------
 // SHOW builders. Column names and order are PgBouncer's (shared/reference/pgbouncer-compat.md).
 
+// load_balance_hosts of a database's entry (PgBouncer shows it in SHOW POOLS too).
+cell lb_of(proxy::runtime& rt, const std::string& database) {
+    auto cfg = rt.cfg();
+    if (const config::database* db = cfg->find_database(database)) return db->load_balance_hosts;
+    return {};
+}
+
+// What each host of an entry was found to be when last connected to, for SHOW DATABASES:
+// "127.0.0.1=primary,127.0.0.2=standby (lagging)", "?" for a host not known yet.
+std::string host_roles(proxy::runtime& rt, const std::string& name, const config::database& db) {
+    auto group = rt.host_group_for(name, db);
+    std::lock_guard lk(group->mutex);
+    std::string out;
+    for (std::size_t i = 0; i < group->names.size(); ++i) {
+        if (i) out += ",";
+        out += group->names[i] + "=";
+        auto r = group->state.known_role(i);
+        out += r ? pool::role_name(*r) : "?";
+        if (r && group->state.lagging(i)) out += " (lagging)";
+    }
+    return out;
+}
+
 table show_pools(proxy::runtime& rt) {
     table t;
     for (auto* c : {"database", "user"}) t.column(c);
@@ -147,7 +170,8 @@ table show_pools(proxy::runtime& rt) {
                           num(snap.sv_active), "0", num(being_canceled), num(snap.sv_idle),
                           num(snap.sv_used), num(snap.sv_tested), num(snap.sv_login),
                           num(wait_us / 1000000), num(wait_us % 1000000),
-                          config::to_string(p->current_settings().mode), "disable"});
+                          config::to_string(p->current_settings().mode),
+                          lb_of(rt, p->database())});
     }
     return t;
 }
@@ -260,9 +284,14 @@ table show_clients(proxy::runtime& rt) {
     return t;
 }
 
+const char* server_role_name(char r) {
+    return r == 'p' ? "primary" : r == 's' ? "standby" : nullptr;
+}
+
 table show_servers(proxy::runtime& rt) {
     table t;
     add_connection_columns(t);
+    t.column("role");  // Sluice's own: primary or standby, as the server said at login
     for (auto& p : rt.pools.all()) {
         auto snap = p->take_snapshot();
         std::sort(snap.servers.begin(), snap.servers.end(),
@@ -279,7 +308,9 @@ table show_servers(proxy::runtime& rt) {
                               s->state.load() == pool::server_state::login || s->tls_info.empty()
                                   ? cell()
                                   : cell(s->tls_info),
-                              std::nullopt, "0", unum(s->id)});
+                              std::nullopt, "0", unum(s->id),
+                              server_role_name(s->role.load()) ? cell(server_role_name(s->role.load()))
+                                                               : cell()});
         }
     }
     return t;
@@ -298,6 +329,9 @@ table show_databases(proxy::runtime& rt) {
     for (auto* c : {"max_connections", "current_connections", "max_client_connections",
                     "current_client_connections", "paused", "disabled"})
         t.column(c, int8_oid);
+    // Sluice's own, after PgBouncer's: how hosts are chosen, and what each turned out to be.
+    t.column("target_session_attrs");
+    t.column("host_roles");
 
     auto cfg = rt.cfg();
     const auto& g = cfg->sluice;
@@ -314,7 +348,7 @@ table show_databases(proxy::runtime& rt) {
 
     t.rows.push_back({"pgbouncer", std::nullopt, num(g.listen_port), "pgbouncer", "pgbouncer", "2",
                       "0", "0", "0", "statement", std::nullopt, "0", "0", "0",
-                      num(console_clients), "0", "0"});
+                      num(console_clients), "0", "0", std::nullopt, std::nullopt});
     for (auto& name : names) {
         const config::database* db = cfg->find_database(name);
         if (!db) continue;
@@ -329,10 +363,11 @@ table show_databases(proxy::runtime& rt) {
                           num(db->min_pool_size.value_or(g.min_pool_size)),
                           num(db->reserve_pool_size.value_or(g.reserve_pool_size)),
                           num(std::chrono::duration_cast<std::chrono::seconds>(lifetime).count()),
-                          config::to_string(cfg->mode_for(db, nullptr)), "disable", num(max_conn),
-                          num(rt.pools.db_count(name).load()), num(max_clients),
+                          config::to_string(cfg->mode_for(db, nullptr)), db->load_balance_hosts,
+                          num(max_conn), num(rt.pools.db_count(name).load()), num(max_clients),
                           num(clients_by_db[name]), rt.pools.paused(name) ? "1" : "0",
-                          rt.database_disabled(name) ? "1" : "0"});
+                          rt.database_disabled(name) ? "1" : "0", db->target_session_attrs,
+                          host_roles(rt, name, *db)});
     }
     return t;
 }

@@ -304,10 +304,10 @@ std::vector<setting> build_table() {
                 "Sluice does not run a query on new server connections; set session "
                 "defaults with ALTER ROLE or ALTER DATABASE ... SET"),
         imp("pool_mode", &d::mode),
-        imp("load_balance_hosts", &d::load_balance_hosts)
-            .one_of("disable|round-robin")
-            .only_default("Sluice tries the hosts in the order given "
-                          "(load_balance_hosts = disable)"),
+        imp("load_balance_hosts", &d::load_balance_hosts).one_of("round-robin|disable"),
+        imp("target_session_attrs", &d::target_session_attrs)
+            .one_of("any|read-write|read-only|primary|standby|prefer-standby"),
+        imp("max_replica_lag", &d::max_replica_lag),
         imp("max_db_connections", &d::max_db_connections),
         imp("max_db_client_connections", &d::max_db_client_connections),
         imp("server_lifetime", &d::server_lifetime),

@@ -66,6 +66,7 @@ host_state::host_state(std::size_t hosts, target_session_attrs target, bool roun
     : hosts_(std::max<std::size_t>(hosts, 1)), target_(target), round_robin_(round_robin) {}
 
 int host_state::rank(const host& h) const {
+    if (target_ == target_session_attrs::any) return 0;  // every server fits: rotation decides
     if (!h.role) return 1;
     return fits(target_, *h.role, h.lagging) ? 0 : 2;
 }

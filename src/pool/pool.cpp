@@ -51,6 +51,11 @@ void pool::update_settings(settings s) {
                            s.login.user != settings_.login.user ||
                            (s.login.tls ? s.login.tls->server_generation : 0) !=
                                (settings_.login.tls ? settings_.login.tls->server_generation : 0);
+    if (!s.hosts)
+        s.hosts = std::make_shared<host_group>(s.login.hosts, target_session_attrs::any, false,
+                                               std::nullopt);
+    // Another host list or target: the servers open now may not be what it asks for.
+    address_changed |= settings_.hosts && s.hosts != settings_.hosts;
     settings_ = std::move(s);
     snapshot_ = std::make_shared<const settings>(settings_);
     state_.set_limits(limits_of(settings_));
@@ -196,7 +201,7 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
         if (usable) co_return acquire_result{s, {}, {}, steady_clock::now() - start};
         // It was broken: connect in the slot it held.
     }
-    auto r = co_await open_server(ex, worker);
+    auto r = co_await open_server(ex, worker, deadline);
     r.waited = steady_clock::now() - start;
     co_return r;
 }
@@ -235,6 +240,30 @@ asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, in
         }
         s->state = server_state::active;
     }
+    // max_replica_lag: a standby of a prefer-standby entry is measured again when its last
+    // measure is older than server_check_delay. One that lags is closed and its host
+    // waits out server_login_retry: this client, and the next ones, go to another host.
+    const host_group* group = cfg.hosts.get();
+    if (s->role == 's' && group && group->max_replica_lag &&
+        group->state.target() == target_session_attrs::prefer_standby &&
+        steady_clock::now() - s->lag_checked_at > cfg.server_check_delay) {
+        bool failed = false;
+        bool lagging = co_await lags(*s, *group->max_replica_lag, cfg.login.max_packet_size, failed);
+        if (failed || lagging) {
+            {
+                std::lock_guard lk(cfg.hosts->mutex);
+                auto now = steady_clock::now();
+                if (failed) cfg.hosts->state.connect_failed(s->host_index, now, cfg.server_login_retry);
+                else cfg.hosts->state.judge(s->host_index, server_role{true, true}, true, {}, now,
+                                            cfg.server_login_retry);
+            }
+            spdlog::info("server {} of {}/{} on {} {}; dropping it", s->id, database_, user_,
+                         s->host(), failed ? "did not answer the lag query"
+                                           : "lags more than max_replica_lag");
+            retire(s, false);
+            co_return false;
+        }
+    }
     s->last_used = steady_clock::now();
     stats.server_assignment_count++;
     co_return true;
@@ -259,11 +288,14 @@ asio::awaitable<void> pool::warm_up(asio::any_io_executor ex, int worker) {
     }
 }
 
-asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int worker) {
+asio::awaitable<acquire_result> pool::open_server(
+    asio::any_io_executor ex, int worker, std::optional<steady_clock::time_point> wait_until) {
     auto s = std::make_shared<server_connection>(ex, manager_.next_server_id());
     s->owner = this;
     s->worker = worker;
     login_params login;
+    std::shared_ptr<host_group> group;
+    steady_clock::duration retry;
     std::vector<std::string> unreported;  // tracked parameters to read from a first server
     {
         std::lock_guard lk(mutex_);
@@ -278,6 +310,8 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
                                      "(server_login_retry): " + login_failed_error_};
         }
         login = settings_.login;
+        group = settings_.hosts;
+        retry = settings_.server_login_retry;
         unreported = settings_.unreported_tracked;
         if (login.scram_client_key.empty()) {
             login.scram_client_key = scram_client_key_;
@@ -287,7 +321,31 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
         all_.push_back(s);
     }
     manager_.total_servers++;
-    bool ok = co_await s->connect(login);
+    bool ok = false;
+    bool waited_once = false;
+    for (int immediate = 0;; s->reset_for_retry()) {
+        ok = co_await connect_to_a_host(*s, login, *group, retry);
+        if (ok || !s->last_error_transient || !wait_until) break;
+        // Nothing usable now, but it may come back (a restart, a failover in progress):
+        // wait for the first host whose server_login_retry has passed.
+        auto now = steady_clock::now();
+        steady_clock::time_point next;
+        {
+            std::lock_guard lk(group->mutex);
+            next = group->state.next_retry(now);
+        }
+        // A prefer-standby primary passed over for a standby that then failed is free to
+        // take at once; more than that in a row would spin.
+        if (next <= now && ++immediate > 1) next = now + std::chrono::milliseconds(100);
+        if (next > now) immediate = 0;
+        if (next >= *wait_until) break;
+        if (!waited_once)
+            spdlog::info("no server for {}/{} yet ({}); waiting for a host to come back "
+                         "(server_login_retry)", database_, user_, s->last_error);
+        waited_once = true;
+        asio::steady_timer t(ex, next);
+        co_await t.async_wait(use_nothrow);
+    }
     if (!ok) {
         spdlog::warn("server login for {}/{} failed: {}", database_, user_, s->last_error);
         std::string sqlstate = "08006";
@@ -295,7 +353,9 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
         // connections) are passed on with their SQLSTATE.
         if (s->last_error_fields && !s->last_error_fields->sqlstate.empty())
             sqlstate = s->last_error_fields->sqlstate;
-        {
+        if (!s->last_error_transient) {
+            // Only a refusal that trying again cannot cure makes the pool fail fast;
+            // hosts that are down are each waited out in connect_to_a_host.
             std::lock_guard lk(mutex_);
             login_failed_at_ = steady_clock::now();
             login_failed_error_ = s->last_error;
@@ -336,6 +396,131 @@ asio::awaitable<acquire_result> pool::open_server(asio::any_io_executor ex, int 
     co_return acquire_result{s, {}, {}};
 }
 
+asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_params& login,
+                                               host_group& group, steady_clock::duration retry) {
+    std::vector<std::size_t> plan;
+    {
+        std::lock_guard lk(group.mutex);
+        plan = group.state.plan(steady_clock::now());
+        if (plan.empty()) {
+            s.last_error = group.last_error.empty() ? "no host can be tried yet"
+                                                    : group.last_error;
+            s.last_error_transient = true;
+            co_return false;
+        }
+    }
+    const target_session_attrs target = group.state.target();
+    for (std::size_t k = 0; k < plan.size(); ++k) {
+        const std::size_t i = plan[k];
+        const std::string& host = group.names.at(i);
+        if (k > 0) s.reset_for_retry();
+        bool connected = co_await s.connect(login, host);
+        if (!connected) {
+            // PostgreSQL refused this user or database: another host will say the same,
+            // and the host itself is fine for the other pools.
+            if (!s.last_error_transient) co_return false;
+            std::lock_guard lk(group.mutex);
+            group.state.connect_failed(i, steady_clock::now(), retry);
+            group.last_error = s.last_error;
+            if (plan.size() > 1)
+                spdlog::warn("server {} for {}/{} is not usable, trying the next host: {}", host,
+                             database_, user_, s.last_error);
+            continue;
+        }
+        std::optional<server_role> role = co_await read_role(s, target, login.max_packet_size);
+        if (!role && target != target_session_attrs::any) {
+            std::lock_guard lk(group.mutex);
+            group.state.connect_failed(i, steady_clock::now(), retry);
+            group.last_error = s.last_error;
+            s.close();
+            continue;
+        }
+        if (!role) {  // any: a server that does not say is taken as it is
+            s.host_index = i;
+            co_return true;
+        }
+        bool lagging = false;
+        if (group.max_replica_lag && target == target_session_attrs::prefer_standby &&
+            role->hot_standby) {
+            bool failed = false;
+            lagging = co_await lags(s, *group.max_replica_lag, login.max_packet_size, failed);
+            if (failed) {
+                std::lock_guard lk(group.mutex);
+                group.state.connect_failed(i, steady_clock::now(), retry);
+                group.last_error = s.last_error;
+                s.close();
+                continue;
+            }
+        }
+        std::vector<std::size_t> remaining(plan.begin() + k + 1, plan.end());
+        host_state::verdict v;
+        {
+            std::lock_guard lk(group.mutex);
+            v = group.state.judge(i, *role, lagging, remaining, steady_clock::now(), retry);
+            if (v == host_state::verdict::reject) {
+                group.last_error = "server " + host + ":" + std::to_string(login.port) +
+                                   " is a " + role_name(*role) +
+                                   (role->read_only && !role->hot_standby ? " (read-only)" : "") +
+                                   (lagging ? " lagging more than max_replica_lag" : "") +
+                                   " and target_session_attrs is " + to_string(target);
+                s.last_error = group.last_error;
+            }
+        }
+        if (v == host_state::verdict::accept) {
+            s.host_index = i;
+            s.role = role->hot_standby ? 's' : 'p';
+            co_return true;
+        }
+        spdlog::info("{}; closing it for {}/{}", s.last_error, database_, user_);
+        s.terminate();
+    }
+    s.last_error_transient = true;
+    co_return false;
+}
+
+asio::awaitable<std::optional<server_role>> pool::read_role(server_connection& s,
+                                                             target_session_attrs target,
+                                                             std::size_t max_packet) {
+    if (auto r = role_from_parameters(s.parameters.value("in_hot_standby"),
+                                      s.parameters.value("default_transaction_read_only")))
+        co_return r;
+    if (target == target_session_attrs::any) co_return std::nullopt;
+    // Before PostgreSQL 14 neither is reported: ask, as libpq does.
+    std::vector<std::optional<std::string>> row;
+    bool ok = co_await s.run_internal_query(
+        "SELECT pg_catalog.pg_is_in_recovery(), "
+        "pg_catalog.current_setting('default_transaction_read_only')",
+        max_packet, &row);
+    if (!ok || row.size() != 2 || !row[0] || !row[1]) {
+        if (ok) s.last_error = "could not read the role of server " + s.host();
+        co_return std::nullopt;
+    }
+    co_return server_role{*row[0] == "t", *row[1] == "on"};
+}
+
+asio::awaitable<bool> pool::lags(server_connection& s, steady_clock::duration max_lag,
+                                 std::size_t max_packet, bool& failed) {
+    // Replay lag as the time since the last replayed transaction, counted only while WAL
+    // received is not yet replayed: an idle primary sends nothing, and its standby is
+    // then up to date however old its last transaction is. A standby that has replayed
+    // no transaction since it started has been behind for as long as it has run, at most.
+    std::vector<std::optional<std::string>> row;
+    bool ok = co_await s.run_internal_query(
+        "SELECT CASE WHEN pg_catalog.pg_last_wal_receive_lsn() IS NULL "
+        "OR pg_catalog.pg_last_wal_receive_lsn() <= pg_catalog.pg_last_wal_replay_lsn() "
+        "THEN 0 ELSE EXTRACT(EPOCH FROM now() - COALESCE("
+        "pg_catalog.pg_last_xact_replay_timestamp(), pg_catalog.pg_postmaster_start_time())) "
+        "END::float8",
+        max_packet, &row);
+    s.lag_checked_at = steady_clock::now();
+    if (!ok || row.size() != 1 || !row[0]) {
+        failed = true;
+        co_return false;
+    }
+    double seconds = std::strtod(row[0]->c_str(), nullptr);
+    co_return seconds * 1e9 > double(std::chrono::nanoseconds(max_lag).count());
+}
+
 void pool::release(server_ptr s) {
     auto now = steady_clock::now();
     s->last_used = now;
@@ -345,7 +530,26 @@ void pool::release(server_ptr s) {
     // not reused: the next connection uses the new ones.
     const std::uint64_t tls_generation =
         settings_.login.tls ? settings_.login.tls->server_generation : 0;
-    const bool reusable = !s->close_needed && s->socket.is_open() &&
+    // A server whose role changed under it (a promoted standby says in_hot_standby=off
+    // after its next query) is closed unless the entry's target still fits it; the host's
+    // new role is learnt for the next connections.
+    bool role_fits = true;
+    if (char was = s->role.load(); was != '?' && settings_.hosts) {
+        auto r = role_from_parameters(s->parameters.value("in_hot_standby"),
+                                      s->parameters.value("default_transaction_read_only"));
+        if (r && (r->hot_standby ? 's' : 'p') != was) {
+            const auto target = settings_.hosts->state.target();
+            role_fits = fits(target, *r, false) && target != target_session_attrs::prefer_standby;
+            {
+                std::lock_guard glk(settings_.hosts->mutex);
+                settings_.hosts->state.learnt(s->host_index, *r);
+            }
+            s->role = r->hot_standby ? 's' : 'p';
+            spdlog::info("server {} of {}/{} on {} is now a {}{}", s->id, database_, user_,
+                         s->host(), role_name(*r), role_fits ? "" : "; closing it");
+        }
+    }
+    const bool reusable = role_fits && !s->close_needed && s->socket.is_open() &&
                           s->tls_generation == tls_generation &&
                           !(settings_.server_lifetime.count() > 0 &&
                             now - s->connect_time > settings_.server_lifetime);

@@ -86,19 +86,39 @@ asio::awaitable<bool> connect_socket(stream_socket& socket, const std::string& h
     co_return false;
 }
 
-asio::awaitable<bool> server_connection::connect(login_params p) {
+asio::awaitable<bool> server_connection::connect(login_params p, std::string host) {
     const net::sslmode mode = p.tls ? p.tls->server_mode : net::sslmode::disable;
     tls_generation = p.tls ? p.tls->server_generation : 0;
-    if (mode != net::sslmode::allow) co_return co_await connect_with(p, mode);
+    if (mode != net::sslmode::allow) co_return co_await connect_with(p, mode, host);
     // allow (libpq's meaning): plaintext first, TLS only if the server insists, which
     // PostgreSQL says with 28000 (no pg_hba.conf entry ... no encryption).
-    if (co_await connect_with(p, net::sslmode::disable)) co_return true;
+    if (co_await connect_with(p, net::sslmode::disable, host)) co_return true;
     if (!last_error_fields || last_error_fields->sqlstate != "28000") co_return false;
+    reset_for_retry();
+    co_return co_await connect_with(p, net::sslmode::require, host);
+}
+
+void server_connection::reset_for_retry() {
     socket.reset();
     buffer.consume(buffer.size());
     parameters.clear();
     last_error_fields.reset();
-    co_return co_await connect_with(p, net::sslmode::require);
+    last_error_transient = true;
+    backend_key = {};
+    tls_info.clear();
+    transaction_status = 'I';
+    state = server_state::login;
+}
+
+void server_connection::terminate() {
+    if (socket.is_open()) {
+        // Best effort and without waiting: PostgreSQL logs a client that leaves without
+        // Terminate as "unexpected EOF"; a full send buffer here is not worth waiting on.
+        std::string out;
+        proto::writer(out).terminate();
+        ::send(socket.native_handle(), out.data(), out.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+    close();
 }
 
 asio::awaitable<bool> server_connection::negotiate_tls(std::shared_ptr<const net::tls_config> tls,
@@ -150,7 +170,8 @@ asio::awaitable<bool> server_connection::negotiate_tls(std::shared_ptr<const net
     co_return true;
 }
 
-asio::awaitable<bool> server_connection::connect_with(login_params p, net::sslmode mode) {
+asio::awaitable<bool> server_connection::connect_with(login_params p, net::sslmode mode,
+                                                      const std::string& h) {
     connect_time = last_used = steady_clock::now();
     internal_query_timeout = p.connect_timeout;
     state = server_state::login;
@@ -177,25 +198,25 @@ asio::awaitable<bool> server_connection::connect_with(login_params p, net::sslmo
         socket.close(ignored);
         return false;
     };
+    // An authentication exchange Sluice cannot complete: retrying will not change it.
+    auto refuse = [&](std::string why) {
+        last_error_transient = false;
+        return fail(std::move(why));
+    };
 
-    bool connected = false;
-    for (const auto& h : p.hosts) {
-        if (!co_await connect_socket(socket.lowest_layer(), h, p.port, last_error)) continue;
-        const bool unix_socket = !h.empty() && h[0] == '/';
-        if (!unix_socket) p.tcp.apply(socket.native_handle());
-        set_host(h, p.port);
-        // As libpq: TLS is never used over a Unix socket. Each host of a list is checked
-        // on its own name; one that fails the check is skipped like one that is down.
-        if (mode != net::sslmode::disable && !unix_socket && p.tls && p.tls->server_side &&
-            !co_await negotiate_tls(p.tls, mode, h, p.port)) {
-            if (*timed_out) break;
-            socket.reset();
-            continue;
-        }
-        connected = true;
-        break;
+    if (!co_await connect_socket(socket.lowest_layer(), h, p.port, last_error))
+        co_return fail(last_error);
+    const bool unix_socket = !h.empty() && h[0] == '/';
+    if (!unix_socket) p.tcp.apply(socket.native_handle());
+    set_host(h, p.port);
+    // As libpq: TLS is never used over a Unix socket.
+    if (mode != net::sslmode::disable && !unix_socket && p.tls && p.tls->server_side &&
+        !co_await negotiate_tls(p.tls, mode, h, p.port)) {
+        // A server that does not meet the TLS settings is a configuration matter: waiting
+        // for it would not help (unless it timed out, which may be load).
+        if (!*timed_out) last_error_transient = false;
+        co_return fail(last_error);
     }
-    if (!connected) co_return fail(last_error);
 
     std::string out;
     proto::writer w(out);
@@ -214,7 +235,7 @@ asio::awaitable<bool> server_connection::connect_with(login_params p, net::sslmo
         switch (m.type) {
             case proto::msg::authentication: {
                 auto req = proto::decode_authentication(m.body);
-                if (!req) co_return fail("malformed authentication request from server");
+                if (!req) co_return refuse("malformed authentication request from server");
                 out.clear();
                 switch (req->code) {
                     case 0:
@@ -222,13 +243,13 @@ asio::awaitable<bool> server_connection::connect_with(login_params p, net::sslmo
                     case 3:  // cleartext
                         if (!p.password || auth::is_md5_secret(*p.password) ||
                             auth::is_scram_secret(*p.password))
-                            co_return fail("server asks for a cleartext password, which "
+                            co_return refuse("server asks for a cleartext password, which "
                                            "Sluice does not have for user " + p.user);
                         w.password(*p.password);
                         break;
                     case 5:  // md5
                         if (!p.password || auth::is_scram_secret(*p.password))
-                            co_return fail("server asks for md5 authentication, which needs "
+                            co_return refuse("server asks for md5 authentication, which needs "
                                            "a plaintext or md5 password for user " + p.user);
                         w.password(auth::md5_response(*p.password, p.user, req->md5_salt));
                         break;
@@ -236,7 +257,7 @@ asio::awaitable<bool> server_connection::connect_with(login_params p, net::sslmo
                         bool offered = false;
                         for (auto& mech : req->sasl_mechanisms)
                             offered |= mech == "SCRAM-SHA-256";
-                        if (!offered) co_return fail("server offers no SASL mechanism Sluice knows");
+                        if (!offered) co_return refuse("server offers no SASL mechanism Sluice knows");
                         if (p.password && !auth::is_md5_secret(*p.password) &&
                             !auth::is_scram_secret(*p.password)) {
                             scram = auth::scram_client::with_password(*p.password);
@@ -244,7 +265,7 @@ asio::awaitable<bool> server_connection::connect_with(login_params p, net::sslmo
                             scram = auth::scram_client::with_keys(p.scram_client_key,
                                                                   p.scram_server_key);
                         } else {
-                            co_return fail("server asks for SCRAM authentication; Sluice needs "
+                            co_return refuse("server asks for SCRAM authentication; Sluice needs "
                                            "a plaintext password or a client's SCRAM login "
                                            "for user " + p.user);
                         }
@@ -252,25 +273,29 @@ asio::awaitable<bool> server_connection::connect_with(login_params p, net::sslmo
                         break;
                     }
                     case 11: {
-                        if (!scram) co_return fail("unexpected SASL continue from server");
+                        if (!scram) co_return refuse("unexpected SASL continue from server");
                         auto final_msg = scram->server_first(req->sasl_data);
-                        if (!final_msg) co_return fail("malformed SCRAM message from server");
+                        if (!final_msg) co_return refuse("malformed SCRAM message from server");
                         w.sasl_response(*final_msg);
                         break;
                     }
                     case 12:
                         if (!scram || !scram->server_final(req->sasl_data))
-                            co_return fail("server's SCRAM signature does not verify");
+                            co_return refuse("server's SCRAM signature does not verify");
                         continue;
                     default:
-                        co_return fail("unsupported authentication method " +
+                        co_return refuse("unsupported authentication method " +
                                        std::to_string(req->code) + " requested by server");
                 }
-                if (!co_await write_all(socket, out, err)) co_return fail(err);
+                if (!co_await write_all(socket, out, err)) co_return refuse(err);
                 break;
             }
             case proto::msg::error_response: {
                 last_error_fields = proto::decode_error(m.body);
+                // PostgreSQL's refusal: final, except while it starts up or shuts down
+                // (57P03 cannot_connect_now, 57P01/57P02), which a failover goes through.
+                last_error_transient =
+                    last_error_fields && last_error_fields->sqlstate.rfind("57P0", 0) == 0;
                 co_return fail(last_error_fields ? last_error_fields->message
                                                  : "server refused the login");
             }

@@ -75,7 +75,15 @@ asio::awaitable<auth_query_cache::result> auth_query_cache::run_query(runtime& r
     pool::login_params p = rt.pool_settings(database, auth_user).login;
     if (!auth_dbname.empty()) p.database = auth_dbname;
     auto conn = std::make_shared<pool::server_connection>(ex, 0);
-    if (!co_await conn->connect(p)) {
+    // Any host of the list will do (a standby can read pg_authid too): the first that
+    // lets auth_user in, in the order given.
+    bool connected = false;
+    for (const auto& host : p.hosts) {
+        if (&host != &p.hosts.front()) conn->reset_for_retry();
+        connected = co_await conn->connect(p, host);
+        if (connected || !conn->last_error_transient) break;
+    }
+    if (!connected) {
         r.error = "cannot log in to " + p.database + " as auth_user " + auth_user + ": " +
                   conn->last_error;
         conn->close();

@@ -240,6 +240,27 @@ void runtime::update_config(const std::function<void(config::config&)>& change) 
     pools.refresh_settings();
 }
 
+std::shared_ptr<pool::host_group> runtime::host_group_for(const std::string& db_name,
+                                                          const config::database& db) const {
+    std::lock_guard lk(hosts_mutex_);
+    auto& e = host_groups_[db_name];
+    const bool same = e.group && e.from.host == db.host && e.from.port == db.port &&
+                      e.from.target_session_attrs == db.target_session_attrs &&
+                      e.from.load_balance_hosts == db.load_balance_hosts &&
+                      e.from.max_replica_lag == db.max_replica_lag;
+    if (!same) {
+        // The loader accepts only libpq's names (settings table), so the parse succeeds.
+        auto target = pool::parse_target_session_attrs(db.target_session_attrs)
+                          .value_or(pool::target_session_attrs::any);
+        std::optional<steady_clock::duration> lag;
+        if (db.max_replica_lag) lag = *db.max_replica_lag;
+        e.from = db;
+        e.group = std::make_shared<pool::host_group>(db.host, target,
+                                                     db.load_balance_hosts == "round-robin", lag);
+    }
+    return e.group;
+}
+
 pool::pool::settings runtime::pool_settings(const std::string& db_name,
                                             const std::string& user_name) const {
     auto c = cfg();
@@ -269,6 +290,7 @@ pool::pool::settings runtime::pool_settings(const std::string& db_name,
     if (db) {
         s.login.hosts = db->host;
         s.login.port = db->port;
+        s.hosts = host_group_for(db_name, *db);
         s.login.database = db->dbname.empty() ? db_name : db->dbname;
     } else {
         s.login.database = db_name;

@@ -244,11 +244,13 @@ class Postgres:
         self._write_hba()
 
     def _write_hba(self) -> None:
-        lines = ["local all all trust"]
+        # (replication: a Standby's pg_basebackup and its walreceiver, over the socket)
+        lines = ["local all all trust", "local replication all trust"]
         # md5-hashed roles cannot answer SCRAM; 'md5' in pg_hba accepts both kinds of secret.
         for u in self.md5_users:
             lines.append(f"host all {u} 127.0.0.1/32 md5")
         lines.append("host all all 127.0.0.1/32 scram-sha-256")
+        lines.append("host all all 127.0.0.2/32 scram-sha-256")  # a Standby's address
         path = self.data / "pg_hba.conf"
         path.write_text("\n".join(lines) + "\n")
         if is_root():
@@ -345,6 +347,59 @@ class Postgres:
                            capture_output=True, text=True, timeout=timeout, env=client_env())
         if r.returncode != 0:
             raise RuntimeError(f"pgbench -i failed:\n{r.stdout}\n{r.stderr}")
+
+
+class Standby(Postgres):
+    """A streaming standby of `primary` (pg_basebackup -R), listening on 127.0.0.2 with the
+    primary's port, so that one entry `host=127.0.0.1,127.0.0.2 port=P` names both. Its
+    own socket directory; start()/stop()/psql() as for any Postgres."""
+
+    def __init__(self, primary: Postgres, host: str = "127.0.0.2"):
+        self.primary = primary
+        super().__init__(base=None, port=primary.port,
+                         extra_conf={"listen_addresses": f"'{host}'"})
+        self.host = host
+
+    def _initdb(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if is_root():
+            ensure_pg_os_user()
+            shutil.chown(self.dir, PG_OS_USER, PG_OS_USER)
+        r = subprocess.run(as_pg_user([str(PG_BIN / "pg_basebackup"), "-D", str(self.data),
+                                       "-R", "-X", "stream", "-c", "fast", "--no-sync",
+                                       "-h", str(self.primary.sockdir),
+                                       "-p", str(self.primary.port), "-U", self.SUPERUSER]),
+                           capture_output=True, text=True, timeout=120, env=client_env())
+        if r.returncode != 0:
+            raise RuntimeError(f"pg_basebackup failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        with open(self.data / "postgresql.conf", "a") as f:
+            f.write("\n# sluice test harness: standby\n")
+            f.write(f"unix_socket_directories = '{self.sockdir}'\n")
+            f.write("hot_standby = on\n")
+            for k, v in self.extra_conf.items():
+                f.write(f"{k} = {v}\n")
+
+    def promote(self, timeout: int = 30) -> None:
+        self.psql(f"SELECT pg_promote(true, {timeout})")
+
+    def caught_up(self, timeout: float = 30.0) -> bool:
+        """Waits until a mark written on the primary now is visible here: everything
+        committed before it has been replayed. (Comparing LSNs is not enough: with
+        synchronous_commit off the primary's last WAL may sit unflushed for a while.)"""
+        self._marks = getattr(self, "_marks", 0) + 1
+        mark = f"{id(self)}-{self._marks}"
+        self.primary.psql("SET synchronous_commit = on; "
+                          "CREATE TABLE IF NOT EXISTS harness_replication_mark (v text); "
+                          f"INSERT INTO harness_replication_mark VALUES ('{mark}')")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.psql("SELECT count(*) FROM pg_class WHERE relname = "
+                         "'harness_replication_mark'") == "1" and \
+                    self.psql("SELECT count(*) FROM harness_replication_mark "
+                              f"WHERE v = '{mark}'") == "1":
+                return True
+            time.sleep(0.05)
+        return False
 
 
 def quote_ident(s: str) -> str:

@@ -135,7 +135,10 @@ struct database {
     std::optional<pool_mode> mode;
     std::optional<duration> server_lifetime;
     std::string client_encoding, datestyle, timezone, application_name;
-    std::string load_balance_hosts = "disable";  // hosts are tried in order; only "disable"
+    // Host lists (pool/host_state.hpp): which host a new server connection goes to.
+    std::string load_balance_hosts = "round-robin";  // or "disable": in the order given
+    std::string target_session_attrs = "any";        // libpq's names
+    std::optional<duration> max_replica_lag;  // prefer-standby: skip a standby lagging more
 
     bool operator==(const database&) const = default;
 };

@@ -16,6 +16,7 @@
 //   judge()          logged in; the server said what it is (role_of). Accept, or reject:
 //                    the connection is closed and the next host of the plan is tried.
 //   next_retry()     nothing is left to try: when the first waiting host may be tried.
+//   learnt()         a server in use reported another role (promoted): remembered.
 //
 // What fits (libpq): any; read-write = neither a hot standby nor read-only by default;
 // read-only = the opposite; primary = not a hot standby; standby = a hot standby;
@@ -69,6 +70,8 @@ class host_state {
     // `remaining`: the hosts of the plan not tried yet (prefer-standby's fallback rule).
     verdict judge(std::size_t host, const server_role& role, bool lagging,
                   const std::vector<std::size_t>& remaining, clock_time now, duration retry);
+    // A server of host `i` reported another role since its login (a promotion).
+    void learnt(std::size_t i, const server_role& role) { hosts_.at(i).role = role; }
     // The earliest time a host waiting out its retry may be tried (now if none waits).
     clock_time next_retry(clock_time now) const;
 
@@ -87,7 +90,7 @@ class host_state {
     // 0 = known to fit, 1 = unknown, 2 = known not to fit.
     int rank(const host& h) const;
     std::vector<host> hosts_;
-    target_session_attrs target_;
+    const target_session_attrs target_;
     bool round_robin_;
     std::size_t next_start_ = 0;
 };

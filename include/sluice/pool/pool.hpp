@@ -21,6 +21,7 @@
 #include <string>
 
 #include "sluice/config/config.hpp"
+#include "sluice/pool/host_state.hpp"
 #include "sluice/pool/pool_state.hpp"
 #include "sluice/pool/server_connection.hpp"
 #include "sluice/stats/histogram.hpp"
@@ -35,6 +36,22 @@ struct pool_stats {
         errors_login{0}, errors_server{0}, errors_wait_timeout{0}, errors_client{0};
     // Latency distributions for SHOW LATENCY and /metrics (microseconds).
     stats::histogram query_latency, xact_latency, wait_latency;
+};
+
+// The hosts of one database entry and what is known of them (pool/host_state.hpp),
+// shared by every pool of the entry: what one user's pool learns (the primary moved, a
+// standby lags) serves the others. The runtime makes one per entry and a new one when
+// the entry's hosts or target change.
+struct host_group {
+    host_group(std::vector<std::string> hosts, target_session_attrs target, bool round_robin,
+               std::optional<steady_clock::duration> max_lag)
+        : names(std::move(hosts)), max_replica_lag(max_lag),
+          state(names.size(), target, round_robin) {}
+    const std::vector<std::string> names;
+    const std::optional<steady_clock::duration> max_replica_lag;  // prefer-standby only
+    mutable std::mutex mutex;
+    host_state state;        // under mutex
+    std::string last_error;  // under mutex: why the last host tried was not used
 };
 
 struct acquire_result {
@@ -74,6 +91,8 @@ public:
         steady_clock::duration server_check_delay = std::chrono::seconds(30);
         std::string server_check_query;
         login_params login;
+        // Which of login.hosts a new connection goes to (null: the hosts in order, any role).
+        std::shared_ptr<host_group> hosts;
         // Tracked parameters PostgreSQL does not report (search_path, ...): their
         // defaults are read once from the first server and assumed for every new one.
         std::vector<std::string> unreported_tracked;
@@ -163,7 +182,26 @@ private:
     // Closes `s`; its slot goes to the next waiter, or (free_slot false) stays with the
     // caller, which connects in it.
     void retire(const server_ptr& s, bool free_slot);
-    asio::awaitable<acquire_result> open_server(asio::any_io_executor ex, int worker);
+    // Opens a server in a slot the caller holds. Until `wait_until` (a client's
+    // query_wait_timeout), failures that may pass (hosts down, no host fits the target,
+    // PostgreSQL starting up) are waited out: the hosts are tried again as
+    // server_login_retry allows, so a client between transactions rides out a restart or
+    // a failover. Without it (min_pool_size) one round of the hosts is tried.
+    asio::awaitable<acquire_result> open_server(
+        asio::any_io_executor ex, int worker,
+        std::optional<steady_clock::time_point> wait_until = std::nullopt);
+    // One round of the plan: connect, log in, judge. True with `s` logged in to a host
+    // that fits; false with s.last_error (and last_error_transient) set.
+    asio::awaitable<bool> connect_to_a_host(server_connection& s, const login_params& login,
+                                            host_group& group, steady_clock::duration retry);
+    // The server's role after login: ParameterStatus, or a query to a server too old to
+    // report in_hot_standby. nullopt if it could not be read (the server is unusable).
+    asio::awaitable<std::optional<server_role>> read_role(server_connection& s,
+                                                          target_session_attrs target,
+                                                          std::size_t max_packet);
+    // prefer-standby with max_replica_lag: whether this standby's replay lags more.
+    asio::awaitable<bool> lags(server_connection& s, steady_clock::duration max_lag,
+                               std::size_t max_packet, bool& failed);
     // Health check and move to the client's worker; false if the server was dropped.
     asio::awaitable<bool> check_out(server_ptr s, asio::any_io_executor ex, int worker,
                                     const settings& cfg);

@@ -25,7 +25,7 @@ class pool;
 // What a server login needs. The secret is a plaintext password or an md5 secret; for a
 // SCRAM-only secret Sluice uses the keys it learnt from a client's own SCRAM exchange.
 struct login_params {
-    std::vector<std::string> hosts;  // tried in order; '/'-prefixed = unix socket directory
+    std::vector<std::string> hosts;  // the entry's list; '/'-prefixed = unix socket directory
     int port = 5432;
     std::string user, database;
     std::optional<std::string> password;
@@ -46,10 +46,15 @@ public:
     server_connection(asio::any_io_executor ex, std::uint64_t id);
     server_connection(const server_connection&) = delete;
 
-    // Connects and performs the startup/authentication exchange up to the first
-    // ReadyForQuery. On failure `error` holds a message (and error_fields from the server,
-    // if it sent any) for the client.
-    asio::awaitable<bool> connect(login_params params);
+    // Connects to `host` (one of params.hosts; pool/host_state.hpp chooses) and performs
+    // the startup/authentication exchange up to the first ReadyForQuery. On failure
+    // last_error holds a message (and last_error_fields the server's, if it sent any) for
+    // the client, and last_error_transient says whether trying again later may succeed.
+    asio::awaitable<bool> connect(login_params params, std::string host);
+    // Back to the state before connect(), for another host or another try.
+    void reset_for_retry();
+    // Sends Terminate (without waiting) and closes.
+    void terminate();
 
     // Runs one simple query and discards its results, up to ReadyForQuery. Used for the
     // reset query, parameter synchronisation and health checks. ParameterStatus messages
@@ -98,6 +103,16 @@ public:
     std::atomic<bool> close_needed{false};  // RECONNECT, reload or an error: close when released
     steady_clock::time_point connect_time, last_used, request_time;
     std::string last_error;
+    // The last failure may pass (down, unreachable, timed out, starting up or shutting
+    // down); false for what only a configuration change fixes (TLS demands not met, an
+    // authentication Sluice cannot do, PostgreSQL's refusal of the login).
+    bool last_error_transient = true;
+    // The host of the entry's list it is on, and what that server is: 'p' primary,
+    // 's' standby, '?' not known (target_session_attrs any on a server that does not report
+    // in_hot_standby). Set before the server leaves the login state.
+    std::size_t host_index = 0;
+    std::atomic<char> role{'?'};
+    steady_clock::time_point lag_checked_at;  // max_replica_lag: when last measured
     std::chrono::milliseconds internal_query_timeout{15000};  // from login_params
     std::optional<protocol::error_fields> last_error_fields;
 
@@ -117,8 +132,8 @@ public:
     std::string tls_info;
 
 private:
-    // One try: connect to each host in turn and log in, with TLS as `mode` says.
-    asio::awaitable<bool> connect_with(login_params p, net::sslmode mode);
+    // One try: connect to `host` and log in, with TLS as `mode` says.
+    asio::awaitable<bool> connect_with(login_params p, net::sslmode mode, const std::string& host);
     // SSLRequest and the handshake on a fresh TCP connection to `host`. False (with
     // last_error) when the mode's demands are not met.
     asio::awaitable<bool> negotiate_tls(std::shared_ptr<const net::tls_config> tls,

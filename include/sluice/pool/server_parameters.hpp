@@ -26,6 +26,10 @@ public:
     auto find(std::string_view k) const { return values_.find(k); }
     auto end() const { return values_.end(); }
     auto begin() const { return values_.begin(); }
+    const std::string* value(std::string_view k) const {
+        auto it = values_.find(k);
+        return it == values_.end() ? nullptr : &it->second;
+    }
 
     void set(const std::string& k, std::string v) {
         values_[k] = std::move(v);

@@ -122,6 +122,10 @@ public:
     std::function<std::string()> extra_metrics;
 
     pool::pool::settings pool_settings(const std::string& db, const std::string& user) const;
+    // The hosts of database entry `db` and what is known of them, shared by its pools; a
+    // new group when the entry's hosts, target or balancing change (RELOAD).
+    std::shared_ptr<pool::host_group> host_group_for(const std::string& db,
+                                                     const config::database& entry) const;
 
 private:
     void apply_limits(const config::config& c);
@@ -131,6 +135,12 @@ private:
     std::shared_ptr<const auth::userlist> users_;
     std::shared_ptr<const net::tls_config> tls_;
     std::shared_ptr<const auth_rules> rules_;
+    mutable std::mutex hosts_mutex_;
+    struct host_group_entry {
+        config::database from;  // the entry it was made for
+        std::shared_ptr<pool::host_group> group;
+    };
+    mutable std::map<std::string, host_group_entry> host_groups_;  // under hosts_mutex_
 };
 
 }  // namespace sluice::proxy

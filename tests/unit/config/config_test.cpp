@@ -412,11 +412,35 @@ TEST(ConfigRule, DefaultOnlySettingsRefuseOtherValues) {
                      "setting server_fast_close = 1 is not supported");
     expect_one_error(yaml("sluice:\n  application_name_add_host: 1\n"), 2, 30,
                      "setting application_name_add_host = 1 is not supported");
-    expect_one_error(ini("[databases]\napp = host=a,b load_balance_hosts=round-robin\n"), 2, 35,
-                     "setting databases.app.load_balance_hosts = round-robin is not supported: "
-                     "Sluice tries the hosts in the order given");
+}
+
+TEST(ConfigHosts, HostListsTargetSessionAttrsAndLagGuard) {
+    auto r = ini("[databases]\n"
+                 "app = host=a,b target_session_attrs=read-write\n"
+                 "app_ro = host=a,b target_session_attrs=prefer-standby max_replica_lag=5 "
+                 "load_balance_hosts=disable\n"
+                 "plain = host=a\n");
+    ASSERT_TRUE(r.ok()) << all_errors(r);
+    const auto& app = r.cfg->databases.at("app");
+    EXPECT_EQ(app.host, (std::vector<std::string>{"a", "b"}));
+    EXPECT_EQ(app.target_session_attrs, "read-write");
+    EXPECT_EQ(app.load_balance_hosts, "round-robin");  // PgBouncer's default
+    EXPECT_FALSE(app.max_replica_lag);
+    const auto& ro = r.cfg->databases.at("app_ro");
+    EXPECT_EQ(ro.target_session_attrs, "prefer-standby");
+    EXPECT_EQ(ro.load_balance_hosts, "disable");
+    EXPECT_EQ(ro.max_replica_lag, std::chrono::seconds(5));
+    EXPECT_EQ(r.cfg->databases.at("plain").target_session_attrs, "any");
+
+    auto y = yaml("databases:\n  app_ro:\n    host: [127.0.0.1, 127.0.0.2]\n"
+                  "    target_session_attrs: standby\n    max_replica_lag: 2s\n");
+    ASSERT_TRUE(y.ok()) << all_errors(y);
+    EXPECT_EQ(y.cfg->databases.at("app_ro").max_replica_lag, std::chrono::seconds(2));
+
     expect_one_error(ini("[databases]\napp = load_balance_hosts=random\n"), 2, 26,
-                     "not one of disable, round-robin");
+                     "not one of round-robin, disable");
+    expect_one_error(ini("[databases]\napp = host=a target_session_attrs=readwrite\n"), 2, 35,
+                     "not one of any, read-write, read-only, primary, standby, prefer-standby");
 }
 
 TEST(ConfigRule, ReservePoolIsAnOldNameForReservePoolSize) {

@@ -69,6 +69,13 @@ TEST(HostState, RoundRobinRotatesTheFirstHost) {
     EXPECT_EQ(h.plan(t0), (idx{0, 1, 2}));
 }
 
+TEST(HostState, RoundRobinIgnoresWhatIsKnownWhenAnyServerFits) {
+    hs h(2, target_session_attrs::any, true);
+    h.judge(0, primary, false, {}, t0, retry);  // 1 unknown: still every other connection
+    EXPECT_EQ(h.plan(t0), (idx{0, 1}));
+    EXPECT_EQ(h.plan(t0), (idx{1, 0}));
+}
+
 TEST(HostState, FailedHostWaitsOutServerLoginRetry) {
     hs h(2, target_session_attrs::any, false);
     h.connect_failed(0, t0, retry);
