@@ -14,6 +14,7 @@ is for a condition with a deadline.
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
 import urllib.request
@@ -297,3 +298,45 @@ def test_sentinel_failover_switches_master_without_losing_the_connection(group, 
     # (The sentinels turn the old master into a replica of the new one once they see it.)
     assert wait_for(lambda: "role:slave" in g.master.command("INFO", "replication")), \
         "the old master was never demoted"
+
+
+SENTINEL_CHECK_CONFIG = """\
+sluice:
+  listen_port: 6432
+  auth_type: trust
+databases:
+  app: {host: 127.0.0.1, port: 5432}
+rate_limits:
+  backend: redis
+  redis_sentinels: 127.0.0.1:26379, 127.0.0.1:26380, 127.0.0.1:26381
+  redis_sentinel_master: mymaster
+  redis_sentinel_password: sentinel-pw
+  redis_url: redis://:master-pw@mymaster/0
+  default: {queries_per_second: 100}
+"""
+
+
+def test_check_accepts_sentinels_and_refuses_contradictions(tmp_path):
+    """`sluice --check`: a valid Sentinel configuration passes; a redis_url with an address
+    of its own, or sentinels without the master's name, are errors at their position."""
+    def check(text: str) -> subprocess.CompletedProcess:
+        path = tmp_path / "sluice.yaml"
+        path.write_text(text)
+        return subprocess.run([str(harness.sluice_bin()), "--check", str(path)],
+                              capture_output=True, text=True, timeout=20)
+
+    r = check(SENTINEL_CHECK_CONFIG)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    r = check(SENTINEL_CHECK_CONFIG.replace("@mymaster/0", "@10.0.0.5:6379/0"))
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert re.search(r"sluice\.yaml:11:14: rate_limits\.redis_url: with redis_sentinels", out), out
+    assert "master-pw" not in out  # the URL's password is never echoed
+
+    r = check(SENTINEL_CHECK_CONFIG.replace("  redis_sentinel_master: mymaster\n", "")
+              .replace("@mymaster/0", "@h/0"))
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert re.search(r"sluice\.yaml:8:20: rate_limits\.redis_sentinels is set but "
+                     r"redis_sentinel_master is not", out), out
