@@ -190,6 +190,10 @@ void connection::note_breaker() {
                    std::memory_order_relaxed);
 }
 
+bool connection::socket_open() const {
+    return tls_ ? tls_->next_layer().is_open() : socket_.is_open();
+}
+
 void connection::close_socket() {
     error_code ignored;
     auto& sock = tls_ ? tls_->next_layer() : socket_;
@@ -224,7 +228,8 @@ asio::awaitable<std::pair<error_code, value>> connection::exec(std::string comma
         breaker_.on_failure(now_ns());
         // Behind Sentinel, READONLY means the master we are on was demoted (a failover we
         // have not heard of yet): reconnect, which asks the sentinels again.
-        if (use_sentinels() && connected_ && r.second.is_error() &&
+        // (Once: the other replies of the same batch find the socket closed already.)
+        if (use_sentinels() && connected_ && socket_open() && r.second.is_error() &&
             r.second.str.rfind("READONLY", 0) == 0) {
             spdlog::warn("redis {}: answers READONLY (demoted); asking the sentinels again",
                          where());
@@ -435,7 +440,8 @@ asio::awaitable<error_code> connection::watch_once(sentinel::address at) {
         auto [ec, v] = co_await read_reply(watch_socket_, buf, deadline);
         if (ec) co_return ec;
         if (v.t != value::type::simple_string || v.str != "OK") {
-            spdlog::warn("redis: sentinel {} refused AUTH: {}", at.to_string(), v.str);
+            // (Discovery AUTHs the same way and warns about it.)
+            spdlog::debug("redis: sentinel {} refused AUTH: {}", at.to_string(), v.str);
             co_return make_error_code(redis_errc::protocol_error);
         }
     }
@@ -568,9 +574,12 @@ asio::awaitable<void> connection::handshake(std::shared_ptr<connection> self, st
         } else if (steps[i].expect_master) {
             auto role = sentinel::parse_role(req->reply);
             if (role != sentinel::role::master) {
-                // Not an error of the setup: the sentinels' answer was stale. Ask again.
-                spdlog::warn("redis {}: is not the master (ROLE: {}); asking the sentinels again",
-                             where(), sentinel::to_string(role));
+                // Not an error of the setup: the sentinels' answer was stale. Ask again
+                // (logged once for as long as the answer stays the same).
+                std::string line = where() + ": is not the master (ROLE: " +
+                                   sentinel::to_string(role) + "); asking the sentinels again";
+                if (line != last_setup_error_) spdlog::warn("redis {}", line);
+                last_setup_error_ = std::move(line);
                 close_socket();
                 co_return;
             }

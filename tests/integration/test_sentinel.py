@@ -14,6 +14,7 @@ is for a condition with a deadline.
 from __future__ import annotations
 
 import re
+import socketserver
 import subprocess
 import threading
 import time
@@ -340,3 +341,75 @@ def test_check_accepts_sentinels_and_refuses_contradictions(tmp_path):
     assert r.returncode == 1, out
     assert re.search(r"sluice\.yaml:8:20: rate_limits\.redis_sentinels is set but "
                      r"redis_sentinel_master is not", out), out
+
+
+class StaleSentinel:
+    """A stand-in for a sentinel whose first answers are stale: it names `first` (a replica)
+    for the first `stale` queries, then `then`. It is the one way to make a sentinel
+    answer a replica on purpose; real sentinels do so only for a moment after a failover.
+    SUBSCRIBE is confirmed and then stays silent."""
+
+    def __init__(self, first: int, then: int, stale: int = 2):
+        self.answers = [first] * stale
+        self.then = then
+        self.queries = 0
+        self.lock = threading.Lock()
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self):
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                self.request.settimeout(DEADLINE)
+                try:
+                    while True:
+                        cmd = harness._resp_read(self.rfile)
+                        if cmd[0].upper() == "SUBSCRIBE":
+                            self.wfile.write(b"*3\r\n$9\r\nsubscribe\r\n$14\r\n+switch-master"
+                                             b"\r\n:1\r\n")
+                        elif cmd[0].upper() == "SENTINEL":
+                            with outer.lock:
+                                outer.queries += 1
+                                port = outer.answers.pop(0) if outer.answers else outer.then
+                            p = str(port).encode()
+                            self.wfile.write(b"*2\r\n$9\r\n127.0.0.1\r\n$%d\r\n%s\r\n" % (len(p), p))
+                        else:
+                            self.wfile.write(b"-ERR unknown command\r\n")
+                except (OSError, TypeError, IndexError):
+                    return
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_replica_named_by_a_stale_sentinel_is_dropped_by_role(workdir, make_sluice):
+    """The sentinel's first answers name a replica: ROLE says slave, the connection is
+    dropped and the sentinel asked again, until the master it names is used."""
+    master = Redis(base=workdir, name=f"redis-role-master-{harness.free_port()}").start()
+    replica = Redis(base=workdir, name=f"redis-role-replica-{harness.free_port()}",
+                    extra_args=["--replicaof", "127.0.0.1", str(master.port)]).start()
+    fake = StaleSentinel(first=replica.port, then=master.port, stale=2)
+    try:
+        acme = tenant("role")
+        port = harness.free_port()
+        s = make_sluice(metrics_listen=f"127.0.0.1:{port}", workers=1, config={"rate_limits": {
+            "backend": "redis", "redis_sentinels": [f"127.0.0.1:{fake.port}"],
+            "redis_sentinel_master": MASTER, "tenant_key": "application_name",
+            "tenants": {acme: {"queries_per_second": RATE}}}})
+        assert wait_for(lambda: connected_to(port, master.port)), s.log_tail()
+        log = s.log_text()
+        assert re.search(rf"127\.0\.0\.1:{replica.port}: is not the master \(ROLE: slave\)",
+                         log), s.log_tail()
+        # Asked again after each of the two stale answers, and never up on the replica.
+        assert fake.queries >= 3, fake.queries
+        assert f"at 127.0.0.1:{replica.port}: connected" not in log
+    finally:
+        fake.close()
+        replica.stop()
+        master.stop()

@@ -137,6 +137,7 @@ class connection : public std::enable_shared_from_this<connection> {
     std::vector<setup_step> handshake_commands() const;
     void note_breaker();
     void close_socket();
+    bool socket_open() const;
     static std::int64_t now_ns();
 
     asio::any_io_executor ex_;
