@@ -200,6 +200,36 @@ def wait_shared_budget_back(a, b, app: str, since: float) -> float:
     pytest.fail(f"one shared budget not back within {DEADLINE} s: {problems}")
 
 
+def failover_under_load(g: SentinelGroup, a, ma: int, b, mb: int, app: str, trigger):
+    """Both instances under load while `trigger()` starts a failover; returns when the
+    sentinels name the replica and both instances are up on it, with the load's tallies,
+    when the trigger ran and when the promotion was seen."""
+    stop = threading.Event()
+    load: Dict[str, Tally] = {}
+    bg = threading.Thread(target=lambda: load.update(zip("ab", drive_both(a, b, app, 120, stop))),
+                          daemon=True)
+    bg.start()
+    try:
+        time.sleep(0.5)  # load running before the failover starts (not a verdict)
+        triggered_at = time.monotonic()
+        trigger()
+        assert wait_for(lambda: g.promoted(g.replica.port), timeout=DEADLINE, interval=0.05), \
+            "the sentinels never promoted the replica"
+        promoted_at = time.monotonic()
+        # Both instances on the new master, from the sentinels.
+        assert wait_for(lambda: connected_to(ma, g.replica.port) and
+                        connected_to(mb, g.replica.port)), (a.log_tail(), b.log_tail())
+    finally:
+        stop.set()
+        bg.join(2 * DEADLINE)
+    assert not bg.is_alive(), "clients hung across the failover"
+    la, lb = load["a"], load["b"]
+    # No client hung and none got anything but an answer or a 53400.
+    assert not la.other and not lb.other, (la, lb)
+    assert la.max_latency < ANSWER_BOUND_S and lb.max_latency < ANSWER_BOUND_S, (la, lb)
+    return la, lb, triggered_at, promoted_at
+
+
 @pytest.mark.timeout(180)
 def test_two_instances_share_one_budget_through_a_master_kill(group, make_sluice):
     g = group
@@ -216,30 +246,8 @@ def test_two_instances_share_one_budget_through_a_master_kill(group, make_sluice
     assert shared_budget_problem(ta, tb) is None, shared_budget_problem(ta, tb)
 
     # Under load on both: SIGKILL the master, wait for the sentinels to promote the replica.
-    stop = threading.Event()
-    load: Dict[str, Tally] = {}
-    bg = threading.Thread(target=lambda: load.update(zip("ab", drive_both(a, b, acme, 120, stop))),
-                          daemon=True)
-    bg.start()
-    try:
-        time.sleep(0.5)  # load running before the kill (not a verdict)
-        killed_at = time.monotonic()
-        g.master.kill()
-        assert wait_for(lambda: g.promoted(g.replica.port), timeout=DEADLINE, interval=0.05), \
-            "the sentinels never promoted the replica"
-        promoted_at = time.monotonic()
-        # Both instances on the new master, from the sentinels.
-        assert wait_for(lambda: connected_to(ma, g.replica.port) and
-                        connected_to(mb, g.replica.port)), (a.log_tail(), b.log_tail())
-    finally:
-        stop.set()
-        bg.join(2 * DEADLINE)
-    assert not bg.is_alive(), "clients hung across the failover"
-    la, lb = load["a"], load["b"]
+    la, lb, killed_at, promoted_at = failover_under_load(g, a, ma, b, mb, acme, g.master.kill)
 
-    # No client hung and none got anything but an answer or a 53400.
-    assert not la.other and not lb.other, (la, lb)
-    assert la.max_latency < ANSWER_BOUND_S and lb.max_latency < ANSWER_BOUND_S, (la, lb)
     # The gap (master dead, replica not yet promoted; margins for the moments either side
     # that belong to neither): the configured policy, local with expected_instances 1,
     # so each instance admits its own full budget -- twice the budget in all.
@@ -272,24 +280,10 @@ def test_sentinel_failover_switches_master_without_losing_the_connection(group, 
     ta, tb = drive_both(a, b, acme, 2.0)
     assert shared_budget_problem(ta, tb) is None, shared_budget_problem(ta, tb)
 
-    stop = threading.Event()
-    load: Dict[str, Tally] = {}
-    bg = threading.Thread(target=lambda: load.update(zip("ab", drive_both(a, b, acme, 120, stop))),
-                          daemon=True)
-    bg.start()
-    try:
+    def failover():
         assert g.sentinels[0].command("SENTINEL", "FAILOVER", MASTER) == "OK"
-        assert wait_for(lambda: g.promoted(g.replica.port), timeout=DEADLINE, interval=0.05), \
-            "the failover never happened"
-        promoted_at = time.monotonic()
-        assert wait_for(lambda: connected_to(ma, g.replica.port) and
-                        connected_to(mb, g.replica.port)), (a.log_tail(), b.log_tail())
-    finally:
-        stop.set()
-        bg.join(2 * DEADLINE)
-    assert not bg.is_alive(), "clients hung across the failover"
-    for t in load.values():
-        assert not t.other and t.max_latency < ANSWER_BOUND_S, t
+
+    _, _, _, promoted_at = failover_under_load(g, a, ma, b, mb, acme, failover)
     # The switch came from the subscription (the old master is still up, now a replica).
     for s in (a, b):
         assert re.search(rf"reports \+switch-master: master {MASTER} moved from "
