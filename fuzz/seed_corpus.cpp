@@ -190,6 +190,10 @@ void config() {
     put("config", "rate_limits.yaml",
         "rate_limits:\n  backend: local\n  tenant_key: startup:options\n  default:\n"
         "    queries_per_second: 10.5\n    action: delay\n    max_delay: 250ms\n");
+    put("config", "sentinel.yaml",
+        "rate_limits:\n  backend: redis\n  redis_sentinels: [127.0.0.1:26379, '[::1]:26380']\n"
+        "  redis_sentinel_master: mymaster\n  redis_sentinel_password: pw\n"
+        "  redis_url: rediss://:pw@mymaster/1\n");
 }
 
 void hba() {

@@ -10,7 +10,7 @@ packages=(
   libssl-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libhiredis-dev
   libgtest-dev libgmock-dev libbenchmark-dev libpq-dev
   # real components for tests, demo and benchmarks
-  postgresql postgresql-contrib postgresql-client redis-server redis-tools pgbouncer
+  postgresql postgresql-contrib postgresql-client redis-server redis-tools redis-sentinel pgbouncer
   python3 python3-pytest python3-psycopg python3-asyncpg python3-prometheus-client python3-yaml
   clang libclang-rt-14-dev   # libFuzzer targets and the thread-sanitizer build
   procps iproute2 util-linux
@@ -31,7 +31,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts these services on install; the project runs its own throwaway instances.
-for svc in postgresql redis-server pgbouncer; do
+for svc in postgresql redis-server redis-sentinel pgbouncer; do
   $SUDO systemctl stop "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done
 echo "setup: done"

@@ -618,27 +618,53 @@ auto host_port_value() {
         if (!text) return std::nullopt;
         std::string t = trim(*text);
         if (t.empty()) return t;
-        std::string host, port;
-        bool ok = false;
-        if (t[0] == '[') {
-            std::size_t close = t.find(']');
-            if (close != std::string::npos && close + 1 < t.size() && t[close + 1] == ':') {
-                host = t.substr(1, close - 1);
-                port = t.substr(close + 2);
-                ok = true;
-            }
-        } else if (std::size_t colon = t.rfind(':'); colon != std::string::npos) {
-            host = t.substr(0, colon);
-            port = t.substr(colon + 1);
-            ok = host.find(':') == std::string::npos;  // a bare IPv6 literal needs brackets
-        }
-        int p = 0;
-        if (!ok || host.empty() || !parse_port(port, p)) {
+        if (!parse_host_port(t)) {
             ctx.error(n.at,
                       label + ": expected host:port with a port in 1..65535, got '" + *text + "'");
             return std::nullopt;
         }
         return t;
+    };
+}
+
+// rate_limits.redis_sentinels: a list (or comma-separated string) of host:port, at least
+// one. A bad item is reported at its own position when the list is a YAML sequence.
+auto sentinel_list_value() {
+    return [](context& ctx, const std::string& label,
+              const node& n) -> std::optional<std::vector<std::string>> {
+        auto items = list_value()(ctx, label, n);
+        if (!items) return std::nullopt;
+        if (items->empty()) {
+            ctx.error(n.at, label + ": must name at least one sentinel (host:port)");
+            return std::nullopt;
+        }
+        bool ok = true;
+        for (std::size_t i = 0; i < items->size(); ++i) {
+            if (parse_host_port((*items)[i])) continue;
+            pos at = n.k == node::kind::sequence ? n.items[i].at : n.at;
+            ctx.error(at, label + ": expected host:port with a port in 1..65535, got '" +
+                              (*items)[i] + "'");
+            ok = false;
+        }
+        if (!ok) return std::nullopt;
+        return items;
+    };
+}
+
+// A Sentinel master name: the name in `sentinel monitor NAME ...`. Sentinel's
+// +switch-master message separates its fields by spaces, so a name never holds one.
+auto sentinel_master_value() {
+    return [](context& ctx, const std::string& label, const node& n) -> std::optional<std::string> {
+        auto text = scalar_text(ctx, label, n);
+        if (!text) return std::nullopt;
+        std::string t = trim(*text);
+        bool ok = !t.empty() && std::all_of(t.begin(), t.end(), [](char c) {
+            return std::isgraph(static_cast<unsigned char>(c));
+        });
+        if (ok) return t;
+        ctx.error(n.at, label + ": expected the master's name as the sentinels know it "
+                                "(one word), got '" + *text + "'");
+        return std::nullopt;
     };
 }
 
@@ -813,6 +839,9 @@ const std::vector<field<rate_limits>>& rate_limits_fields() {
         bind("backend", &r::backend,
              enum_value<rl_backend>({{"local", rl_backend::local}, {"redis", rl_backend::redis}})),
         bind("redis_url", &r::redis_url, redis_url_value()),
+        bind("redis_sentinels", &r::redis_sentinels, sentinel_list_value()),
+        bind("redis_sentinel_master", &r::redis_sentinel_master, sentinel_master_value()),
+        bind("redis_sentinel_password", &r::redis_sentinel_password, string_value()),
         bind("tenant_key", &r::tenant_key, tenant_key_value()),
         bind("on_redis_failure", &r::on_redis_failure,
              enum_value<rl_failure_policy>({{"local", rl_failure_policy::local},
@@ -929,6 +958,51 @@ void read_rate_limits(context& ctx, const node& section, rate_limits& rl,
     }
 }
 
+// Where the rate limiter's Redis is: redis_url's address, or the master the sentinels
+// name. Settings that contradict each other are refused rather than one of them being
+// silently ignored (DESIGN.md 1.2).
+void check_redis_address(context& ctx, const rate_limits& rl,
+                         const std::map<std::string, pos>& seen, pos section_at) {
+    auto at_or = [&](const char* key, pos fallback) {
+        auto it = seen.find(key);
+        return it == seen.end() ? fallback : it->second;
+    };
+    const bool sentinels = !rl.redis_sentinels.empty() || seen.count("redis_sentinels");
+    if (!sentinels) {
+        for (const char* key : {"redis_sentinel_master", "redis_sentinel_password"})
+            if (seen.count(key))
+                ctx.error(at_or(key, section_at), std::string("rate_limits.") + key +
+                                                      " is set but redis_sentinels is not");
+        // A redis_url that was given but invalid has its own error already.
+        if (rl.backend == rl_backend::redis && rl.redis_url.empty() && !seen.count("redis_url"))
+            ctx.error(at_or("backend", section_at),
+                      "rate_limits.backend is redis but redis_url is not set (nor "
+                      "redis_sentinels)");
+        return;
+    }
+    const pos sentinels_at = at_or("redis_sentinels", section_at);
+    if (rl.backend != rl_backend::redis)
+        ctx.error(sentinels_at,
+                  "rate_limits.redis_sentinels is set but backend is not redis (set backend: "
+                  "redis, or remove redis_sentinels)");
+    if (rl.redis_sentinel_master.empty() && !seen.count("redis_sentinel_master"))
+        ctx.error(sentinels_at,
+                  "rate_limits.redis_sentinels is set but redis_sentinel_master is not: name "
+                  "the master the sentinels monitor");
+    // redis_url then carries the credentials, the db and TLS; an address in it would be
+    // one nobody connects to, so it may only name the master.
+    if (rl.redis_url.empty() || rl.redis_sentinel_master.empty()) return;
+    auto ep = parse_redis_url(rl.redis_url);
+    if (!ep) return;  // reported already
+    if (ep->host != rl.redis_sentinel_master || ep->port_given)
+        ctx.error(at_or("redis_url", section_at),
+                  "rate_limits.redis_url: with redis_sentinels the master's address comes from "
+                  "the sentinels; write the master's name '" +
+                      rl.redis_sentinel_master +
+                      "' as the host and no port (redis://[[user]:password@]" +
+                      rl.redis_sentinel_master + "[/db]), or leave redis_url out");
+}
+
 void resolve_path(const context& ctx, std::string& p) {
     if (p.empty()) return;
     std::filesystem::path path(p);
@@ -978,11 +1052,7 @@ void read_config(context& ctx, const node& root, config& cfg) {
     if (g.auth_type_ == auth_type::hba && g.auth_hba_file.empty())
         ctx.error(at_or(general_seen, "auth_type", sluice_at),
                   "auth_type is hba but auth_hba_file is not set");
-    // A redis_url that was given but invalid has its own error already.
-    if (cfg.limits.backend == rl_backend::redis && cfg.limits.redis_url.empty() &&
-        !limits_seen.count("redis_url"))
-        ctx.error(at_or(limits_seen, "backend", limits_at),
-                  "rate_limits.backend is redis but redis_url is not set");
+    check_redis_address(ctx, cfg.limits, limits_seen, limits_at);
 
     resolve_path(ctx, g.auth_file);
     resolve_path(ctx, g.auth_hba_file);
@@ -1130,12 +1200,34 @@ std::optional<redis_endpoint> parse_redis_url(const std::string& url) {
                 return std::nullopt;
     }
     if (!port.empty() && !parse_port(port, ep.port)) return std::nullopt;
+    ep.port_given = !port.empty();
 
     if (!path.empty()) {
         auto [p, ec] = std::from_chars(path.data(), path.data() + path.size(), ep.db);
         if (ec != std::errc{} || p != path.data() + path.size() || ep.db < 0) return std::nullopt;
     }
     return ep;
+}
+
+std::optional<host_port> parse_host_port(std::string_view t) {
+    host_port hp;
+    std::string_view port;
+    if (!t.empty() && t[0] == '[') {
+        std::size_t close = t.find(']');
+        if (close == std::string_view::npos || close + 1 >= t.size() || t[close + 1] != ':')
+            return std::nullopt;
+        hp.host = std::string(t.substr(1, close - 1));
+        port = t.substr(close + 2);
+    } else {
+        std::size_t colon = t.rfind(':');
+        if (colon == std::string_view::npos) return std::nullopt;
+        hp.host = std::string(t.substr(0, colon));
+        port = t.substr(colon + 1);
+        // A bare IPv6 literal needs brackets.
+        if (hp.host.find(':') != std::string::npos) return std::nullopt;
+    }
+    if (hp.host.empty() || !parse_port(port, hp.port)) return std::nullopt;
+    return hp;
 }
 
 load_result load_string(const std::string& text, const std::string& path) {

@@ -182,12 +182,23 @@ class limiter_impl final : public limiter {
         : cfg_(cfg), redis_(cfg.backend == config::rl_backend::redis) {
         policy_.store(cfg.on_redis_failure);
         if (!redis_) return;
-        auto ep = config::parse_redis_url(cfg.redis_url);
-        if (!ep) throw std::runtime_error("rate_limits.redis_url: cannot parse the URL");
+        redis::connection_settings s;
+        if (!cfg.redis_url.empty()) {
+            auto ep = config::parse_redis_url(cfg.redis_url);
+            if (!ep) throw std::runtime_error("rate_limits.redis_url: cannot parse the URL");
+            s.endpoint = *ep;
+        }
+        // Behind Sentinel the address comes from the sentinels (redis_url, if given, keeps
+        // the credentials, db and TLS; the loader made sure its host is the master's name).
+        for (const auto& text : cfg.redis_sentinels) {
+            auto hp = config::parse_host_port(text);
+            if (!hp) throw std::runtime_error("rate_limits.redis_sentinels: cannot parse " + text);
+            s.sentinel.sentinels.push_back({hp->host, hp->port});
+        }
+        s.sentinel.master = cfg.redis_sentinel_master;
+        s.sentinel.password = cfg.redis_sentinel_password;
         script_ = gcra_lua;
         sha_ = script_sha1(script_);
-        redis::connection_settings s;
-        s.endpoint = *ep;
         auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(cfg.redis_timeout);
         if (timeout.count() <= 0) timeout = std::chrono::milliseconds(50);
         s.timeout = timeout;
@@ -287,15 +298,21 @@ class limiter_impl final : public limiter {
 
     void reload(const config::rate_limits& cfg) override {
         std::lock_guard lk(mutex_);
-        if (cfg.backend != cfg_.backend || cfg.redis_url != cfg_.redis_url)
+        if (cfg.backend != cfg_.backend || cfg.redis_url != cfg_.redis_url ||
+            cfg.redis_sentinels != cfg_.redis_sentinels ||
+            cfg.redis_sentinel_master != cfg_.redis_sentinel_master ||
+            cfg.redis_sentinel_password != cfg_.redis_sentinel_password)
             spdlog::warn(
-                "rate_limits: a new backend or redis_url takes effect at restart; "
-                "the new limits apply now");
-        auto backend = cfg_.backend;
-        auto url = cfg_.redis_url;
+                "rate_limits: a new backend, redis_url or redis_sentinel* takes effect at "
+                "restart; the new limits apply now");
+        // Where Redis is stays as it was started: the connections were built from it.
+        auto kept = cfg_;
         cfg_ = cfg;
-        cfg_.backend = backend;
-        cfg_.redis_url = url;
+        cfg_.backend = kept.backend;
+        cfg_.redis_url = kept.redis_url;
+        cfg_.redis_sentinels = kept.redis_sentinels;
+        cfg_.redis_sentinel_master = kept.redis_sentinel_master;
+        cfg_.redis_sentinel_password = kept.redis_sentinel_password;
         policy_.store(cfg.on_redis_failure);
         for (auto& [name, t] : tenants_) {
             auto o = cfg_.tenants.find(name);
@@ -387,6 +404,17 @@ class limiter_impl final : public limiter {
                 "out.\n# TYPE sluice_ratelimit_redis_errors_total counter\n"
                 "sluice_ratelimit_redis_errors_total {}\n",
                 healthy == conns_.size() ? 1 : 0, healthy, errors);
+            // Which Redis the workers are connected to: behind Sentinel, the current
+            // master (during a failover two addresses may show for a moment).
+            std::map<std::string, int> at;
+            for (auto& c : conns_)
+                if (auto a = c->master_address(); !a.empty()) ++at[a];
+            out +=
+                "# HELP sluice_ratelimit_redis_master Workers connected to each Redis address "
+                "(behind Sentinel: the master).\n# TYPE sluice_ratelimit_redis_master gauge\n";
+            for (auto& [a, n] : at)
+                out += fmt::format("sluice_ratelimit_redis_master{{address=\"{}\"}} {}\n",
+                                   escape_label(a), n);
         }
         out += fmt::format(
             "# HELP sluice_ratelimit_mode 1 for the mode in effect.\n"

@@ -34,6 +34,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PG_BIN = Path(os.environ.get("SLUICE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 REDIS_SERVER = os.environ.get("SLUICE_REDIS_SERVER", "/usr/bin/redis-server")
+REDIS_SENTINEL = os.environ.get("SLUICE_REDIS_SENTINEL", "/usr/bin/redis-sentinel")
 PG_OS_USER = "sluicetest"
 
 
@@ -414,12 +415,19 @@ def quote_literal(s: str) -> str:
 # Redis
 
 class Redis:
-    def __init__(self, base: Optional[Path] = None, port: Optional[int] = None):
+    """One redis-server. `extra_args` go on its command line (`--replicaof H P`,
+    `--requirepass X`, ...); `password` is what command() authenticates with."""
+
+    def __init__(self, base: Optional[Path] = None, port: Optional[int] = None,
+                 extra_args: Iterable[str] = (), password: Optional[str] = None,
+                 name: str = "redis"):
         self.base = Path(base) if base else make_tempdir("sluice-redis-")
-        self.dir = self.base / "redis"
+        self.dir = self.base / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.log = self.dir / "redis.log"
+        self.extra_args = list(extra_args)
+        self.password = password
         self.proc: Optional[subprocess.Popen] = None
 
     @property
@@ -431,23 +439,20 @@ class Redis:
             return self
         self.proc = spawn([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
                            "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-                           "--daemonize", "no", "--protected-mode", "no"],
+                           "--daemonize", "no", "--protected-mode", "no", *self.extra_args],
                           log_path=self.log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis exited:\n{tail(self.log)}")
-            try:
-                if self.command("PING") == "PONG":
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"redis not ready:\n{tail(self.log)}")
+        _wait_resp_ready(self, timeout, "redis")
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:
             _kill(self.proc, signal.SIGTERM, grace=5)
+
+    def kill(self) -> None:
+        """SIGKILL: the process vanishes without a word to anyone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
     def restart(self) -> None:
         self.stop()
@@ -458,14 +463,102 @@ class Redis:
 
     def command(self, *args: str, timeout: float = 2.0) -> Any:
         """One RESP command; returns str/int/list/None. Enough for tests."""
-        payload = f"*{len(args)}\r\n".encode()
-        for a in args:
-            b = str(a).encode()
-            payload += b"$%d\r\n%s\r\n" % (len(b), b)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
-            s.sendall(payload)
-            f = s.makefile("rb")
-            return _resp_read(f)
+        return resp_command(self.port, args, password=self.password, timeout=timeout)
+
+
+class Sentinel:
+    """One redis-sentinel monitoring `master_name` at 127.0.0.1:`master_port`, with short
+    timeouts so that a failover takes seconds (down-after-milliseconds, failover-timeout).
+    `password`: the sentinels' own (requirepass, and sentinel-pass to reach each other);
+    `master_password`: auth-pass for the master and its replicas."""
+
+    def __init__(self, master_port: int, base: Optional[Path] = None,
+                 master_name: str = "mymaster", quorum: int = 2,
+                 password: Optional[str] = None, master_password: Optional[str] = None,
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 2000,
+                 port: Optional[int] = None):
+        self.port = port or free_port()
+        self.base = Path(base) if base else make_tempdir("sluice-sentinel-")
+        self.dir = self.base / f"sentinel-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "sentinel.conf"  # Sentinel rewrites it: it must be writable
+        self.log = self.dir / "sentinel.log"
+        self.master_name = master_name
+        self.password = password
+        lines = [f"port {self.port}", "bind 127.0.0.1", "protected-mode no",
+                 "daemonize no", f"dir {self.dir}",
+                 f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}",
+                 f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
+                 f"sentinel failover-timeout {master_name} {failover_timeout_ms}",
+                 f"sentinel parallel-syncs {master_name} 1"]
+        if master_password:
+            lines.append(f"sentinel auth-pass {master_name} {master_password}")
+        if password:
+            lines += [f"requirepass {password}", f"sentinel sentinel-pass {password}"]
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> "Sentinel":
+        self.proc = spawn([REDIS_SENTINEL, str(self.conf)], log_path=self.log)
+        _wait_resp_ready(self, timeout, "redis-sentinel")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _kill(self.proc, signal.SIGTERM, grace=5)
+
+    def command(self, *args: str, timeout: float = 2.0) -> Any:
+        return resp_command(self.port, args, password=self.password, timeout=timeout)
+
+    def master_addr(self) -> Optional[Tuple[str, int]]:
+        """Where this sentinel says the master is (None: unknown or unreachable)."""
+        try:
+            r = self.command("SENTINEL", "get-master-addr-by-name", self.master_name)
+        except (OSError, RuntimeError):
+            return None
+        return (r[0], int(r[1])) if r else None
+
+    def master_info(self) -> Dict[str, str]:
+        """SENTINEL MASTER: its flat field list as a dict (num-slaves, flags, ...)."""
+        r = self.command("SENTINEL", "master", self.master_name)
+        return dict(zip(r[0::2], r[1::2]))
+
+
+def _wait_resp_ready(server, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{what} exited:\n{tail(server.log)}")
+        try:
+            if server.command("PING") == "PONG":
+                return
+        except (OSError, RuntimeError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready:\n{tail(server.log)}")
+
+
+def resp_command(port: int, args: Iterable[Any], password: Optional[str] = None,
+                 timeout: float = 2.0) -> Any:
+    """One RESP command to 127.0.0.1:port (after AUTH when a password is given); returns
+    str/int/list/None, raises RuntimeError for an error reply."""
+    def encode(parts) -> bytes:
+        parts = [str(a).encode() for a in parts]
+        out = f"*{len(parts)}\r\n".encode()
+        for b in parts:
+            out += b"$%d\r\n%s\r\n" % (len(b), b)
+        return out
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        f = s.makefile("rb")
+        if password:
+            s.sendall(encode(["AUTH", password]))
+            _resp_read(f)
+        s.sendall(encode(args))
+        return _resp_read(f)
 
 
 def _resp_read(f) -> Any:

@@ -112,10 +112,10 @@ class Tally:
 
 
 def drive(s, app: str, qps: float, seconds: float, conns: int = 4,
-          sql: str = "SELECT 1") -> Tally:
-    """Runs `sql` at `qps` in total over `conns` connections for `seconds`, paced (a slow
-    answer is not made up for by a burst). Counts answers, 53400 rejections (keeping
-    their HINTs) and any other error."""
+          sql: str = "SELECT 1", stop: Optional[threading.Event] = None) -> Tally:
+    """Runs `sql` at `qps` in total over `conns` connections for `seconds` (or until
+    `stop` is set), paced (a slow answer is not made up for by a burst). Counts answers,
+    53400 rejections (keeping their HINTs) and any other error."""
     total = Tally()
     start_at = time.monotonic() + 0.3  # all connections open before the clock starts
 
@@ -130,7 +130,7 @@ def drive(s, app: str, qps: float, seconds: float, conns: int = 4,
                     now = time.monotonic()
                     if nxt > now:
                         time.sleep(nxt - now)
-                    if time.monotonic() >= end:
+                    if time.monotonic() >= end or (stop is not None and stop.is_set()):
                         break
                     nxt = max(nxt + period, time.monotonic() - period)
                     q0 = time.monotonic()

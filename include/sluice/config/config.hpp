@@ -182,6 +182,12 @@ struct rate_limits {
     bool enabled = false;  // true when the section is present with any limit
     rl_backend backend = rl_backend::local;
     std::string redis_url;            // redis://[:password@]host:port/db or rediss://
+    // Redis behind Sentinel: the master's address is asked of these sentinels ("host:port"
+    // each, in order) at every connect, and redis_url then gives only the credentials, the
+    // db and TLS (its host must be the master's name). Empty = redis_url's address.
+    std::vector<std::string> redis_sentinels;
+    std::string redis_sentinel_master;    // the name the sentinels monitor it by
+    std::string redis_sentinel_password;  // AUTH to the sentinels; empty = none
     std::string tenant_key = "user";  // user | database | application_name | startup:<param>
     rl_failure_policy on_redis_failure = rl_failure_policy::local;
     int expected_instances = 1;

@@ -4,6 +4,7 @@
 // with any error yields no model, so a bad file never takes effect half-way.
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sluice/config/config.hpp"
@@ -40,8 +41,16 @@ struct redis_endpoint {
     std::string password;  // empty = no AUTH
     std::string host;      // brackets of an IPv6 literal removed
     int port = 6379;
+    bool port_given = false;  // the URL names a port (with sentinels it must not)
     int db = 0;
 };
 std::optional<redis_endpoint> parse_redis_url(const std::string& url);
+
+// "host:port" or "[v6]:port", the port in 1..65535 (metrics_listen, redis_sentinels).
+struct host_port {
+    std::string host;  // brackets of an IPv6 literal removed
+    int port = 0;
+};
+std::optional<host_port> parse_host_port(std::string_view text);
 
 }  // namespace sluice::config

@@ -7,14 +7,23 @@
 // any I/O or protocol error: down (every pending request fails at once, the breaker is
 // tripped), wait a backoff (doubling, capped), connect again.
 //
+// Behind Sentinel (settings.sentinel.sentinels not empty; sentinel_state.hpp has the
+// rules): every connect first asks the sentinels where the master is, and the handshake
+// starts with ROLE, so that a stale answer or a demoted master is dropped and asked about
+// again. A second, long-lived connection to a sentinel is SUBSCRIBEd to +switch-master:
+// when it names our master with a new address the master connection is dropped, so that
+// it reconnects to the new master at once. While there is no master the connection is
+// down like any other time, and callers get the failure policy.
+//
 // Callers never wait on an unwell Redis: exec() fails at once when the connection is down
 // or the circuit breaker is open, and a request gets no more than `timeout` otherwise.
 // All members run on the connection's executor (a worker's single-threaded io_context);
-// only up() and the counters are read from other threads.
+// only up(), master_address() and the counters are read from other threads.
 #include <atomic>
 #include <boost/asio/ssl.hpp>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -24,6 +33,7 @@
 #include "sluice/net/io.hpp"
 #include "sluice/ratelimit/breaker.hpp"
 #include "sluice/redis/resp.hpp"
+#include "sluice/redis/sentinel_state.hpp"
 
 namespace sluice::redis {
 
@@ -34,14 +44,26 @@ enum class redis_errc {
     protocol_error,     // Redis sent bytes that are not RESP
     tls_unsupported,    // (unused since rediss:// is supported; kept for the numbering)
     stopped,
+    no_master,  // Sentinel: no sentinel named the master (or none answered)
 };
 const boost::system::error_category& redis_category();
 inline error_code make_error_code(redis_errc e) {
     return {int(e), redis_category()};
 }
 
+struct sentinel_settings {
+    std::vector<sentinel::address> sentinels;  // empty: the endpoint's host:port is used
+    std::string master;                        // the name they monitor it by
+    std::string password;                      // AUTH to the sentinels; empty = none
+    // The +switch-master link sends PING after this much silence and is dropped when
+    // that goes unanswered as long again (a sentinel that vanished without a FIN).
+    std::chrono::milliseconds watch_ping{5000};
+};
+
 struct connection_settings {
+    // Credentials, db and TLS; and the address unless `sentinel` names sentinels.
     config::redis_endpoint endpoint;
+    sentinel_settings sentinel;
     std::chrono::milliseconds timeout{50};           // per request (and per handshake step)
     std::chrono::milliseconds connect_timeout{500};  // TCP connect + handshake
     std::chrono::milliseconds backoff_min{50}, backoff_max{1000};
@@ -71,6 +93,8 @@ class connection : public std::enable_shared_from_this<connection> {
     ratelimit::breaker::state breaker_state() const { return breaker_.current(); }
     std::uint64_t errors() const { return errors_.load(std::memory_order_relaxed); }
     std::uint64_t reconnects() const { return reconnects_.load(std::memory_order_relaxed); }
+    // host:port of the Redis this connection is up to; empty while down. Any thread.
+    std::string master_address() const;
 
   private:
     struct request {
@@ -84,15 +108,36 @@ class connection : public std::enable_shared_from_this<connection> {
     asio::awaitable<error_code> connect_once();
     asio::awaitable<void> writer(std::shared_ptr<connection> self, std::uint64_t generation);
     asio::awaitable<error_code> reader();
+    // One command of the connection setup; `expect_master`: its reply is ROLE's and must
+    // say master.
+    struct setup_step {
+        std::string command;
+        bool expect_master = false;
+    };
     asio::awaitable<void> handshake(std::shared_ptr<connection> self, std::uint64_t gen,
-                                    std::vector<std::string> commands);
+                                    std::vector<setup_step> steps);
+    // Sentinel: sets target_ to the master's address, asking the sentinels in turn.
+    asio::awaitable<error_code> discover();
+    // One exchange with a sentinel on a short-lived connection: `commands`, then `n`
+    // replies, all within connect_timeout.
+    asio::awaitable<error_code> ask_sentinel(sentinel::address at, std::string commands,
+                                             std::size_t n, std::vector<value>& replies);
+    // The +switch-master subscription, for as long as the connection runs.
+    asio::awaitable<void> watch(std::shared_ptr<connection> self);
+    asio::awaitable<error_code> watch_once(sentinel::address at);
+    void on_switch_master(const sentinel::switch_master& m, const sentinel::address& from);
+    bool use_sentinels() const { return !s_.sentinel.sentinels.empty(); }
+    // For log lines: "host:port", or "master NAME at host:port" behind Sentinel.
+    std::string where() const;
+    void set_master_address(std::string a);
     // Queues a request and awaits its reply (or the timeout). No up/breaker check.
     asio::awaitable<std::pair<error_code, value>> send(std::string command,
                                                        std::chrono::milliseconds timeout);
     void fail_all(error_code ec);
-    std::vector<std::string> handshake_commands() const;
+    std::vector<setup_step> handshake_commands() const;
     void note_breaker();
     void close_socket();
+    bool socket_open() const;
     static std::int64_t now_ns();
 
     asio::any_io_executor ex_;
@@ -111,6 +156,15 @@ class connection : public std::enable_shared_from_this<connection> {
     bool connected_ = false;  // TCP up (handshake may still be running)
     std::uint64_t generation_ = 0;
     std::string last_setup_error_;
+    // Where the next connect goes: the endpoint's address, or what a sentinel said.
+    sentinel::address target_;
+    sentinel::sentinel_list sentinels_;
+    std::string last_discovery_;  // "master at (from sentinel)", logged when it changes
+    std::string last_discovery_error_;
+    asio::ip::tcp::socket watch_socket_;  // the +switch-master subscription
+    asio::steady_timer watch_timer_;
+    mutable std::mutex address_mutex_;
+    std::string master_address_;  // guarded by address_mutex_
     ratelimit::breaker breaker_;
     std::atomic<bool> up_{false}, healthy_{false};
     std::atomic<std::uint64_t> errors_{0}, reconnects_{0};

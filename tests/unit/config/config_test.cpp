@@ -373,6 +373,96 @@ TEST(ConfigRedisUrl, PercentEscapesAreTwoHexDigits) {
 }
 
 // ---------------------------------------------------------------------------------------
+// rate_limits: Redis behind Sentinel
+
+TEST(ConfigSentinel, ListOrCommaStringAndTheOtherKeys) {
+    auto r = yaml(
+        "rate_limits:\n"
+        "  backend: redis\n"
+        "  redis_sentinels: [127.0.0.1:26379, 'sentinel-2.internal:26380', '[::1]:26381']\n"
+        "  redis_sentinel_master: mymaster\n"
+        "  redis_sentinel_password: s3cret\n"
+        "  redis_url: rediss://:pw@mymaster/2\n");
+    ASSERT_TRUE(r.ok()) << all_errors(r);
+    const rate_limits& rl = r.cfg->limits;
+    EXPECT_EQ(rl.redis_sentinels, (std::vector<std::string>{"127.0.0.1:26379",
+                                                            "sentinel-2.internal:26380",
+                                                            "[::1]:26381"}));
+    EXPECT_EQ(rl.redis_sentinel_master, "mymaster");
+    EXPECT_EQ(rl.redis_sentinel_password, "s3cret");
+
+    auto comma = yaml(
+        "rate_limits:\n  backend: redis\n  redis_sentinel_master: m\n"
+        "  redis_sentinels: '127.0.0.1:1, 127.0.0.1:2,127.0.0.1:3'\n");
+    ASSERT_TRUE(comma.ok()) << all_errors(comma);
+    EXPECT_EQ(comma.cfg->limits.redis_sentinels,
+              (std::vector<std::string>{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}));
+    // No redis_url at all: the sentinels give the address, nothing else is needed.
+    EXPECT_TRUE(comma.cfg->limits.redis_url.empty());
+}
+
+TEST(ConfigSentinel, BadValuesAtTheirPosition) {
+    const std::string head = "rate_limits:\n  backend: redis\n  redis_sentinel_master: m\n";
+    // In a YAML list, the bad item itself.
+    expect_one_error(yaml(head + "  redis_sentinels: [127.0.0.1:1, nope, 127.0.0.1:3]\n"), 4, 34,
+                     "expected host:port");
+    expect_one_error(yaml(head + "  redis_sentinels:\n    - 127.0.0.1:1\n    - h:0\n"), 6, 7,
+                     "got 'h:0'");
+    // In a comma string, the string.
+    expect_one_error(yaml(head + "  redis_sentinels: '127.0.0.1:1, ::1:5'\n"), 4, 20,
+                     "got '::1:5'");
+    expect_one_error(yaml(head + "  redis_sentinels: []\n"), 4, 20, "at least one sentinel");
+    expect_one_error(yaml(head + "  redis_sentinels: {a: 1}\n"), 4, 20, "expected a list");
+    expect_one_error(yaml("rate_limits:\n  backend: redis\n  redis_sentinels: [h:1]\n"
+                          "  redis_sentinel_master: 'two words'\n"),
+                     4, 26, "one word");
+}
+
+TEST(ConfigSentinel, ContradictionsAreRefused) {
+    // Sentinels without the master's name.
+    expect_one_error(yaml("rate_limits:\n  backend: redis\n  redis_sentinels: [h:1]\n"), 3, 20,
+                     "redis_sentinel_master is not");
+    // The master's name or the sentinel password without sentinels.
+    expect_one_error(yaml("rate_limits:\n  backend: redis\n  redis_url: redis://h:1\n"
+                          "  redis_sentinel_master: m\n"),
+                     4, 26, "redis_sentinel_master is set but redis_sentinels is not");
+    expect_one_error(yaml("rate_limits:\n  backend: redis\n  redis_url: redis://h:1\n"
+                          "  redis_sentinel_password: x\n"),
+                     4, 28, "redis_sentinel_password is set but redis_sentinels is not");
+    // Sentinels with the local backend.
+    expect_one_error(yaml("rate_limits:\n  redis_sentinels: [h:1]\n  redis_sentinel_master: m\n"),
+                     2, 20, "backend is not redis");
+    // redis_url naming an address of its own: which one was meant?
+    const std::string head =
+        "rate_limits:\n  backend: redis\n  redis_sentinels: [h:1]\n  redis_sentinel_master: m\n";
+    expect_one_error(yaml(head + "  redis_url: redis://10.0.0.5:6379/0\n"), 5, 14,
+                     "write the master's name 'm' as the host and no port");
+    expect_one_error(yaml(head + "  redis_url: redis://m:6379/0\n"), 5, 14, "and no port");
+    auto ok = yaml(head + "  redis_url: redis://user:pw@m/3\n");
+    ASSERT_TRUE(ok.ok()) << all_errors(ok);
+    // The message never echoes the URL (it may hold a password).
+    auto bad = yaml(head + "  redis_url: redis://:hunter2@elsewhere/0\n");
+    ASSERT_EQ(bad.errors.size(), 1u) << all_errors(bad);
+    EXPECT_EQ(bad.errors[0].message.find("hunter2"), std::string::npos);
+    // backend redis with neither an address nor sentinels: the old error, still.
+    expect_one_error(yaml("rate_limits:\n  backend: redis\n"), 2, 12, "redis_url is not set");
+}
+
+TEST(ConfigHostPort, Forms) {
+    auto a = parse_host_port("127.0.0.1:26379");
+    ASSERT_TRUE(a);
+    EXPECT_EQ(a->host, "127.0.0.1");
+    EXPECT_EQ(a->port, 26379);
+    auto b = parse_host_port("[::1]:7");
+    ASSERT_TRUE(b);
+    EXPECT_EQ(b->host, "::1");
+    EXPECT_EQ(b->port, 7);
+    for (const char* bad : {"", "h", "h:", ":1", "h:0", "h:65536", "::1:5", "[::1]", "[::1]:",
+                            "[::1]5", "h:1x"})
+        EXPECT_FALSE(parse_host_port(bad)) << bad;
+}
+
+// ---------------------------------------------------------------------------------------
 // The settings rule (config/settings.hpp): a setting works, or is refused at its position,
 // or has no effect and is named in the start-up warning. settings_rule_test.cpp walks the
 // whole table; these are the cases spelled out.
