@@ -3,7 +3,12 @@
 Sluice and directly, then the admin console's view. Everything is stopped at the end.
 
     cmake -S . -B build && cmake --build build -j2
-    /usr/bin/python3 scripts/demo.py [--clients 50] [--seconds 15] [--scale 5]
+    /usr/bin/python3 scripts/demo.py [--clients 50] [--seconds 15] [--scale 5] [--replica]
+
+--replica adds a streaming standby (pg_basebackup -R, on 127.0.0.2) and a second run with
+two entries over both hosts: `app` (target_session_attrs read-write) and `app_ro`
+(prefer-standby). It drives writes through one and reads through the other at once, and
+shows which host served what.
 
 Runs as root or as a normal user (as root, PostgreSQL runs as the system user
 `sluicetest`). Uses conf/sluice.yaml, rewritten for the temporary ports.
@@ -111,12 +116,72 @@ def console(s: Sluice, command: str, expanded: bool = False) -> None:
         print(f"  ({db}: {r.stderr.strip()})")
 
 
+def replica_run(args, tmp: Path, pg: Postgres, base_cfg: dict) -> None:
+    """A primary, its standby, and Sluice splitting writes from reads by entry."""
+    banner("starting a streaming standby (pg_basebackup -R) on 127.0.0.2")
+    standby = harness.Standby(pg).start()
+    if not standby.caught_up():
+        print("the standby did not catch up; skipping the replica run")
+        standby.stop()
+        return
+    print(f"standby 127.0.0.2:{standby.port}  (primary 127.0.0.1:{pg.port})")
+    server_db = "app"
+    hosts = ["127.0.0.1", "127.0.0.2"]
+    cfg = {"sluice": dict(base_cfg["sluice"]), "databases": {
+        "app": {"host": list(hosts), "port": pg.port, "dbname": server_db,
+                "target_session_attrs": "read-write"},
+        "app_ro": {"host": list(hosts), "port": pg.port, "dbname": server_db,
+                   "target_session_attrs": "prefer-standby", "max_replica_lag": 5},
+    }}
+    cfg["sluice"]["listen_port"] = harness.free_port()
+    cfg["sluice"]["pool_mode"] = "transaction"
+    cfg.pop("rate_limits", None)
+    print("databases:\n" + yaml.safe_dump(cfg["databases"], sort_keys=False).rstrip())
+    s = Sluice(cfg, users=PASSWORDS, base=tmp)
+    try:
+        s.start()
+    except harness.SluiceStartError as e:
+        print(e)
+        standby.stop()
+        return
+    try:
+        for entry in ("app", "app_ro"):
+            r = s.psql("SELECT CASE WHEN pg_is_in_recovery() THEN 'standby' ELSE 'primary' "
+                       "END || ' ' || inet_server_addr()", db=entry,
+                       password=PASSWORDS["app"])
+            print(f"{entry:7s} -> {r.stdout.strip() or r.stderr.strip()}")
+        seconds = max(5, args.seconds // 2)
+        banner(f"writes through app and reads through app_ro at once, {seconds} s each")
+        procs = []
+        for label, entry, extra in (("writes (tpcb, app)   ", "app", []),
+                                    ("reads  (-S, app_ro)  ", "app_ro", ["-S"])):
+            argv = [str(harness.PG_BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(s.port),
+                    "-U", "app", "-c", str(max(2, args.clients // 2)), "-j", "2", "-T",
+                    str(seconds), "-n", *extra, entry]
+            procs.append((label, harness.subprocess.Popen(
+                argv, stdout=harness.subprocess.PIPE, stderr=harness.subprocess.STDOUT,
+                text=True, env=harness.client_env(PASSWORDS["app"]))))
+        for label, p in procs:
+            out, _ = p.communicate(timeout=seconds + 120)
+            res = harness.parse_pgbench(out)
+            print(f"{label}: tps {res.get('tps', 0):.0f}" if "tps" in res
+                  else f"{label}: pgbench exit {p.returncode}\n{out[-800:]}")
+        banner("which host served what")
+        console(s, "SHOW SERVERS;")
+        console(s, "SHOW DATABASES;", True)
+    finally:
+        s.stop()
+        standby.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "conf" / "sluice.yaml"))
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--seconds", type=int, default=15)
     ap.add_argument("--scale", type=int, default=5)
+    ap.add_argument("--replica", action="store_true",
+                    help="also run with a streaming standby: reads and writes split by entry")
     args = ap.parse_args()
 
     # atexit (which stops everything) does not run on SIGTERM/SIGINT by default.
@@ -171,6 +236,9 @@ def main() -> int:
     for cmd, expanded in (("SHOW POOLS;", False), ("SHOW STATS;", True),
                           ("SHOW LATENCY;", True), ("SHOW TENANTS;", False)):
         console(s, cmd, expanded)
+
+    if args.replica:
+        replica_run(args, tmp, pg, cfg)
 
     banner("stopping")
     rc = s.stop()

@@ -67,6 +67,20 @@ std::string render_metrics(proxy::runtime& rt) {
         w.sample("sluice_server_connections", with(v.labels, "state", "tested"), v.snap.sv_tested);
         w.sample("sluice_server_connections", with(v.labels, "state", "login"), v.snap.sv_login);
     }
+    // Which host each pool's servers are on and what that server is (host lists,
+    // target_session_attrs): after a failover the primary's address changes here.
+    w.family("sluice_server_connections_by_host", "gauge",
+             "Server connections by pool, host and role (primary, standby, unknown)");
+    for (auto& v : views) {
+        std::map<std::pair<std::string, std::string>, int> by_host;
+        for (auto& s : v.snap.servers) {
+            char r = s->role.load();
+            by_host[{s->host(), r == 'p' ? "primary" : r == 's' ? "standby" : "unknown"}]++;
+        }
+        for (auto& [key, n] : by_host)
+            w.sample("sluice_server_connections_by_host",
+                     with(with(v.labels, "host", key.first), "role", key.second), n);
+    }
     w.family("sluice_client_wait_max_seconds", "gauge", "Longest current wait for a server");
     for (auto& v : views)
         w.sample("sluice_client_wait_max_seconds", v.labels,

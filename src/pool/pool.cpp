@@ -410,6 +410,7 @@ asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_
         }
     }
     const target_session_attrs target = group.state.target();
+    std::string final_error;  // a host that failed for a reason waiting will not cure
     for (std::size_t k = 0; k < plan.size(); ++k) {
         const std::size_t i = plan[k];
         const std::string& host = group.names.at(i);
@@ -418,7 +419,10 @@ asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_
         if (!connected) {
             // PostgreSQL refused this user or database: another host will say the same,
             // and the host itself is fine for the other pools.
-            if (!s.last_error_transient) co_return false;
+            if (!s.last_error_transient && s.last_error_fields) co_return false;
+            // Down, or this host's own failing (its certificate, its authentication
+            // method): the next host may do.
+            if (!s.last_error_transient) final_error = s.last_error;
             std::lock_guard lk(group.mutex);
             group.state.connect_failed(i, steady_clock::now(), retry);
             group.last_error = s.last_error;
@@ -474,7 +478,8 @@ asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_
         spdlog::info("{}; closing it for {}/{}", s.last_error, database_, user_);
         s.terminate();
     }
-    s.last_error_transient = true;
+    s.last_error_transient = final_error.empty();
+    if (!final_error.empty()) s.last_error = final_error;
     co_return false;
 }
 

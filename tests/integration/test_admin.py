@@ -55,11 +55,15 @@ EXPECTED_COLUMNS = {
     "STATS_AVERAGES": ["database"] + STATS_FIELDS,
     "TOTALS": ["name", "value"],
     "CLIENTS": CONN_COLUMNS,
-    "SERVERS": CONN_COLUMNS,
+    # Sluice's own columns come after all of PgBouncer's, so that tools reading PgBouncer's
+    # by position or by name see them unchanged: each server's role (primary/standby),
+    # and for each database how its hosts are chosen and what each turned out to be.
+    "SERVERS": CONN_COLUMNS + ["role"],
     "DATABASES": ["name", "host", "port", "database", "force_user", "pool_size", "min_pool_size",
                   "reserve_pool_size", "server_lifetime", "pool_mode", "load_balance_hosts",
                   "max_connections", "current_connections", "max_client_connections",
-                  "current_client_connections", "paused", "disabled"],
+                  "current_client_connections", "paused", "disabled",
+                  "target_session_attrs", "host_roles"],
     "USERS": ["name", "pool_size", "reserve_pool_size", "pool_mode", "max_user_connections",
               "current_connections", "max_user_client_connections",
               "current_client_connections"],

@@ -21,8 +21,8 @@ through Sluice, never assumed.
 from __future__ import annotations
 
 import re
-import subprocess
 import time
+import urllib.request
 
 import psycopg
 import pytest
@@ -95,6 +95,7 @@ BOTH = ["127.0.0.2", "127.0.0.1"]  # the standby first: the order must not decid
 @pytest.mark.timeout(180)
 def test_target_session_attrs_choose_primary_or_standby(pair, make_sluice):
     primary, standby = pair
+    metrics_port = harness.free_port()
     s = start_sluice(make_sluice, primary, {
         "app": entry(primary, BOTH, target_session_attrs="read-write"),
         "app_primary": entry(primary, BOTH, target_session_attrs="primary", dbname="app"),
@@ -102,7 +103,7 @@ def test_target_session_attrs_choose_primary_or_standby(pair, make_sluice):
         "app_standby": entry(primary, ["127.0.0.1", "127.0.0.2"], target_session_attrs="standby"),
         "app_prefer": entry(primary, ["127.0.0.1", "127.0.0.2"],
                             target_session_attrs="prefer-standby"),
-    }, server_login_retry=1)
+    }, server_login_retry=1, metrics_listen=f"127.0.0.1:{metrics_port}")
     for _ in range(3):  # new connections and reused ones alike
         assert in_recovery(s, "app") is False
         assert in_recovery(s, "app_primary") is False
@@ -129,6 +130,14 @@ def test_target_session_attrs_choose_primary_or_standby(pair, make_sluice):
     assert dbs["app_prefer"]["target_session_attrs"] == "prefer-standby"
     assert "127.0.0.1=primary" in dbs["app"]["host_roles"]
     assert "127.0.0.2=standby" in dbs["app_ro"]["host_roles"]
+    # /metrics: each pool's servers by host and role.
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) \
+        .read().decode()
+    assert re.search(r'sluice_server_connections_by_host\{database="app",user="app",'
+                     r'host="127\.0\.0\.1",role="primary"\} [1-9]', text), text[-2000:]
+    assert re.search(r'sluice_server_connections_by_host\{database="app_ro",user="app",'
+                     r'host="127\.0\.0\.2",role="standby"\} [1-9]', text), text[-2000:]
+    assert 'database="app",user="app",host="127.0.0.2"' not in text
     assert s.alive()
 
 
