@@ -411,6 +411,12 @@ asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_
     }
     const target_session_attrs target = group.state.target();
     std::string final_error;  // a host that failed for a reason waiting will not cure
+    // Host i could not be used: it waits out server_login_retry, and the pool says why.
+    auto host_failed = [&](std::size_t i) {
+        std::lock_guard lk(group.mutex);
+        group.state.connect_failed(i, steady_clock::now(), retry);
+        group.last_error = s.last_error;
+    };
     for (std::size_t k = 0; k < plan.size(); ++k) {
         const std::size_t i = plan[k];
         const std::string& host = group.names.at(i);
@@ -423,9 +429,7 @@ asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_
             // Down, or this host's own failing (its certificate, its authentication
             // method): the next host may do.
             if (!s.last_error_transient) final_error = s.last_error;
-            std::lock_guard lk(group.mutex);
-            group.state.connect_failed(i, steady_clock::now(), retry);
-            group.last_error = s.last_error;
+            host_failed(i);
             if (plan.size() > 1)
                 spdlog::warn("server {} for {}/{} is not usable, trying the next host: {}", host,
                              database_, user_, s.last_error);
@@ -433,9 +437,7 @@ asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_
         }
         std::optional<server_role> role = co_await read_role(s, target, login.max_packet_size);
         if (!role && target != target_session_attrs::any) {
-            std::lock_guard lk(group.mutex);
-            group.state.connect_failed(i, steady_clock::now(), retry);
-            group.last_error = s.last_error;
+            host_failed(i);
             s.close();
             continue;
         }
@@ -449,9 +451,7 @@ asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_
             bool failed = false;
             lagging = co_await lags(s, *group.max_replica_lag, login.max_packet_size, failed);
             if (failed) {
-                std::lock_guard lk(group.mutex);
-                group.state.connect_failed(i, steady_clock::now(), retry);
-                group.last_error = s.last_error;
+                host_failed(i);
                 s.close();
                 continue;
             }
