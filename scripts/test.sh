@@ -84,6 +84,7 @@ if [ "${SLUICE_SKIP_SANITIZERS:-0}" != 1 ] && [ "${SLUICE_SKIP_TSAN:-0}" != 1 ];
         SLUICE_BIN="$root/build-tsan/sluice" SLUICE_LOG_DIR="$tsan_logs" SLUICE_TEST_TIMEOUT=300 \
             suite integration-tsan count_pytest /usr/bin/python3 -m pytest \
             tests/integration/test_core.py tests/integration/test_txn.py tests/integration/test_tls.py \
+            tests/integration/test_replicas.py tests/integration/test_sentinel.py \
             -q -p no:cacheprovider
         suite tsan-reports count_tsan /usr/bin/python3 scripts/tsan_reports.py \
             "${TSAN_REPORTS:-/tmp/tsan-reports.txt}" "$tsan_logs" "$logdir/unit-tsan.log"
