@@ -63,17 +63,20 @@ bool fits(target_session_attrs t, const server_role& r, bool lagging) {
 }
 
 host_state::host_state(std::size_t hosts, target_session_attrs target, bool round_robin)
-    : hosts_(std::max<std::size_t>(hosts, 1)), target_(target), round_robin_(round_robin) {}
+    : hosts_(hosts), target_(target), round_robin_(round_robin) {}
 
 int host_state::rank(const host& h) const {
     if (target_ == target_session_attrs::any) return 0;  // every server fits: rotation decides
-    if (!h.role) return 1;
+    // Unknown, or lagging when last measured: its retry time has passed (or it would not
+    // be in a plan), so it may have caught up; try it before settling for a fallback.
+    if (!h.role || h.lagging) return 1;
     return fits(target_, *h.role, h.lagging) ? 0 : 2;
 }
 
 std::vector<std::size_t> host_state::plan(clock_time now) {
     const std::size_t n = hosts_.size();
-    const std::size_t start = round_robin_ ? next_start_ : 0;
+    if (n == 0) return {};
+    const std::size_t start = round_robin_ ? next_start_ % n : 0;
     if (round_robin_) next_start_ = (next_start_ + 1) % n;
     std::vector<std::size_t> order;
     for (std::size_t k = 0; k < n; ++k) {
@@ -87,6 +90,7 @@ std::vector<std::size_t> host_state::plan(clock_time now) {
 }
 
 void host_state::connect_failed(std::size_t host, clock_time now, duration retry) {
+    if (host >= hosts_.size()) return;  // (a host list shortened by RELOAD meanwhile)
     // Nothing is known of it any more: when it is back it may have another role.
     hosts_.at(host).retry_at = now + retry;
     hosts_.at(host).role.reset();
@@ -96,8 +100,9 @@ void host_state::connect_failed(std::size_t host, clock_time now, duration retry
 host_state::verdict host_state::judge(std::size_t i, const server_role& role, bool lagging,
                                       const std::vector<std::size_t>& remaining, clock_time now,
                                       duration retry) {
-    host& h = hosts_.at(i);
-    h.role = role;
+    if (i >= hosts_.size()) return verdict::reject;
+    host& h = hosts_[i];
+    remember(h, role);
     h.lagging = lagging;
     if (fits(target_, role, lagging)) return verdict::accept;
     if (target_ == target_session_attrs::prefer_standby && !role.hot_standby) {

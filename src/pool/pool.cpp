@@ -223,6 +223,24 @@ asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, in
         retire(s, false);  // the client connects in its slot
         co_return false;
     }
+    // Its host changed role since it was made (a promotion seen by another server): what
+    // it was chosen for may no longer hold. Only entries with several hosts or a target
+    // pay for the look.
+    if (const host_group* g = cfg.hosts.get();
+        g && s->role.load() != '?' &&
+        (g->names.size() > 1 || g->state.target() != target_session_attrs::any)) {
+        bool changed;
+        {
+            std::lock_guard lk(g->mutex);
+            changed = g->state.role_changes(s->host_index) != s->host_role_changes;
+        }
+        if (changed) {
+            spdlog::info("server {} of {}/{}: {} changed role since it was opened; dropping it",
+                         s->id, database_, user_, s->host());
+            retire(s, false);
+            co_return false;
+        }
+    }
     s->migrate(ex);
     s->worker = worker;
     // server_check_delay: a server idle for longer is tested before it is handed out
@@ -246,6 +264,7 @@ asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, in
     const host_group* group = cfg.hosts.get();
     if (s->role == 's' && group && group->max_replica_lag &&
         group->state.target() == target_session_attrs::prefer_standby &&
+        cfg.server_check_delay.count() >= 0 &&
         steady_clock::now() - s->lag_checked_at > cfg.server_check_delay) {
         bool failed = false;
         bool lagging = co_await lags(*s, *group->max_replica_lag, cfg.login.max_packet_size, failed);
@@ -253,9 +272,10 @@ asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, in
             {
                 std::lock_guard lk(cfg.hosts->mutex);
                 auto now = steady_clock::now();
-                if (failed) cfg.hosts->state.connect_failed(s->host_index, now, cfg.server_login_retry);
-                else cfg.hosts->state.judge(s->host_index, server_role{true, true}, true, {}, now,
-                                            cfg.server_login_retry);
+                auto& st = cfg.hosts->state;
+                if (failed) st.connect_failed(s->host_index, now, cfg.server_login_retry);
+                else st.judge(s->host_index, st.known_role(s->host_index).value_or(server_role{true, true}),
+                              true, {}, now, cfg.server_login_retry);
             }
             spdlog::info("server {} of {}/{} on {} {}; dropping it", s->id, database_, user_,
                          s->host(), failed ? "did not answer the lag query"
@@ -309,17 +329,26 @@ asio::awaitable<acquire_result> pool::open_server(
                                      "server login has been failing, try again later "
                                      "(server_login_retry): " + login_failed_error_};
         }
+        unreported = settings_.unreported_tracked;
+        all_.push_back(s);
+    }
+    // What a try uses, read afresh for each: a RELOAD during a long wait (an operator
+    // pointing the entry at the new primary) applies to the next try.
+    auto load_settings = [&] {
+        std::lock_guard lk(mutex_);
         login = settings_.login;
         group = settings_.hosts;
         retry = settings_.server_login_retry;
-        unreported = settings_.unreported_tracked;
         if (login.scram_client_key.empty()) {
             login.scram_client_key = scram_client_key_;
             login.scram_server_key = scram_server_key_;
         }
         if (!login.password && !learnt_secret_.empty()) login.password = learnt_secret_;
-        all_.push_back(s);
-    }
+        // A RELOAD or RECONNECT before this try marked the server; the try itself uses
+        // what is current now.
+        s->close_needed = false;
+    };
+    load_settings();
     manager_.total_servers++;
     bool ok = false;
     bool waited_once = false;
@@ -345,6 +374,7 @@ asio::awaitable<acquire_result> pool::open_server(
         waited_once = true;
         asio::steady_timer t(ex, next);
         co_await t.async_wait(use_nothrow);
+        load_settings();
     }
     if (!ok) {
         spdlog::warn("server login for {}/{} failed: {}", database_, user_, s->last_error);
@@ -398,6 +428,11 @@ asio::awaitable<acquire_result> pool::open_server(
 
 asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_params& login,
                                                host_group& group, steady_clock::duration retry) {
+    if (group.names.empty()) {  // (an entry removed by RELOAD while its pool lives on)
+        s.last_error = "the database entry for " + database_ + " names no host";
+        s.last_error_transient = false;
+        co_return false;
+    }
     std::vector<std::size_t> plan;
     {
         std::lock_guard lk(group.mutex);
@@ -461,6 +496,7 @@ asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_
         {
             std::lock_guard lk(group.mutex);
             v = group.state.judge(i, *role, lagging, remaining, steady_clock::now(), retry);
+            s.host_role_changes = group.state.role_changes(i);
             if (v == host_state::verdict::reject) {
                 group.last_error = "server " + host + ":" + std::to_string(login.port) +
                                    " is a " + role_name(*role) +
@@ -539,7 +575,7 @@ void pool::release(server_ptr s) {
     // after its next query) is closed unless the entry's target still fits it; the host's
     // new role is learnt for the next connections.
     bool role_fits = true;
-    if (char was = s->role.load(); was != '?' && settings_.hosts) {
+    if (char was = s->role.load(); was != '?' && settings_.hosts && !s->close_needed) {
         auto r = role_from_parameters(s->parameters.value("in_hot_standby"),
                                       s->parameters.value("default_transaction_read_only"));
         if (r && (r->hot_standby ? 's' : 'p') != was) {
@@ -548,6 +584,7 @@ void pool::release(server_ptr s) {
             {
                 std::lock_guard glk(settings_.hosts->mutex);
                 settings_.hosts->state.learnt(s->host_index, *r);
+                s->host_role_changes = settings_.hosts->state.role_changes(s->host_index);
             }
             s->role = r->hot_standby ? 's' : 'p';
             spdlog::info("server {} of {}/{} on {} is now a {}{}", s->id, database_, user_,

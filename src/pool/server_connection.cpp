@@ -1,5 +1,7 @@
 #include "sluice/pool/server_connection.hpp"
 
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -143,6 +145,7 @@ asio::awaitable<bool> server_connection::negotiate_tls(std::shared_ptr<const net
     }
     if (answer == 'N') {
         if (mode >= net::sslmode::require) {
+            last_error_transient = false;  // the server's configuration, not its state
             last_error = "server " + where + " does not accept TLS, and server_tls_sslmode is " +
                          net::to_string(mode);
             spdlog::error("{}", last_error);
@@ -156,11 +159,14 @@ asio::awaitable<bool> server_connection::negotiate_tls(std::shared_ptr<const net
     }
     socket.start_tls(tls->server_side);
     if (!net::prepare_server_tls(socket.ssl(), mode, host, err)) {
+        last_error_transient = false;
         last_error = err;
         co_return false;
     }
     error_code ec = co_await socket.handshake(asio::ssl::stream_base::client);
     if (ec) {
+        // A certificate that does not verify stays so; a reset mid-handshake may pass.
+        if (SSL_get_verify_result(socket.ssl()) != X509_V_OK) last_error_transient = false;
         last_error = "TLS handshake with server " + where +
                      " failed: " + net::verify_failure_reason(socket.ssl(), ec);
         spdlog::error("{}", last_error);
@@ -212,9 +218,8 @@ asio::awaitable<bool> server_connection::connect_with(login_params p, net::sslmo
     // As libpq: TLS is never used over a Unix socket.
     if (mode != net::sslmode::disable && !unix_socket && p.tls && p.tls->server_side &&
         !co_await negotiate_tls(p.tls, mode, h, p.port)) {
-        // A server that does not meet the TLS settings is a configuration matter: waiting
-        // for it would not help (unless it timed out, which may be load).
-        if (!*timed_out) last_error_transient = false;
+        // (negotiate_tls says whether waiting may help: a certificate that does not
+        // verify, or a server refusing TLS that is required, is a configuration matter.)
         co_return fail(last_error);
     }
 
@@ -287,15 +292,18 @@ asio::awaitable<bool> server_connection::connect_with(login_params p, net::sslmo
                         co_return refuse("unsupported authentication method " +
                                        std::to_string(req->code) + " requested by server");
                 }
-                if (!co_await write_all(socket, out, err)) co_return refuse(err);
+                if (!co_await write_all(socket, out, err)) co_return fail(err);
                 break;
             }
             case proto::msg::error_response: {
                 last_error_fields = proto::decode_error(m.body);
                 // PostgreSQL's refusal: final, except while it starts up or shuts down
-                // (57P03 cannot_connect_now, 57P01/57P02), which a failover goes through.
+                // (57P03 cannot_connect_now, 57P01/57P02), which a failover goes through,
+                // and a server full for now (53300 too_many_connections): another host,
+                // or the same one a little later, may take the connection.
                 last_error_transient =
-                    last_error_fields && last_error_fields->sqlstate.rfind("57P0", 0) == 0;
+                    last_error_fields && (last_error_fields->sqlstate.rfind("57P0", 0) == 0 ||
+                                          last_error_fields->sqlstate == "53300");
                 co_return fail(last_error_fields ? last_error_fields->message
                                                  : "server refused the login");
             }

@@ -81,7 +81,8 @@ asio::awaitable<auth_query_cache::result> auth_query_cache::run_query(runtime& r
     for (const auto& host : p.hosts) {
         if (&host != &p.hosts.front()) conn->reset_for_retry();
         connected = co_await conn->connect(p, host);
-        if (connected || !conn->last_error_transient) break;
+        // PostgreSQL's refusal of auth_user holds on every host; anything else may not.
+        if (connected || (!conn->last_error_transient && conn->last_error_fields)) break;
     }
     if (!connected) {
         r.error = "cannot log in to " + p.database + " as auth_user " + auth_user + ": " +

@@ -14,7 +14,9 @@ through Sluice, never assumed.
      mode runs through it. Writes through the read-write entry succeed on the promoted
      server, clients between transactions carry on, and at most the transactions in
      flight (no more than pool_size) fail.
-  4. The lag guard: a standby whose replay is paused falls behind the primary by more
+  4. A promoted standby: a standby entry's pooled servers on it are not handed out once
+     one of them has shown the new role.
+  5. The lag guard: a standby whose replay is paused falls behind the primary by more
      than max_replica_lag; the prefer-standby entry then reads from the primary while
      writes continue, and goes back to the standby once it has caught up.
 """
@@ -150,10 +152,14 @@ def test_standby_only_entry_waits_and_times_out_without_a_standby(pair, make_slu
     s = start_sluice(make_sluice, primary, {
         "app_standby": entry(primary, ["127.0.0.1", "127.0.0.2"], target_session_attrs="standby"),
     }, server_login_retry=1, query_wait_timeout=3)
+    t0 = time.monotonic()
     with pytest.raises(psycopg.OperationalError) as ei:
         in_recovery(s, "app_standby")
-    assert "query_wait_timeout" in str(ei.value) or "target_session_attrs" in str(ei.value) \
-        or "could not connect" in str(ei.value), ei.value
+    waited = time.monotonic() - t0
+    # It waited (the retries stop once the next would come after query_wait_timeout, so
+    # up to server_login_retry early), and says why no host would do.
+    assert waited >= 1.5, (waited, ei.value)
+    assert "target_session_attrs is standby" in str(ei.value), ei.value
     assert not any(r["database"] == "app_standby" for r in console(s, "SHOW SERVERS"))
     # The standby comes back: the same entry works, on it.
     standby.start()
@@ -165,6 +171,44 @@ def _try(f):
         return f()
     except psycopg.Error:
         return None
+
+
+@pytest.mark.timeout(180)
+def test_promoted_standby_leaves_a_standby_entry(pair, make_sluice):
+    """PostgreSQL tells an idle session nothing when its server is promoted. The first
+    server of the entry to run a query after the promotion shows the new role (its
+    ParameterStatus) and is closed; the entry's other pooled servers on that host are then
+    not handed out either. So at most one transaction runs on the promoted server, and the
+    entry then has no host that fits (it waits and times out)."""
+    primary, standby = pair
+    s = start_sluice(make_sluice, primary, {
+        "app_standby": entry(primary, ["127.0.0.1", "127.0.0.2"], target_session_attrs="standby"),
+    }, pool_mode=TXN, server_login_retry=1, query_wait_timeout=2)
+    # Three pooled servers on the standby: three transactions open at once.
+    conns = [connect(s, "app_standby") for _ in range(3)]
+    try:
+        for c in conns:
+            c.execute("BEGIN")
+            assert c.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+        for c in conns:
+            c.execute("COMMIT")
+    finally:
+        for c in conns:
+            c.close()
+    assert len([r for r in console(s, "SHOW SERVERS") if r["state"] == "idle"]) == 3
+    standby.promote()
+    answers = []
+    for _ in range(6):
+        try:
+            answers.append(in_recovery(s, "app_standby"))
+        except psycopg.OperationalError as e:
+            answers.append(str(e))
+    assert answers.count(False) <= 1, answers  # at most one transaction on the promoted server
+    assert True not in answers, answers
+    assert all("query_wait_timeout" in a or "target_session_attrs" in a
+               for a in answers if isinstance(a, str)), answers
+    assert not [r for r in console(s, "SHOW SERVERS") if r["database"] == "app_standby"]
+    assert s.alive()
 
 
 @pytest.mark.timeout(180)
@@ -255,12 +299,14 @@ def test_failover_under_pgbench(pair, make_sluice):
 
 
 @pytest.mark.timeout(240)
-def test_lag_guard_skips_a_paused_standby(pair, make_sluice):
+@pytest.mark.parametrize("balance", ["disable", "round-robin"])
+def test_lag_guard_skips_a_paused_standby(pair, make_sluice, balance):
     primary, standby = pair
     s = start_sluice(make_sluice, primary, {
         "app": entry(primary, ["127.0.0.1", "127.0.0.2"], target_session_attrs="read-write"),
+        # The primary listed first: with disable, only the ranking brings the standby back.
         "app_ro": entry(primary, ["127.0.0.1", "127.0.0.2"], target_session_attrs="prefer-standby",
-                        max_replica_lag=1),
+                        max_replica_lag=1, load_balance_hosts=balance),
     }, pool_mode=TXN, server_login_retry=1, server_check_delay=0)
     assert in_recovery(s, "app_ro") is True
     standby.psql("SELECT pg_wal_replay_pause()")

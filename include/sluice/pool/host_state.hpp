@@ -16,7 +16,8 @@
 //   judge()          logged in; the server said what it is (role_of). Accept, or reject:
 //                    the connection is closed and the next host of the plan is tried.
 //   next_retry()     nothing is left to try: when the first waiting host may be tried.
-//   learnt()         a server in use reported another role (promoted): remembered.
+//   learnt()         a server in use reported another role (promoted): remembered, and
+//                    counted in role_changes(), which retires the host's pooled servers.
 //
 // What fits (libpq): any; read-write = neither a hot standby nor read-only by default;
 // read-only = the opposite; primary = not a hot standby; standby = a hot standby;
@@ -24,13 +25,15 @@
 // only once no host of the plan that may still be such a standby remains untried.
 //
 // Invariants
-//   - a host is in a plan only if its retry time has passed; a host that did not fit a
+//   - a host is in a plan only if its retry time has passed (so one that lagged is
+//     ranked as unknown there: it may have caught up); a host that did not fit a
 //     strict target (or lags) gets the same retry time as a failed one, so a read-write
 //     entry does not log in to its standby for every new connection;
 //   - what is known of a host is only what its last attempt said: a role learnt
 //     replaces the previous one, a failure forgets it and delays the next try.
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -71,22 +74,38 @@ class host_state {
     verdict judge(std::size_t host, const server_role& role, bool lagging,
                   const std::vector<std::size_t>& remaining, clock_time now, duration retry);
     // A server of host `i` reported another role since its login (a promotion).
-    void learnt(std::size_t i, const server_role& role) { hosts_.at(i).role = role; }
+    void learnt(std::size_t i, const server_role& role) {
+        if (i < hosts_.size()) remember(hosts_[i], role);
+    }
+    // Counts the changes of host i's role seen so far. A pooled server records it when it
+    // is made; one whose host has changed role since is not handed out (pool::check_out):
+    // PostgreSQL tells an idle session nothing when its server is promoted.
+    std::uint64_t role_changes(std::size_t i) const {
+        return i < hosts_.size() ? hosts_[i].role_changes : ~std::uint64_t{0};
+    }
     // The earliest time a host waiting out its retry may be tried (now if none waits).
     clock_time next_retry(clock_time now) const;
 
     target_session_attrs target() const { return target_; }
     std::size_t size() const { return hosts_.size(); }
     // The last role host `i` reported (SHOW DATABASES), if any.
-    std::optional<server_role> known_role(std::size_t i) const { return hosts_.at(i).role; }
-    bool lagging(std::size_t i) const { return hosts_.at(i).lagging; }
+    std::optional<server_role> known_role(std::size_t i) const {
+        return i < hosts_.size() ? hosts_[i].role : std::nullopt;
+    }
+    bool lagging(std::size_t i) const { return i < hosts_.size() && hosts_[i].lagging; }
 
   private:
     struct host {
         clock_time retry_at{};
         std::optional<server_role> role;
         bool lagging = false;
+        std::uint64_t role_changes = 0;
     };
+    // A change is a promotion (or a demotion): primary <-> standby.
+    static void remember(host& h, const server_role& role) {
+        if (h.role && h.role->hot_standby != role.hot_standby) ++h.role_changes;
+        h.role = role;
+    }
     // 0 = known to fit, 1 = unknown, 2 = known not to fit.
     int rank(const host& h) const;
     std::vector<host> hosts_;

@@ -111,6 +111,7 @@ public:
     // 's' standby, '?' not known (target_session_attrs any on a server that does not report
     // in_hot_standby). Set before the server leaves the login state.
     std::size_t host_index = 0;
+    std::uint64_t host_role_changes = 0;  // host_state::role_changes when it was made
     std::atomic<char> role{'?'};
     steady_clock::time_point lag_checked_at;  // max_replica_lag: when last measured
     std::chrono::milliseconds internal_query_timeout{15000};  // from login_params

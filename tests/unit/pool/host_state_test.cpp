@@ -136,10 +136,46 @@ TEST(HostState, PreferStandbyLagGuard) {
     EXPECT_TRUE(h.lagging(1));
     EXPECT_EQ(h.plan(t0 + 1s), (idx{0}));  // the standby waits out the retry
     EXPECT_EQ(h.judge(0, primary, false, {}, t0 + 1s, retry), v::accept);
-    EXPECT_EQ(h.plan(t0 + retry), (idx{0, 1}));  // known to lag: tried after the primary
+    EXPECT_EQ(h.plan(t0 + retry), (idx{1, 0}));  // it may have caught up: tried first again
     EXPECT_EQ(h.judge(1, standby, false, {}, t0 + retry, retry), v::accept);  // caught up
     EXPECT_FALSE(h.lagging(1));
     EXPECT_EQ(h.plan(t0 + retry), (idx{1, 0}));
+}
+
+TEST(HostState, RoleChangesAreCounted) {
+    hs h(2, target_session_attrs::standby, false);
+    EXPECT_EQ(h.role_changes(0), 0u);
+    h.judge(0, standby, false, {1}, t0, retry);
+    EXPECT_EQ(h.role_changes(0), 0u);  // first seen: nothing changed
+    h.judge(0, standby, false, {1}, t0, retry);
+    EXPECT_EQ(h.role_changes(0), 0u);
+    h.learnt(0, read_only_primary);  // promoted (read-only by default, still a promotion)
+    EXPECT_EQ(h.role_changes(0), 1u);
+    h.learnt(0, primary);  // only default_transaction_read_only changed: not a role change
+    EXPECT_EQ(h.role_changes(0), 1u);
+    EXPECT_EQ(h.role_changes(1), 0u);
+    h.connect_failed(0, t0, retry);  // forgotten, not a change
+    h.judge(0, primary, false, {}, t0 + retry, retry);
+    EXPECT_EQ(h.role_changes(0), 1u);
+}
+
+TEST(HostState, ACaughtUpStandbyIsFoundAgainInListOrder) {
+    // disable, the primary listed first: the standby must not stay behind it for good.
+    hs h(2, target_session_attrs::prefer_standby, false);
+    h.judge(1, standby, true, {}, t0, retry);  // lags
+    EXPECT_EQ(h.plan(t0 + 1s), (idx{0}));
+    EXPECT_EQ(h.judge(0, primary, false, {}, t0 + 1s, retry), v::accept);
+    auto p = h.plan(t0 + retry);
+    EXPECT_EQ(p, (idx{1, 0}));
+    EXPECT_EQ(h.judge(1, standby, false, {0}, t0 + retry, retry), v::accept);
+}
+
+TEST(HostState, NoHostsNoPlan) {
+    hs h(0, target_session_attrs::any, true);
+    EXPECT_TRUE(h.plan(t0).empty());
+    h.connect_failed(3, t0, retry);  // out of range: ignored
+    EXPECT_EQ(h.judge(3, primary, false, {}, t0, retry), v::reject);
+    EXPECT_FALSE(h.known_role(3));
 }
 
 TEST(HostState, StandbyTargetNeverFallsBack) {
