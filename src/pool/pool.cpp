@@ -438,8 +438,9 @@ asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_
         std::lock_guard lk(group.mutex);
         plan = group.state.plan(steady_clock::now());
         if (plan.empty()) {
-            s.last_error = group.last_error.empty() ? "no host can be tried yet"
-                                                    : group.last_error;
+            s.last_error = group.names.size() > 1 ? group.summary()
+                           : group.last_error.empty() ? "no host can be tried yet"
+                                                      : group.last_error;
             s.last_error_transient = true;
             co_return false;
         }
@@ -450,7 +451,7 @@ asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_
     auto host_failed = [&](std::size_t i) {
         std::lock_guard lk(group.mutex);
         group.state.connect_failed(i, steady_clock::now(), retry);
-        group.last_error = s.last_error;
+        group.note_failure(i, s.last_error);
     };
     for (std::size_t k = 0; k < plan.size(); ++k) {
         const std::size_t i = plan[k];
@@ -503,6 +504,7 @@ asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_
                                    (role->read_only && !role->hot_standby ? " (read-only)" : "") +
                                    (lagging ? " lagging more than max_replica_lag" : "") +
                                    " and target_session_attrs is " + to_string(target);
+                group.note_failure(i, group.last_error);
                 s.last_error = group.last_error;
             }
         }
@@ -515,7 +517,12 @@ asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_
         s.terminate();
     }
     s.last_error_transient = final_error.empty();
-    if (!final_error.empty()) s.last_error = final_error;
+    if (group.names.size() > 1) {
+        std::lock_guard lk(group.mutex);
+        s.last_error = group.summary();
+    } else if (!final_error.empty()) {
+        s.last_error = final_error;
+    }
     co_return false;
 }
 

@@ -52,6 +52,23 @@ struct host_group {
     mutable std::mutex mutex;
     host_state state;        // under mutex
     std::string last_error;  // under mutex: why the last host tried was not used
+    // Under mutex: why each host was last passed over, and all of it in one line for a
+    // client that waited in vain ("no host of the list could be used: A: ...; B: ...").
+    std::vector<std::string> host_errors = std::vector<std::string>(names.size());
+    void note_failure(std::size_t i, const std::string& why) {
+        last_error = why;
+        if (i < host_errors.size()) host_errors[i] = why;
+    }
+    std::string summary() const {
+        std::string out = "no host of the list could be used";
+        const char* sep = ": ";
+        for (const auto& why : host_errors)
+            if (!why.empty()) {
+                out += sep + why;
+                sep = "; ";
+            }
+        return out;
+    }
 };
 
 struct acquire_result {
