@@ -210,6 +210,7 @@ node from_yaml(context& ctx, const YAML::Node& y, pos fallback, int depth) {
 // PgBouncer's format: `[section]` headers, `key = value` lines, whole-line comments starting
 // with ';' or '#'. Values run to the end of the line (a password may contain '#'), so there
 // are no trailing comments. Setting names are case-insensitive, database and user names not.
+// A key given again in its section replaces the earlier one (a [databases] entry too).
 
 node from_ini(context& ctx, const std::string& text) {
     node root;
@@ -218,7 +219,9 @@ node from_ini(context& ctx, const std::string& text) {
     node* section = nullptr;  // null before the first header or inside an unknown section
     bool in_unknown_section = false;
     std::string section_name;
-    std::map<std::string, std::map<std::string, pos>> seen;  // per section: key -> first pos
+    // Per section: key -> its index in the section's entries. As in PgBouncer the last
+    // occurrence of a key wins (tools append overrides to a file): it replaces the earlier.
+    std::map<std::string, std::map<std::string, std::size_t>> seen;
 
     std::istringstream in(text);
     std::string raw;
@@ -298,18 +301,15 @@ node from_ini(context& ctx, const std::string& text) {
             continue;
         }
         auto& seen_here = seen[section_name == "pgbouncer" ? "sluice" : section_name];
-        if (auto [s, fresh] = seen_here.emplace(key.text, key.at); !fresh) {
-            ctx.error(key.at, "duplicate key '" + key.text + "' (first given at line " +
-                                  std::to_string(s->second.line) + ")");
-            continue;
-        }
         node value;
         value.k = node::kind::scalar;
         std::size_t vstart = raw.find_first_not_of(" \t", eq + 1);
         if (vstart == std::string::npos) vstart = raw.size();
         value.at = pos{line_no, static_cast<int>(vstart) + 1};
         value.text = trim(raw.substr(vstart));
-        section->entries.emplace_back(std::move(key), std::move(value));
+        auto [at, fresh] = seen_here.emplace(key.text, section->entries.size());
+        if (fresh) section->entries.emplace_back(std::move(key), std::move(value));
+        else section->entries[at->second] = {std::move(key), std::move(value)};
     }
     return root;
 }
@@ -895,7 +895,8 @@ std::optional<node> entry_settings(context& ctx, const std::string& label, const
     return std::nullopt;
 }
 
-void read_databases(context& ctx, const node& part, config& cfg) {
+void read_databases(context& ctx, const node& part, config& cfg,
+                    std::map<std::string, pos>& entry_at) {
     if (!expect_map(ctx, "databases", part)) return;
     for (const auto& [key, value] : part.entries) {
         std::string label = "databases." + key.text;
@@ -910,6 +911,7 @@ void read_databases(context& ctx, const node& part, config& cfg) {
         apply_settings(ctx, *settings, db, section::database, label + ".",
                        "database '" + key.text + "'", cfg.no_op_settings);
         cfg.databases[key.text] = std::move(db);
+        entry_at[key.text] = key.at;
     }
 }
 
@@ -1017,7 +1019,7 @@ void read_config(context& ctx, const node& root, config& cfg) {
                   "expected a mapping with the sections sluice, databases, users, rate_limits");
         return;
     }
-    std::map<std::string, pos> general_seen, limits_seen;
+    std::map<std::string, pos> general_seen, limits_seen, database_at;
     pos sluice_at{}, limits_at{};
     for (const auto& [key, value] : root.entries) {
         if (key.text == "sluice") {
@@ -1026,7 +1028,7 @@ void read_config(context& ctx, const node& root, config& cfg) {
                 apply_settings(ctx, value, cfg.sluice, section::general, "", "section sluice",
                                cfg.no_op_settings, &general_seen);
         } else if (key.text == "databases") {
-            read_databases(ctx, value, cfg);
+            read_databases(ctx, value, cfg, database_at);
         } else if (key.text == "users") {
             read_users(ctx, value, cfg);
         } else if (key.text == "rate_limits") {
@@ -1053,6 +1055,17 @@ void read_config(context& ctx, const node& root, config& cfg) {
         ctx.error(at_or(general_seen, "auth_type", sluice_at),
                   "auth_type is hba but auth_hba_file is not set");
     check_redis_address(ctx, cfg.limits, limits_seen, limits_at);
+    // No host: PostgreSQL's Unix socket in unix_socket_dir, as PgBouncer connects (and so
+    // pg_hba's `local` lines apply, not its `host` ones).
+    for (auto& [name, db] : cfg.databases) {
+        if (!db.host.empty()) continue;
+        if (g.unix_socket_dir.empty())
+            ctx.error(database_at[name], "databases." + name + " has no host and "
+                                         "unix_socket_dir is empty: give a host (an address, "
+                                         "or a socket directory starting with '/')");
+        else
+            db.host = {g.unix_socket_dir};
+    }
 
     resolve_path(ctx, g.auth_file);
     resolve_path(ctx, g.auth_hba_file);

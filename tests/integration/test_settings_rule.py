@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import struct
 import subprocess
 from pathlib import Path
@@ -228,3 +229,48 @@ def test_database_datestyle_and_timezone(make_sluice):
     with psycopg.connect(s.dsn(), autocommit=True) as c:
         assert c.execute("SHOW DateStyle").fetchone()[0] == "SQL, DMY"
         assert c.execute("SHOW TimeZone").fetchone()[0] == "Asia/Tokyo"
+
+
+# -- pgbouncer.ini by PgBouncer's rules -------------------------------------------------------
+
+def test_ini_last_key_wins_and_no_host_is_the_unix_socket(pg, tmp):
+    """A pgbouncer.ini as tools leave it: an override appended at the end (the last
+    occurrence wins, a [databases] entry too), and an entry without host, which reaches
+    PostgreSQL over its Unix socket in unix_socket_dir (pg_hba's `local` line applies:
+    client_addr is NULL on the server)."""
+    first, port = harness.free_port(), harness.free_port()
+    (tmp / "userlist.txt").write_text('"app" "app_pw"\n')
+    ini = tmp / "pgbouncer.ini"
+    ini.write_text("[databases]\n"
+                   f"app = host=127.0.0.1 port={pg.port} dbname=postgres\n"
+                   f"local = port={pg.port} dbname=app\n"
+                   "\n"
+                   "[pgbouncer]\n"
+                   "listen_addr = 127.0.0.1\n"
+                   f"listen_port = {first}\n"
+                   f"unix_socket_dir = {pg.sockdir}\n"
+                   "auth_type = scram-sha-256\n"
+                   "auth_file = userlist.txt\n"
+                   "; appended by a deployment tool:\n"
+                   f"listen_port = {port}\n"
+                   "[databases]\n"
+                   f"app = host=127.0.0.1 port={pg.port} dbname=app\n")
+    assert check(ini).returncode == 0, check(ini)
+    log = tmp / "sluice.log"
+    p = harness.spawn([harness.sluice_bin(), ini], log_path=log)
+    try:
+        assert harness.wait_port(port, DEADLINE, proc=p), harness.tail(log)
+        dsn = f"host=127.0.0.1 port={port} user=app password=app_pw sslmode=disable"
+        with psycopg.connect(dsn + " dbname=app", autocommit=True) as c:
+            assert c.execute("SELECT current_database()").fetchone()[0] == "app"  # the last
+            assert c.execute("SELECT client_addr FROM pg_stat_activity "
+                             "WHERE pid = pg_backend_pid()").fetchone()[0] is not None
+        with psycopg.connect(dsn + " dbname=local", autocommit=True) as c:
+            assert c.execute("SELECT current_database()").fetchone()[0] == "app"
+            assert c.execute("SELECT client_addr FROM pg_stat_activity "
+                             "WHERE pid = pg_backend_pid()").fetchone()[0] is None  # socket
+        with pytest.raises(ConnectionRefusedError):  # the overridden listen_port
+            socket.create_connection(("127.0.0.1", first), timeout=5).close()
+    finally:
+        p.terminate()
+        p.wait(10)

@@ -123,7 +123,9 @@ struct general {
 // One [databases] entry. Optional fields fall back to the general section.
 struct database {
     std::string name;                            // the name clients connect to; "*" = fallback
-    std::vector<std::string> host{"127.0.0.1"};  // a path starting with '/' = unix socket dir
+    // A path starting with '/' = a Unix socket directory. None given: the loader puts
+    // unix_socket_dir here (PgBouncer's rule: no host = the Unix socket).
+    std::vector<std::string> host;
     int port = 5432;
     std::string dbname;  // empty = same as name
     std::string user;    // forced user; empty = client's user

@@ -693,7 +693,37 @@ TEST(ConfigErrors, IniSyntax) {
     expect_one_error(ini("[pgbouncer]\n  listen_port 1\n"), 2, 3, "expected 'key = value'");
     expect_one_error(ini("[pgbouncer\n"), 1, 1, "malformed section header");
     expect_one_error(ini("[databases]\napp = host='unterminated\n"), 2, 12, "unterminated");
-    expect_one_error(ini("[pgbouncer]\nlisten_port = 1\nlisten_port = 2\n"), 3, 1, "duplicate");
+}
+
+TEST(ConfigIni, TheLastOccurrenceOfAKeyWins) {
+    // As PgBouncer: tools append overrides to a file.
+    auto r = ini("[pgbouncer]\nlisten_port = 1\npool_mode = session\nlisten_port = 2\n"
+                 "[databases]\napp = host=a dbname=one\nother = host=b\napp = host=c dbname=two\n"
+                 "[pgbouncer]\nLISTEN_PORT = 3\n");
+    ASSERT_TRUE(r.ok()) << all_errors(r);
+    EXPECT_EQ(r.cfg->sluice.listen_port, 3);
+    EXPECT_EQ(r.cfg->sluice.pool_mode_, pool_mode::session);
+    EXPECT_EQ(r.cfg->databases.at("app").dbname, "two");
+    EXPECT_EQ(r.cfg->databases.at("app").host, std::vector<std::string>{"c"});
+    EXPECT_EQ(r.cfg->databases.size(), 2u);
+    // An error in a replaced value is not reported: it never takes effect.
+    EXPECT_TRUE(ini("[pgbouncer]\nlisten_port = 99999\nlisten_port = 6432\n").ok());
+}
+
+TEST(ConfigIni, NoHostMeansTheUnixSocketDirectory) {
+    auto r = ini("[pgbouncer]\nunix_socket_dir = /var/run/postgresql\n"
+                 "[databases]\nlocal = dbname=app\ntcp = host=127.0.0.1 dbname=app\n");
+    ASSERT_TRUE(r.ok()) << all_errors(r);
+    EXPECT_EQ(r.cfg->databases.at("local").host, std::vector<std::string>{"/var/run/postgresql"});
+    EXPECT_EQ(r.cfg->databases.at("tcp").host, std::vector<std::string>{"127.0.0.1"});
+    auto d = ini("[databases]\nlocal = dbname=app\n");  // PgBouncer's default: /tmp
+    ASSERT_TRUE(d.ok()) << all_errors(d);
+    EXPECT_EQ(d.cfg->databases.at("local").host, std::vector<std::string>{"/tmp"});
+    auto y = yaml("databases:\n  local: {dbname: app}\n");
+    ASSERT_TRUE(y.ok()) << all_errors(y);
+    EXPECT_EQ(y.cfg->databases.at("local").host, std::vector<std::string>{"/tmp"});
+    expect_one_error(ini("[pgbouncer]\nunix_socket_dir =\n[databases]\nlocal = dbname=app\n"),
+                     4, 1, "has no host and unix_socket_dir is empty");
 }
 
 TEST(ConfigErrors, DuplicateYamlKey) {
