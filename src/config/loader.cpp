@@ -73,6 +73,7 @@ bool parse_port(std::string_view text, int& port) {
 struct pos {
     int line = 0;  // 1-based
     int col = 0;   // 1-based
+    int file = 0;  // index in context::files: the main file, or one it %includes
 };
 
 struct node {
@@ -120,13 +121,16 @@ const char* kind_name(const node& n) {
 class context {
   public:
     std::string file;
+    std::vector<std::string> included;  // files %included, for pos::file = 1, 2, ...
     std::filesystem::path base_dir;  // relative paths in the file are relative to this
     std::vector<diagnostic> errors;
     // Values left before a YAML document counts as too big (see from_yaml); 0 = exhausted.
     std::size_t yaml_values_left = 0;
 
     void error(pos p, std::string message) {
-        errors.push_back(diagnostic{file, p.line, p.col, std::move(message)});
+        const std::string& where =
+            p.file > 0 && std::size_t(p.file) <= included.size() ? included[p.file - 1] : file;
+        errors.push_back(diagnostic{where, p.line, p.col, std::move(message)});
     }
 };
 
@@ -212,106 +216,149 @@ node from_yaml(context& ctx, const YAML::Node& y, pos fallback, int depth) {
 // are no trailing comments. Setting names are case-insensitive, database and user names not.
 // A key given again in its section replaces the earlier one (a [databases] entry too).
 
-node from_ini(context& ctx, const std::string& text) {
-    node root;
-    root.k = node::kind::map;
-    root.at = pos{1, 1};
-    node* section = nullptr;  // null before the first header or inside an unknown section
-    bool in_unknown_section = false;
-    std::string section_name;
-    // Per section: key -> its index in the section's entries. As in PgBouncer the last
-    // occurrence of a key wins (tools append overrides to a file): it replaces the earlier.
-    std::map<std::string, std::map<std::string, std::size_t>> seen;
+// `%include FILE` reads FILE in place, as if its lines were here (the current section goes
+// on into it), as PgBouncer does: a relative name is taken from the current working
+// directory. Errors in it name it with its own line and column. Includes nest up to
+// max_include_depth (a file including itself is a mistake, not a loop).
+constexpr int max_include_depth = 10;
 
-    std::istringstream in(text);
-    std::string raw;
-    int line_no = 0;
-    while (std::getline(in, raw)) {
-        ++line_no;
-        if (!raw.empty() && raw.back() == '\r') raw.pop_back();
-        std::size_t first = raw.find_first_not_of(" \t");
-        if (first == std::string::npos) continue;
-        char c = raw[first];
-        if (c == ';' || c == '#') continue;
-        pos line_pos{line_no, static_cast<int>(first) + 1};
+class ini_reader {
+  public:
+    explicit ini_reader(context& ctx) : ctx_(ctx) {
+        root_.k = node::kind::map;
+        root_.at = pos{1, 1};
+    }
+    node take() { return std::move(root_); }
 
-        if (c == '[') {
-            std::size_t close = raw.find(']', first);
-            if (close == std::string::npos || !trim(raw.substr(close + 1)).empty()) {
-                ctx.error(line_pos, "malformed section header");
-                section = nullptr;
-                in_unknown_section = true;
-                continue;
-            }
-            section_name = lower(trim(raw.substr(first + 1, close - first - 1)));
-            // [pgbouncer] is the YAML `sluice:` section; the others keep their names.
-            std::string target = section_name == "pgbouncer" ? "sluice" : section_name;
-            if (target == "peers") {
-                ctx.error(line_pos, "section [peers] is not supported: Sluice has no peering "
-                                    "(see peer_id in the README)");
-                section = nullptr;
-                in_unknown_section = true;
-                continue;
-            }
-            if (target != "sluice" && target != "databases" && target != "users") {
-                ctx.error(line_pos, "unknown section [" + section_name +
-                                        "] (expected pgbouncer, databases or users)");
-                section = nullptr;
-                in_unknown_section = true;
-                continue;
-            }
-            in_unknown_section = false;
-            section = nullptr;
-            for (auto& [k, v] : root.entries)
-                if (k.text == target) section = &v;  // a repeated header continues the section
-            if (!section) {
-                node key;
-                key.k = node::kind::scalar;
-                key.at = line_pos;
-                key.text = target;
-                node value;
-                value.k = node::kind::map;
-                value.at = line_pos;
-                root.entries.emplace_back(std::move(key), std::move(value));
-                section = &root.entries.back().second;
-            }
-            continue;
+    void read(const std::string& text, int file, int depth) {
+        std::istringstream in(text);
+        std::string raw;
+        int line_no = 0;
+        while (std::getline(in, raw)) {
+            ++line_no;
+            if (!raw.empty() && raw.back() == '\r') raw.pop_back();
+            std::size_t first = raw.find_first_not_of(" \t");
+            if (first == std::string::npos) continue;
+            char c = raw[first];
+            if (c == ';' || c == '#') continue;
+            pos line_pos{line_no, static_cast<int>(first) + 1, file};
+            if (c == '[') header(raw, first, line_pos);
+            else if (c == '%') directive(raw, first, line_pos, depth);
+            else setting(raw, first, line_pos);
         }
-        if (c == '%') {
-            ctx.error(line_pos, "%include is not supported; put the settings in this file");
-            continue;
+    }
+
+  private:
+    void header(const std::string& raw, std::size_t first, pos line_pos) {
+        std::size_t close = raw.find(']', first);
+        if (close == std::string::npos || !trim(raw.substr(close + 1)).empty()) {
+            ctx_.error(line_pos, "malformed section header");
+            section_ = nullptr;
+            in_unknown_section_ = true;
+            return;
         }
-        if (in_unknown_section) continue;  // already reported at its header
+        section_name_ = lower(trim(raw.substr(first + 1, close - first - 1)));
+        // [pgbouncer] is the YAML `sluice:` section; the others keep their names.
+        std::string target = section_name_ == "pgbouncer" ? "sluice" : section_name_;
+        if (target == "peers") {
+            ctx_.error(line_pos, "section [peers] is not supported: Sluice has no peering "
+                                 "(see peer_id in the README)");
+            section_ = nullptr;
+            in_unknown_section_ = true;
+            return;
+        }
+        if (target != "sluice" && target != "databases" && target != "users") {
+            ctx_.error(line_pos, "unknown section [" + section_name_ +
+                                     "] (expected pgbouncer, databases or users)");
+            section_ = nullptr;
+            in_unknown_section_ = true;
+            return;
+        }
+        in_unknown_section_ = false;
+        section_ = nullptr;
+        for (auto& [k, v] : root_.entries)
+            if (k.text == target) section_ = &v;  // a repeated header continues the section
+        if (!section_) {
+            node key(node::kind::scalar, line_pos);
+            key.text = target;
+            root_.entries.emplace_back(std::move(key), node(node::kind::map, line_pos));
+            section_ = &root_.entries.back().second;
+        }
+    }
+
+    void directive(const std::string& raw, std::size_t first, pos line_pos, int depth) {
+        std::size_t word_end = raw.find_first_of(" \t", first);
+        std::string word = lower(raw.substr(first, word_end == std::string::npos ? std::string::npos
+                                                                                  : word_end - first));
+        if (word != "%include") {
+            ctx_.error(line_pos, "unknown directive " + word + " (PgBouncer knows %include)");
+            return;
+        }
+        std::string name = word_end == std::string::npos ? "" : trim(raw.substr(word_end));
+        if (name.empty()) {
+            ctx_.error(line_pos, "%include needs a file name");
+            return;
+        }
+        if (depth >= max_include_depth) {
+            ctx_.error(line_pos, "%include " + name + ": nested more than " +
+                                     std::to_string(max_include_depth) + " deep");
+            return;
+        }
+        std::ifstream in(name, std::ios::binary);
+        if (!in) {
+            int err = errno;
+            ctx_.error(line_pos, "%include " + name + ": cannot open: " +
+                                     std::strerror(err ? err : ENOENT));
+            return;
+        }
+        std::ostringstream text;
+        text << in.rdbuf();
+        ctx_.included.push_back(name);
+        read(text.str(), static_cast<int>(ctx_.included.size()), depth + 1);
+    }
+
+    void setting(const std::string& raw, std::size_t first, pos line_pos) {
+        if (in_unknown_section_) return;  // already reported at its header
         std::size_t eq = raw.find('=', first);
         if (eq == std::string::npos) {
-            ctx.error(line_pos, "expected 'key = value'");
-            continue;
+            ctx_.error(line_pos, "expected 'key = value'");
+            return;
         }
-        if (!section) {
-            ctx.error(line_pos, "setting outside any section (add [pgbouncer] above it)");
-            continue;
+        if (!section_) {
+            ctx_.error(line_pos, "setting outside any section (add [pgbouncer] above it)");
+            return;
         }
-        node key;
-        key.k = node::kind::scalar;
-        key.at = line_pos;
+        node key(node::kind::scalar, line_pos);
         key.text = trim(raw.substr(first, eq - first));
-        if (section_name == "pgbouncer") key.text = lower(key.text);
+        if (section_name_ == "pgbouncer") key.text = lower(key.text);
         if (key.text.empty()) {
-            ctx.error(line_pos, "missing name before '='");
-            continue;
+            ctx_.error(line_pos, "missing name before '='");
+            return;
         }
-        auto& seen_here = seen[section_name == "pgbouncer" ? "sluice" : section_name];
-        node value;
-        value.k = node::kind::scalar;
         std::size_t vstart = raw.find_first_not_of(" \t", eq + 1);
         if (vstart == std::string::npos) vstart = raw.size();
-        value.at = pos{line_no, static_cast<int>(vstart) + 1};
+        node value(node::kind::scalar, pos{line_pos.line, static_cast<int>(vstart) + 1, line_pos.file});
         value.text = trim(raw.substr(vstart));
-        auto [at, fresh] = seen_here.emplace(key.text, section->entries.size());
-        if (fresh) section->entries.emplace_back(std::move(key), std::move(value));
-        else section->entries[at->second] = {std::move(key), std::move(value)};
+        auto& seen_here = seen_[section_name_ == "pgbouncer" ? "sluice" : section_name_];
+        auto [at, fresh] = seen_here.emplace(key.text, section_->entries.size());
+        if (fresh) section_->entries.emplace_back(std::move(key), std::move(value));
+        else section_->entries[at->second] = {std::move(key), std::move(value)};
     }
-    return root;
+
+    context& ctx_;
+    node root_;
+    node* section_ = nullptr;  // null before the first header or inside an unknown section
+    bool in_unknown_section_ = false;
+    std::string section_name_;
+    // Per section: key -> its index in the section's entries. As in PgBouncer the last
+    // occurrence of a key wins (tools append overrides to a file): it replaces the earlier.
+    std::map<std::string, std::map<std::string, std::size_t>> seen_;
+};
+
+node from_ini(context& ctx, const std::string& text) {
+    ini_reader r(ctx);
+    r.read(text, 0, 0);
+    return r.take();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -325,7 +372,9 @@ node parse_connstring(context& ctx, const node& scalar, const std::string& label
     out.at = scalar.at;
     const std::string& s = scalar.text;
     const int col0 = scalar.at.col + (scalar.quoted ? 1 : 0);
-    auto at = [&](std::size_t i) { return pos{scalar.at.line, col0 + static_cast<int>(i)}; };
+    auto at = [&](std::size_t i) {
+        return pos{scalar.at.line, col0 + static_cast<int>(i), scalar.at.file};
+    };
     std::map<std::string, pos> seen;
     std::size_t i = 0;
     auto skip_ws = [&] {
@@ -1273,8 +1322,12 @@ load_result load_string(const std::string& text, const std::string& path) {
         ctx.error(pos{}, "cannot read configuration: unknown error");
     }
     std::stable_sort(ctx.errors.begin(), ctx.errors.end(),
-                     [](const diagnostic& a, const diagnostic& b) {
-                         return std::tie(a.line, a.column) < std::tie(b.line, b.column);
+                     [&](const diagnostic& a, const diagnostic& b) {
+                         // The main file's errors first, then each included file's.
+                         auto key = [&](const diagnostic& d) {
+                             return std::make_tuple(d.file != path, d.file, d.line, d.column);
+                         };
+                         return key(a) < key(b);
                      });
     result.errors = std::move(ctx.errors);
     if (result.errors.empty()) result.cfg = std::move(cfg);

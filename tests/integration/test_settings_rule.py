@@ -235,7 +235,8 @@ def test_database_datestyle_and_timezone(make_sluice):
 
 def test_ini_last_key_wins_and_no_host_is_the_unix_socket(pg, tmp):
     """A pgbouncer.ini as tools leave it: an override appended at the end (the last
-    occurrence wins, a [databases] entry too), and an entry without host, which reaches
+    occurrence wins), a %include whose [databases] entry replaces one of the main file's,
+    and an entry without host, which reaches
     PostgreSQL over its Unix socket in unix_socket_dir (pg_hba's `local` line applies:
     client_addr is NULL on the server)."""
     first, port = harness.free_port(), harness.free_port()
@@ -253,11 +254,15 @@ def test_ini_last_key_wins_and_no_host_is_the_unix_socket(pg, tmp):
                    "auth_file = userlist.txt\n"
                    "; appended by a deployment tool:\n"
                    f"listen_port = {port}\n"
-                   "[databases]\n"
-                   f"app = host=127.0.0.1 port={pg.port} dbname=app\n")
-    assert check(ini).returncode == 0, check(ini)
+                   "%include overrides.ini\n")
+    # Included in place, by a name relative to the working directory (PgBouncer's rule).
+    (tmp / "overrides.ini").write_text("[databases]\n"
+                                       f"app = host=127.0.0.1 port={pg.port} dbname=app\n")
+    r = subprocess.run([str(harness.sluice_bin()), "--check", str(ini)], capture_output=True,
+                       text=True, timeout=30, cwd=tmp)
+    assert r.returncode == 0, r
     log = tmp / "sluice.log"
-    p = harness.spawn([harness.sluice_bin(), ini], log_path=log)
+    p = harness.spawn([harness.sluice_bin(), ini], log_path=log, cwd=tmp)
     try:
         assert harness.wait_port(port, DEADLINE, proc=p), harness.tail(log)
         dsn = f"host=127.0.0.1 port={port} user=app password=app_pw sslmode=disable"

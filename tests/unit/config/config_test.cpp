@@ -710,6 +710,40 @@ TEST(ConfigIni, TheLastOccurrenceOfAKeyWins) {
     EXPECT_TRUE(ini("[pgbouncer]\nlisten_port = 99999\nlisten_port = 6432\n").ok());
 }
 
+TEST(ConfigIni, IncludeReadsAFileInPlace) {
+    namespace fs = std::filesystem;
+    fs::path dir = fs::temp_directory_path() / ("sluice-include-" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    auto write = [&](const char* name, const std::string& text) {
+        std::ofstream(dir / name) << text;
+        return (dir / name).string();
+    };
+    std::string dbs = write("databases.ini", "[databases]\napp = host=db1 dbname=app\n");
+    std::string more = write("more.ini", "listen_port = 7000\n");  // the section goes on
+    std::string bad = write("bad.ini", "[pgbouncer]\n\nlisten_port = 99999\n");
+    auto r = ini("[pgbouncer]\npool_mode = transaction\n%include " + more + "\n%include " +
+                 dbs + "\n[pgbouncer]\nlisten_port = 7001\n");
+    ASSERT_TRUE(r.ok()) << all_errors(r);
+    EXPECT_EQ(r.cfg->sluice.listen_port, 7001);  // after the include: the last one wins
+    EXPECT_EQ(r.cfg->databases.at("app").host, std::vector<std::string>{"db1"});
+    // An error in an included file names that file, line and column.
+    auto e = ini("[pgbouncer]\n%include " + bad + "\n");
+    ASSERT_EQ(e.errors.size(), 1u) << all_errors(e);
+    EXPECT_EQ(e.errors[0].file, bad);
+    EXPECT_EQ(e.errors[0].line, 3);
+    EXPECT_EQ(e.errors[0].column, 15);
+    expect_one_error(ini("[pgbouncer]\n%include " + (dir / "missing.ini").string() + "\n"), 2, 1,
+                     "cannot open");
+    expect_one_error(ini("%include\n"), 1, 1, "needs a file name");
+    expect_one_error(ini("%includes x\n"), 1, 1, "unknown directive %includes");
+    std::string loop = (dir / "loop.ini").string();
+    write("loop.ini", "%include " + loop + "\n");
+    auto l = ini("%include " + loop + "\n");
+    ASSERT_FALSE(l.ok());
+    EXPECT_NE(all_errors(l).find("nested more than 10 deep"), std::string::npos) << all_errors(l);
+    fs::remove_all(dir);
+}
+
 TEST(ConfigIni, NoHostMeansTheUnixSocketDirectory) {
     auto r = ini("[pgbouncer]\nunix_socket_dir = /var/run/postgresql\n"
                  "[databases]\nlocal = dbname=app\ntcp = host=127.0.0.1 dbname=app\n");
