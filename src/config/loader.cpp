@@ -221,6 +221,7 @@ node from_yaml(context& ctx, const YAML::Node& y, pos fallback, int depth) {
 // directory. Errors in it name it with its own line and column. Includes nest up to
 // max_include_depth (a file including itself is a mistake, not a loop).
 constexpr int max_include_depth = 10;
+constexpr std::uintmax_t max_include_size = 16u << 20;
 
 class ini_reader {
   public:
@@ -302,6 +303,18 @@ class ini_reader {
         if (depth >= max_include_depth) {
             ctx_.error(line_pos, "%include " + name + ": nested more than " +
                                      std::to_string(max_include_depth) + " deep");
+            return;
+        }
+        // Only a regular file of a sane size: not a FIFO or /dev/zero that never ends.
+        std::error_code fec;
+        const auto status = std::filesystem::status(name, fec);
+        if (!fec && std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
+            ctx_.error(line_pos, "%include " + name + ": not a regular file");
+            return;
+        }
+        if (!fec && std::filesystem::exists(status) &&
+            std::filesystem::file_size(name, fec) > max_include_size) {
+            ctx_.error(line_pos, "%include " + name + ": larger than 16 MiB");
             return;
         }
         std::ifstream in(name, std::ios::binary);

@@ -735,6 +735,7 @@ TEST(ConfigIni, IncludeReadsAFileInPlace) {
     expect_one_error(ini("[pgbouncer]\n%include " + (dir / "missing.ini").string() + "\n"), 2, 1,
                      "cannot open");
     expect_one_error(ini("%include\n"), 1, 1, "needs a file name");
+    expect_one_error(ini("%include /dev/zero\n"), 1, 1, "not a regular file");
     expect_one_error(ini("%includes x\n"), 1, 1, "unknown directive %includes");
     std::string loop = (dir / "loop.ini").string();
     write("loop.ini", "%include " + loop + "\n");
