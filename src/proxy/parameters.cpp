@@ -57,4 +57,40 @@ std::string quote_literal(std::string_view value) {
     return out + "'";
 }
 
+std::optional<std::vector<startup_option>> parse_startup_options(std::string_view o) {
+    std::vector<startup_option> out;
+    std::size_t i = 0;
+    auto skip_ws = [&] {
+        while (i < o.size() && std::isspace(static_cast<unsigned char>(o[i]))) ++i;
+    };
+    // One whitespace-delimited word, with backslash escapes resolved.
+    auto word = [&] {
+        std::string w;
+        while (i < o.size() && !std::isspace(static_cast<unsigned char>(o[i]))) {
+            if (o[i] == '\\' && i + 1 < o.size()) ++i;
+            w += o[i++];
+        }
+        return w;
+    };
+    for (skip_ws(); i < o.size(); skip_ws()) {
+        std::string setting;
+        if (o.substr(i, 2) == "--") {
+            i += 2;
+            setting = word();
+        } else if (o.substr(i, 2) == "-c") {
+            i += 2;
+            skip_ws();  // "-c name=value" and "-cname=value"
+            setting = word();
+        } else {
+            return std::nullopt;
+        }
+        auto eq = setting.find('=');
+        if (eq == std::string::npos || eq == 0) return std::nullopt;
+        startup_option opt{setting.substr(0, eq), setting.substr(eq + 1)};
+        std::replace(opt.name.begin(), opt.name.end(), '-', '_');
+        out.push_back(std::move(opt));
+    }
+    return out;
+}
+
 }  // namespace sluice::proxy

@@ -204,13 +204,37 @@ asio::awaitable<bool> client_session::startup() {
             co_await send_error("08P01", "replication connections are not supported by Sluice");
             co_return false;
         }
+        auto ignored_name = [&](std::string_view name) {
+            return std::any_of(g.ignore_startup_parameters.begin(),
+                               g.ignore_startup_parameters.end(),
+                               [&](const std::string& k) { return iequals(k, name); });
+        };
+        if (key == "options" && !ignored_name(key)) {
+            // psql's PGOPTIONS, JDBC's options: tracked settings become wanted values
+            // like startup parameters; ignored ones are dropped; anything else is refused
+            // in PgBouncer's words.
+            auto options = parse_startup_options(value);
+            if (!options) {
+                co_await send_error("08P01", "unsupported options startup parameter: only "
+                                             "'-c config=val' and '--config=val' are allowed");
+                co_return false;
+            }
+            for (auto& opt : *options) {
+                if (auto canonical = tracked_parameter_name(opt.name, g.track_extra_parameters)) {
+                    startup_values[*canonical] = opt.value;
+                } else if (!ignored_name(opt.name)) {
+                    co_await send_error("08P01", "unsupported startup parameter in options: " +
+                                                     opt.name);
+                    co_return false;
+                }
+            }
+            continue;
+        }
         if (auto canonical = tracked_parameter_name(key, g.track_extra_parameters)) {
             startup_values[*canonical] = value;
             continue;
         }
-        bool ignored = std::any_of(g.ignore_startup_parameters.begin(),
-                                   g.ignore_startup_parameters.end(),
-                                   [&](const std::string& k) { return iequals(k, key); });
+        bool ignored = ignored_name(key);
         if (!ignored) {
             co_await send_error("08P01", "unsupported startup parameter: " + key,
                                 "add it to ignore_startup_parameters to let clients send it");

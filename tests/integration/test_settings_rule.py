@@ -279,3 +279,26 @@ def test_ini_last_key_wins_and_no_host_is_the_unix_socket(pg, tmp):
     finally:
         p.terminate()
         p.wait(10)
+
+
+# -- the options startup parameter (psql's PGOPTIONS, JDBC's options) -----------------------
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_options_startup_parameter(make_sluice, mode):
+    s = make_sluice(pool_mode=mode, ignore_startup_parameters=["extra_float_digits", "work_mem"])
+    dsn = s.dsn()
+    with psycopg.connect(dsn, autocommit=True,
+                         options=r"-c TimeZone=Asia/Tokyo --search_path=app,\ public") as c:
+        assert c.execute("SHOW TimeZone").fetchone()[0] == "Asia/Tokyo"
+        assert c.execute("SHOW search_path").fetchone()[0] == "app, public"
+    # An ignored parameter is dropped, as PgBouncer does: the server keeps its default.
+    with psycopg.connect(dsn, autocommit=True, options="-c work_mem=1MB") as c:
+        assert c.execute("SHOW work_mem").fetchone()[0] == "4MB"
+    with pytest.raises(psycopg.OperationalError,
+                       match="unsupported options startup parameter: only '-c config=val' and "
+                             "'--config=val' are allowed"):
+        psycopg.connect(dsn, options="-d 5").close()
+    with pytest.raises(psycopg.OperationalError,
+                       match="unsupported startup parameter in options: statement_timeout"):
+        psycopg.connect(dsn, options="-c statement_timeout=5s").close()
+    assert s.alive()

@@ -23,4 +23,15 @@ bool is_server_status_parameter(std::string_view name);
 
 std::string quote_literal(std::string_view value);
 
+// The `options` startup parameter as libpq sends it (PGOPTIONS, JDBC's `options`, ORMs):
+// settings as `-c name=value` (or `-cname=value`) and `--name=value`, separated by
+// whitespace, a backslash taking the next character literally (`\ ` is a space inside a
+// value). A '-' in a name is a '_', as PostgreSQL reads it. nullopt for anything else
+// (another switch such as -d, a setting without '='): PgBouncer refuses those too.
+struct startup_option {
+    std::string name, value;
+    bool operator==(const startup_option&) const = default;
+};
+std::optional<std::vector<startup_option>> parse_startup_options(std::string_view options);
+
 }  // namespace sluice::proxy
