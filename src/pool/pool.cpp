@@ -226,9 +226,7 @@ asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, in
     // Its host changed role since it was made (a promotion seen by another server): what
     // it was chosen for may no longer hold. Only entries with several hosts or a target
     // pay for the look.
-    if (const host_group* g = cfg.hosts.get();
-        g && s->role.load() != '?' &&
-        (g->names.size() > 1 || g->state.target() != target_session_attrs::any)) {
+    if (const host_group* g = cfg.hosts.get(); g && g->watches_roles() && s->role.load() != '?') {
         bool changed;
         {
             std::lock_guard lk(g->mutex);
@@ -582,7 +580,8 @@ void pool::release(server_ptr s) {
     // after its next query) is closed unless the entry's target still fits it; the host's
     // new role is learnt for the next connections.
     bool role_fits = true;
-    if (char was = s->role.load(); was != '?' && settings_.hosts && !s->close_needed) {
+    if (char was = s->role.load();
+        was != '?' && settings_.hosts && settings_.hosts->watches_roles() && !s->close_needed) {
         auto r = role_from_parameters(s->parameters.value("in_hot_standby"),
                                       s->parameters.value("default_transaction_read_only"));
         if (r && (r->hot_standby ? 's' : 'p') != was) {

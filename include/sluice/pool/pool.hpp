@@ -49,6 +49,11 @@ struct host_group {
           state(names.size(), target, round_robin) {}
     const std::vector<std::string> names;
     const std::optional<steady_clock::duration> max_replica_lag;  // prefer-standby only
+    // Whether a server's role matters after login: several hosts, or a target. A single
+    // host with target any (most entries) pays nothing per checkout or release.
+    bool watches_roles() const {
+        return names.size() > 1 || state.target() != target_session_attrs::any;
+    }
     mutable std::mutex mutex;
     host_state state;        // under mutex
     std::string last_error;  // under mutex: why the last host tried was not used
