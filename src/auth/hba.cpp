@@ -275,6 +275,15 @@ std::shared_ptr<const hba_regex> compile_regex(const std::string& pattern, std::
         why = "regular expression longer than 256 bytes";
         return nullptr;
     }
+    // A long run of digits (a repetition count, a back-reference) overflows inside
+    // std::regex's compiler (undefined behaviour, found by the hba fuzz target).
+    for (std::size_t i = 0, run = 0; i < pattern.size(); ++i) {
+        run = std::isdigit(static_cast<unsigned char>(pattern[i])) ? run + 1 : 0;
+        if (run > 9) {
+            why = "a number of more than 9 digits in a regular expression";
+            return nullptr;
+        }
+    }
     if (nested_quantifier(pattern)) {
         why = "nested quantifiers (a repeated group that repeats without bound) would make "
               "matching exponentially slow";
