@@ -988,3 +988,14 @@ TEST(HbaParse, RegexWithNestedQuantifiersIsRefused) {
         EXPECT_EQ(f.rules().size(), 1u) << re;
     }
 }
+
+TEST(HbaParse, RegexWithADigitRunOfMoreThanNineIsRefused) {
+    // std::regex's compiler overflows a signed int on a long repetition count or
+    // back-reference (the hba fuzz target found it); nine digits still compile.
+    for (const char* re : {"/a{12345678901}", "/(a)\\99999999999", "/x1234567890"}) {
+        hba_error e = parse_err(std::string("local all ") + re + " trust\n");
+        EXPECT_NE(e.message.find("more than 9 digits"), std::string::npos) << re << ": " << e.message;
+    }
+    hba_file f = parse_ok("local all /^u123456789$ trust\n");
+    EXPECT_EQ(f.rules().size(), 1u);
+}
