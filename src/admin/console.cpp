@@ -905,6 +905,12 @@ asio::awaitable<outcome> run_statement(exec_context& cx, std::string stmt) {
     // A named command the callees refer to (no temporaries inside co_await: gcc 12).
     const command cmd = std::move(*c);
     if (cmd.verb == "SHOW") co_return co_await run_show(cx, cmd);
+    // During a shutdown only SHOW (to watch the drain) and SHUTDOWN (to hurry it) are
+    // taken; PgBouncer answers the rest, RESUME included, with these words.
+    if (cx.rt.shutting_down.load() && cmd.verb != "SHUTDOWN") {
+        write_error(cx.out, "08P01", "pooler is shutting down");
+        co_return outcome::error;
+    }
     if (cmd.verb == "SET") co_return co_await run_set(cx, cmd);
     if (cx.role != console_role::admin) {
         write_error(cx.out, "42501", "admin access needed for " + cmd.verb,

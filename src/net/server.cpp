@@ -200,18 +200,21 @@ asio::awaitable<void> server::signal_loop() {
                     spdlog::error("RELOAD failed, keeping the running configuration:\n{}", errors);
                 break;
             }
+            // A second SIGINT or SIGTERM during a graceful shutdown exits at once, as
+            // PgBouncer (an operator who runs out of patience signals again).
             case SIGTERM:
-                if (stop_ == stop_mode::clients_gone) {
-                    spdlog::info("second SIGTERM: exiting now");
+            case SIGINT:
+                if (stop_ != stop_mode::none) {
+                    spdlog::info("{} during shutdown: exiting now",
+                                 sig == SIGTERM ? "SIGTERM" : "SIGINT");
                     shutdown_now();
-                } else {
+                } else if (sig == SIGTERM) {
                     spdlog::info("SIGTERM: waiting for clients to leave");
                     shutdown_when_clients_gone();
+                } else {
+                    spdlog::info("SIGINT: waiting for servers to be released");
+                    shutdown_when_servers_idle();
                 }
-                break;
-            case SIGINT:
-                spdlog::info("SIGINT: waiting for servers to be released");
-                shutdown_when_servers_idle();
                 break;
             case SIGQUIT:
                 spdlog::info("SIGQUIT: exiting now");
@@ -273,18 +276,21 @@ asio::awaitable<void> server::janitor_loop() {
 
 void server::shutdown_now() {
     stop_ = stop_mode::now;
+    rt_.shutting_down = true;
     close_listeners();
     main_.stop();
 }
 
 void server::shutdown_when_clients_gone() {
     stop_ = stop_mode::clients_gone;
+    rt_.shutting_down = true;
     close_listeners();
     check_shutdown();
 }
 
 void server::shutdown_when_servers_idle() {
     stop_ = stop_mode::servers_idle;
+    rt_.shutting_down = true;
     close_listeners();
     check_shutdown();
 }

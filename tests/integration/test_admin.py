@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import signal
 import struct
 import subprocess
 import threading
@@ -523,6 +524,36 @@ def test_shutdown(make_sluice):
     rc = s.wait(DEADLINE)
     assert rc is not None, f"sluice still running {DEADLINE} s after SHUTDOWN"
     assert rc == 0, f"exit code {rc}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_console_during_shutdown_and_a_second_signal(make_sluice, sig):
+    """During a graceful shutdown the console answers SHOW (to watch the drain) but
+    refuses other commands, RESUME included, with PgBouncer's 08P01 "pooler is shutting
+    down"; the same signal again exits at once although a client still holds a server."""
+    s = make_sluice()
+    # Closed by hand: a `with` block would send COMMIT to a Sluice that has exited.
+    app = psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True)
+    c = admin_conn(s)
+    try:
+        app.execute("BEGIN")
+        app.execute("SELECT 1")  # holds its server: neither SIGTERM nor SIGINT ends yet
+        s.proc.send_signal(sig)
+        assert wait_for(lambda: "waiting for" in s.log_text()), s.log_tail()
+        for cmd in ["RESUME", "PAUSE", "RELOAD", "KILL app", "SET default_pool_size = 3"]:
+            with pytest.raises(psycopg.Error) as ei:
+                c.execute(cmd)
+            assert ei.value.sqlstate == "08P01", (cmd, ei.value.sqlstate)
+            assert "pooler is shutting down" in str(ei.value), (cmd, str(ei.value))
+        assert pool_row(c)["cl_active"] == 1  # SHOW still answers
+        assert s.proc.poll() is None, "exited while a client held its server"
+        s.proc.send_signal(sig)
+        rc = s.wait(DEADLINE)
+    finally:
+        app.close()
+        c.close()
+    assert rc == 0, f"a second {sig.name} did not end Sluice within {DEADLINE} s: {rc}"
+    assert "during shutdown: exiting now" in s.log_text()
 
 
 def test_suspend_and_resume(make_sluice):
