@@ -1,20 +1,23 @@
-// sluice CONFIG | sluice --check CONFIG | sluice --version
+// sluice [-d] [-u USER] [-q] [-v] CONFIG | sluice --check CONFIG | sluice --version
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/dist_sink.h>
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/syslog_sink.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <string>
 
 #include "sluice/auth/userlist.hpp"
 #include "sluice/config/loader.hpp"
 #include "sluice/config/settings.hpp"
 #include "sluice/net/server.hpp"
+#include "sluice/net/service.hpp"
 #include "sluice/proxy/runtime.hpp"
 #include "sluice/version.hpp"
 
@@ -25,6 +28,9 @@ void usage(std::ostream& os) {
           "  CONFIG is YAML (.yaml/.yml) or a PgBouncer .ini file.\n"
           "Options:\n"
           "  --check       validate CONFIG and exit (0 = valid, 1 = errors)\n"
+          "  -d, --daemon  run in the background (needs pidfile, and logfile or syslog);\n"
+          "                exits 0 once Sluice listens, or with its exit code\n"
+          "  -u, --user U  switch to OS user U after binding the listeners (as root)\n"
           "  -q, --quiet   nothing on stderr (the logfile, if any, still gets everything)\n"
           "  -v, --verbose more logging (repeat for more)\n"
           "  -V, --version print the version and exit\n"
@@ -47,10 +53,20 @@ int main(int argc, char** argv) {
     bool check = false;
     int verbosity = 0;
     bool quiet = false;
+    bool daemon = false;
+    std::optional<std::string> user_option;
     std::string path;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         if (a == "--check") check = true;
+        else if (a == "-d" || a == "--daemon") daemon = true;
+        else if (a == "-u" || a == "--user") {
+            if (i + 1 >= argc) {
+                std::cerr << "sluice: " << a << " needs a user name\n";
+                return 1;
+            }
+            user_option = argv[++i];
+        } else if (a.rfind("--user=", 0) == 0) user_option = a.substr(7);
         else if (a == "-q" || a == "--quiet") quiet = true;
         else if (a == "-v" || a == "--verbose") verbosity++;
         else if (a.size() > 2 && a[0] == '-' && a.find_first_not_of('v', 1) == std::string::npos)
@@ -84,6 +100,7 @@ int main(int argc, char** argv) {
         return 1;
     }
     auto cfg = std::move(*loaded.cfg);
+    if (user_option) cfg.sluice.user = *user_option;  // -u wins over the user setting
     // Settings that have no effect in Sluice are named once (README "Settings with no effect").
     const std::string no_op_warning = sluice::config::no_op_warning(cfg);
     if (check) {
@@ -105,8 +122,24 @@ int main(int argc, char** argv) {
         return ok ? 0 : 1;
     }
 
-    // Logging: stderr (not with --quiet, as PgBouncer's -q), plus logfile when configured.
+    if (daemon && cfg.sluice.pidfile.empty()) {
+        std::cerr << "sluice: -d needs a pidfile in the configuration (to find and stop the "
+                     "daemon)\n";
+        return 1;
+    }
+    if (daemon && cfg.sluice.logfile.empty() && !cfg.sluice.syslog) {
+        std::cerr << "sluice: -d needs a logfile or syslog = 1 in the configuration (a daemon "
+                     "has no stderr)\n";
+        return 1;
+    }
+    const int facility = sluice::net::service::syslog_facility(cfg.sluice.syslog_facility);
+
+    // Logging: stderr (not with --quiet, as PgBouncer's -q), plus logfile when configured,
+    // plus syslog when syslog = 1.
     std::vector<spdlog::sink_ptr> sinks;
+    if (cfg.sluice.syslog)
+        sinks.push_back(std::make_shared<spdlog::sinks::syslog_sink_mt>(
+            cfg.sluice.syslog_ident, LOG_PID, facility < 0 ? LOG_DAEMON : facility, false));
     if (!quiet) sinks.push_back(std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
     // The file sink sits inside a dist_sink, whose sinks can be swapped while other threads
     // log: SIGHUP opens the path again (logrotate has renamed the old file).
@@ -142,7 +175,23 @@ int main(int argc, char** argv) {
             spdlog::warn("{}:{}:{}: {}", cfg.sluice.auth_file, e.line, e.column, e.message);
     }
     std::string pidfile = cfg.sluice.pidfile;
-    if (!pidfile.empty()) std::ofstream(pidfile) << ::getpid() << "\n";
+    {
+        // Another Sluice on the same pidfile is refused before anything else happens;
+        // then the daemon (no thread exists yet: fork copies only this one) writes its pid.
+        std::string error;
+        if (!pidfile.empty() && !sluice::net::service::check_pidfile(pidfile, error)) {
+            spdlog::critical("{}", error);
+            return 1;
+        }
+        if (daemon && !sluice::net::service::daemonize(error)) {
+            spdlog::critical("{}", error);
+            return 1;
+        }
+        if (!pidfile.empty() && !sluice::net::service::write_pidfile(pidfile, error)) {
+            spdlog::critical("{}", error);
+            return 1;
+        }
+    }
 
     int rc;
     {
@@ -170,6 +219,17 @@ int main(int argc, char** argv) {
             };
         }
         sluice::net::server srv(*rt);
+        if (!rt->cfg()->sluice.user.empty()) {
+            srv.after_listen = [user = rt->cfg()->sluice.user] {
+                std::string error;
+                if (!sluice::net::service::drop_privileges(user, error)) {
+                    spdlog::critical("{}", error);
+                    return false;
+                }
+                spdlog::info("running as user {} (uid {})", user, ::getuid());
+                return true;
+            };
+        }
         rc = srv.run();
     }
     if (!pidfile.empty()) std::remove(pidfile.c_str());

@@ -132,9 +132,7 @@ std::vector<setting> build_table() {
         refused(gen, "unix_socket_group",
                 "Sluice does not change the group of its Unix socket; make unix_socket_dir "
                 "a directory of the wanted group, or use unix_socket_mode"),
-        refused(gen, "user",
-                "Sluice does not switch to another OS user; start it as that user (for "
-                "example systemd's User=)"),
+        imp("user", &g::user).restart(),
         imp("listen_backlog", &g::listen_backlog).at_least(1).restart(),
         imp("so_reuseport", &g::so_reuseport).restart(),
         imp("workers", &g::workers).range(0, 1024).restart(),
@@ -231,12 +229,12 @@ std::vector<setting> build_table() {
 
         imp("logfile", &g::logfile).restart(),
         imp("pidfile", &g::pidfile).restart(),
-        imp("syslog", &g::syslog)
-            .only_default("Sluice logs to stderr and logfile only (syslog = 0); let "
-                          "journald or the service manager forward stderr")
+        imp("syslog", &g::syslog).restart(),
+        imp("syslog_ident", &g::syslog_ident).restart(),
+        imp("syslog_facility", &g::syslog_facility)
+            .one_of("auth|authpriv|daemon|user|local0|local1|local2|local3|local4|local5|"
+                    "local6|local7")
             .restart(),
-        refused(gen, "syslog_ident", "Sluice does not log to syslog (see syslog)"),
-        refused(gen, "syslog_facility", "Sluice does not log to syslog (see syslog)"),
         imp("log_connections", &g::log_connections),
         imp("log_disconnections", &g::log_disconnections),
         no_op("log_pooler_errors", &g::log_pooler_errors,

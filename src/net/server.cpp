@@ -11,6 +11,7 @@
 #include <filesystem>
 
 #include "sluice/admin/console.hpp"
+#include "sluice/net/service.hpp"
 #include "sluice/proxy/client_session.hpp"
 #include "sluice/ratelimit/limiter.hpp"
 
@@ -194,10 +195,12 @@ asio::awaitable<void> server::signal_loop() {
         if (ec) co_return;
         switch (sig) {
             case SIGHUP: {
+                service::notify_reloading();
                 if (rt_.reopen_log) rt_.reopen_log();
                 std::string errors;
                 if (!rt_.reload(errors))
                     spdlog::error("RELOAD failed, keeping the running configuration:\n{}", errors);
+                service::notify("READY=1");
                 break;
             }
             // A second SIGINT or SIGTERM during a graceful shutdown exits at once, as
@@ -276,21 +279,21 @@ asio::awaitable<void> server::janitor_loop() {
 
 void server::shutdown_now() {
     stop_ = stop_mode::now;
-    rt_.shutting_down = true;
+    if (!rt_.shutting_down.exchange(true)) service::notify_stopping();
     close_listeners();
     main_.stop();
 }
 
 void server::shutdown_when_clients_gone() {
     stop_ = stop_mode::clients_gone;
-    rt_.shutting_down = true;
+    if (!rt_.shutting_down.exchange(true)) service::notify_stopping();
     close_listeners();
     check_shutdown();
 }
 
 void server::shutdown_when_servers_idle() {
     stop_ = stop_mode::servers_idle;
-    rt_.shutting_down = true;
+    if (!rt_.shutting_down.exchange(true)) service::notify_stopping();
     close_listeners();
     check_shutdown();
 }
@@ -350,7 +353,7 @@ int server::run() {
         spdlog::error("rate_limits: {}", e.what());
         return 1;
     }
-    if (!open_listeners()) {
+    if (!open_listeners() || (after_listen && !after_listen())) {
         close_listeners();
         return 1;
     }
@@ -374,6 +377,7 @@ int server::run() {
     };
     admin::start_background(rt_, main_.get_executor());
     spdlog::info("Sluice started with {} workers", workers_.size());
+    service::ready("accepting connections");
     main_.run();
     close_listeners();
     spdlog::info("Sluice stopped");

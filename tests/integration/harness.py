@@ -626,6 +626,7 @@ class Sluice:
         self.userlist_path = self.dir / "userlist.txt"
         self.log = self.dir / "sluice.log"
         self.args = list(args)
+        self.env: Optional[Dict[str, str]] = None  # the process environment (None: ours)
         self.proc: Optional[subprocess.Popen] = None
         self.config = dict(config)
         gen = dict(self.config.get("sluice", {}))
@@ -670,7 +671,7 @@ class Sluice:
         with open(self.log, "ab") as f:
             f.write(f"=== start {time.strftime('%H:%M:%S')} ===\n".encode())
         self.proc = spawn([str(binary), *self.args, str(self.config_path)], log_path=self.log,
-                          cwd=str(self.dir))
+                          cwd=str(self.dir), env=self.env)
         if not wait_port(self.port, timeout=timeout, proc=self.proc):
             rc = self.proc.poll()
             self.stop()

@@ -95,7 +95,11 @@ struct general {
     std::string server_tls13_ciphers;
 
     std::string logfile, pidfile;
-    bool syslog = false;  // only the default: Sluice logs to stderr and logfile
+    // syslog = 1: log lines also go to syslog(3) with this ident and facility. The ident
+    // defaults to "sluice" (PgBouncer's is "pgbouncer"): the log names the program.
+    bool syslog = false;
+    std::string syslog_ident = "sluice", syslog_facility = "daemon";
+    std::string user;  // the OS user to switch to after binding (-u overrides it)
     // log_pooler_errors has no effect (settings.cpp): fatal errors are always logged.
     bool log_connections = true, log_disconnections = true, log_pooler_errors = true,
          log_stats = true;

@@ -1,6 +1,7 @@
 #pragma once
 // The process: worker threads (one io_context each), listeners, signals, the periodic
 // janitor (idle timeouts, shutdown conditions). The only module that knows threads.
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -19,6 +20,9 @@ public:
     ~server();
     // Opens the listeners and runs until shutdown. Returns the process exit code.
     int run();
+    // Called once the listeners are bound, before any worker thread starts (to drop
+    // privileges): false stops the start-up.
+    std::function<bool()> after_listen;
 
     // Shutdown modes, as PgBouncer's signals and SHUTDOWN commands.
     void shutdown_now();

@@ -93,6 +93,7 @@ TEST(ConsoleSettings, ShowConfigListsNoOpsButNotRefusedSettings) {
     EXPECT_EQ(find_setting("dns_max_ttl")->get(g), "15");
     EXPECT_EQ(find_setting("pkt_buf")->get(g), "4096");
     EXPECT_FALSE(find_setting("pkt_buf")->changeable);
-    for (auto name : {"user", "peer_id", "resolv_conf", "unix_socket_group", "disable_pqexec"})
+    EXPECT_EQ(find_setting("syslog_facility")->get(g), "daemon");
+    for (auto name : {"tcp_socket_buffer", "peer_id", "resolv_conf", "unix_socket_group", "disable_pqexec"})
         EXPECT_FALSE(find_setting(name)) << name;
 }

@@ -468,8 +468,8 @@ TEST(ConfigHostPort, Forms) {
 // whole table; these are the cases spelled out.
 
 TEST(ConfigRule, RefusedSettingsAreErrorsAtTheirKey) {
-    expect_one_error(ini("[pgbouncer]\nlisten_port = 6432\n  user = postgres\n"), 3, 3,
-                     "setting user is not supported: Sluice does not switch");
+    expect_one_error(ini("[pgbouncer]\nlisten_port = 6432\n  tcp_socket_buffer = 0\n"), 3, 3,
+                     "setting tcp_socket_buffer is not supported: Sluice leaves socket");
     expect_one_error(yaml("sluice:\n  peer_id: 1\n"), 2, 3, "setting peer_id is not supported");
     expect_one_error(ini("[pgbouncer]\nresolv_conf = /etc/alt.conf\n"), 2, 1,
                      "setting resolv_conf is not supported");
@@ -487,6 +487,26 @@ TEST(ConfigRule, RefusedSettingsAreErrorsAtTheirKey) {
               "directory of the wanted group, or use unix_socket_mode");
 }
 
+TEST(Config, SyslogAndUserSettings) {
+    auto c = ini("[pgbouncer]\nsyslog = 1\nsyslog_ident = pgb-eu\nsyslog_facility = LOCAL3\n"
+                 "user = postgres\n");
+    ASSERT_TRUE(c.ok()) << all_errors(c);
+    EXPECT_TRUE(c.cfg->sluice.syslog);
+    EXPECT_EQ(c.cfg->sluice.syslog_ident, "pgb-eu");
+    EXPECT_EQ(c.cfg->sluice.syslog_facility, "local3");
+    EXPECT_EQ(c.cfg->sluice.user, "postgres");
+    auto d = yaml("sluice:\n  listen_port: 6432\n");
+    ASSERT_TRUE(d.ok()) << all_errors(d);
+    EXPECT_FALSE(d.cfg->sluice.syslog);
+    EXPECT_EQ(d.cfg->sluice.syslog_ident, "sluice");
+    EXPECT_EQ(d.cfg->sluice.syslog_facility, "daemon");
+    EXPECT_EQ(d.cfg->sluice.user, "");
+    auto bad = yaml("sluice:\n  syslog_facility: kern\n");
+    ASSERT_EQ(bad.errors.size(), 1u);
+    EXPECT_NE(bad.errors[0].to_string().find("syslog_facility"), std::string::npos)
+        << bad.errors[0].to_string();
+}
+
 TEST(ConfigRule, DefaultOnlySettingsRefuseOtherValues) {
     auto ok = ini(
         "[pgbouncer]\nserver_round_robin = 0\nsyslog = off\nserver_fast_close = 0\n"
@@ -496,8 +516,6 @@ TEST(ConfigRule, DefaultOnlySettingsRefuseOtherValues) {
     EXPECT_TRUE(ok.cfg->no_op_settings.empty());
     expect_one_error(ini("[pgbouncer]\nserver_round_robin = 1\n"), 2, 22,
                      "setting server_round_robin = 1 is not supported: Sluice always reuses");
-    expect_one_error(yaml("sluice:\n  syslog: yes\n"), 2, 11,
-                     "setting syslog = yes is not supported");
     expect_one_error(yaml("sluice:\n  server_fast_close: 1\n"), 2, 22,
                      "setting server_fast_close = 1 is not supported");
     expect_one_error(yaml("sluice:\n  application_name_add_host: 1\n"), 2, 30,
