@@ -32,9 +32,10 @@ void usage(std::ostream& os) {
           "                exits 0 once Sluice listens, or with its exit code\n"
           "  -u, --user U  switch to OS user U after binding the listeners (as root)\n"
           "  -q, --quiet   nothing on stderr (the logfile, if any, still gets everything)\n"
-          "  -v, --verbose more logging (repeat for more)\n"
-          "  -V, --version print the version and exit\n"
-          "  -h, --help    this help\n";
+          "  -v, --verbose  more logging (repeat for more)\n"
+          "  -V, --version  print the version and exit\n"
+          "  --settings-reference[=man]  print every setting (Markdown, or roff)\n"
+          "  -h, --help     this help\n";
 }
 
 bool check_userlist(const sluice::config::config& cfg, bool print) {
@@ -60,6 +61,13 @@ int main(int argc, char** argv) {
         std::string a = argv[i];
         if (a == "--check") check = true;
         else if (a == "-d" || a == "--daemon") daemon = true;
+        else if (a == "--settings-reference" || a == "--settings-reference=markdown" ||
+                 a == "--settings-reference=man") {
+            std::cout << sluice::config::settings_reference(
+                a.ends_with("=man") ? sluice::config::reference_format::man
+                                    : sluice::config::reference_format::markdown);
+            return 0;
+        }
         else if (a == "-u" || a == "--user") {
             if (i + 1 >= argc) {
                 std::cerr << "sluice: " << a << " needs a user name\n";

@@ -102,4 +102,11 @@ bool security_related(std::string_view name);
 // effect")`; empty when there are none.
 std::string no_op_warning(const config& cfg);
 
+// The configuration reference, generated from the table: every setting with its section,
+// default, whether RELOAD/SET change it, its status and the table's note. `markdown` is
+// doc/config.md (a unit test fails when the committed file differs); `man` is a roff
+// [SETTINGS] section for help2man (packaging/make-man.sh).
+enum class reference_format { markdown, man };
+std::string settings_reference(reference_format f);
+
 }  // namespace sluice::config

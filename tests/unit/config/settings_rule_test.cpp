@@ -381,5 +381,18 @@ TEST(SettingsRule, TheWarningNamesEachNoOpOnce) {
                                          " (see README \"Settings with no effect\")");
 }
 
+// doc/config.md is the table printed (sluice --settings-reference): regenerate it with
+// `build/sluice --settings-reference > doc/config.md` when the table changes.
+TEST(SettingsRule, TheReferenceIsGeneratedFromTheTable) {
+    const std::string committed = read_text(repo_root() / "doc" / "config.md");
+    EXPECT_EQ(committed, settings_reference(reference_format::markdown))
+        << "doc/config.md is out of date: build/sluice --settings-reference > doc/config.md";
+    for (const auto& s : settings())
+        EXPECT_NE(committed.find(std::string("| `") + s.name + "` |"), std::string::npos) << s.name;
+    const std::string man = settings_reference(reference_format::man);
+    for (const auto& s : settings())
+        EXPECT_NE(man.find(std::string(".B ") + s.name + "\n"), std::string::npos) << s.name;
+}
+
 }  // namespace
 }  // namespace sluice::config
