@@ -184,6 +184,11 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
         }
         if (c.kind == checkout::connect) {
             waiting_.erase(w->id);
+            if (c.from_reserve)
+                spdlog::info("{}/{}: taking connection from reserve_pool (waited {} ms)",
+                             database_, user_,
+                             std::chrono::duration_cast<std::chrono::milliseconds>(now - start)
+                                 .count());
             break;
         }
         if (now >= deadline) {
@@ -410,16 +415,19 @@ asio::awaitable<acquire_result> pool::open_server(
             for (std::size_t i = 0; i < row.size(); ++i)
                 if (row[i]) s->parameters.set(unreported[i], *row[i]);
     }
+    bool cfg_log_connections;
     {
         std::lock_guard lk(mutex_);
+        cfg_log_connections = settings_.log_connections;
         if (welcome_.empty()) welcome_ = {s->parameters.begin(), s->parameters.end()};
         else
             for (auto& k : settings_.unreported_tracked)
                 if (auto it = welcome_.find(k); it != welcome_.end()) s->parameters.set(k, it->second);
         s->state = server_state::active;
     }
-    spdlog::debug("new server connection {} to {}:{} for {}/{}", s->id, s->host(), s->port.load(),
-                  database_, user_);
+    if (cfg_log_connections)
+        spdlog::info("server {} {}/{}@{}:{} new connection to server (backend pid {})", s->id,
+                     database_, user_, s->host(), s->port.load(), s->backend_key.process_id);
     stats.server_assignment_count++;
     co_return acquire_result{s, {}, {}};
 }
@@ -455,6 +463,8 @@ asio::awaitable<bool> pool::connect_to_a_host(server_connection& s, const login_
         const std::size_t i = plan[k];
         const std::string& host = group.names.at(i);
         if (k > 0) s.reset_for_retry();
+        spdlog::debug("server {}: connecting to {}:{} for {}/{}", s.id, host, login.port,
+                      database_, user_);
         bool connected = co_await s.connect(login, host);
         if (!connected) {
             // PostgreSQL refused this user or database: another host will say the same,
@@ -645,7 +655,18 @@ void pool::maintain(bool close_all_idle) {
             victims.push_back(s->id);
     for (auto id : victims) {
         if (auto s = find_locked(id)) {
-            spdlog::debug("closing idle server {} of {}/{}", s->id, database_, user_);
+            if (settings_.log_disconnections) {
+                // PgBouncer's reasons, which operators grep for.
+                const auto age = now - s->connect_time;
+                const char* why = s->close_needed ? "server marked close_needed (RECONNECT or RELOAD)"
+                                  : settings_.server_lifetime.count() > 0 &&
+                                          age >= settings_.server_lifetime
+                                      ? "server lifetime"
+                                      : "server idle timeout";
+                spdlog::info("server {} {}/{}@{}:{} closing because: {} (age={}s)", s->id,
+                             database_, user_, s->host(), s->port.load(), why,
+                             std::chrono::duration_cast<std::chrono::seconds>(age).count());
+            }
             close_locked(s);
             if (auto g = state_.slot_freed()) grant_locked(*g);
         }

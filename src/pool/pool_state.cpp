@@ -4,9 +4,10 @@
 
 namespace sluice::pool {
 
-bool pool_state::take(bool reserve) {
+bool pool_state::take(bool reserve, bool* from_reserve) {
     int limit = limits_.pool_size + (reserve ? limits_.reserve_pool_size : 0);
     if (slots_ >= limit || !shared_.try_take()) return false;
+    if (from_reserve) *from_reserve = slots_ >= limits_.pool_size;
     ++slots_;
     return true;
 }
@@ -41,10 +42,11 @@ checkout pool_state::retry(waiter_id w, clock_time since, clock_time now) {
         idle_.pop_back();
         return {checkout::idle_server, s};
     }
-    if ((waiters_.front().id == w || reserve) && take(reserve)) {
+    bool from_reserve = false;
+    if ((waiters_.front().id == w || reserve) && take(reserve, &from_reserve)) {
         waiters_.erase(std::find_if(waiters_.begin(), waiters_.end(),
                                     [&](auto& e) { return e.id == w; }));
-        return {checkout::connect, 0};
+        return {checkout::connect, 0, from_reserve};
     }
     return {checkout::wait, 0};
 }

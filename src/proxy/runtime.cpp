@@ -284,6 +284,8 @@ pool::pool::settings runtime::pool_settings(const std::string& db_name,
     s.server_login_retry = g.server_login_retry;
     s.server_check_delay = g.server_check_delay;
     s.server_check_query = g.server_check_query;
+    s.log_connections = g.log_connections;
+    s.log_disconnections = g.log_disconnections;
     s.auto_database = db && db->name == "*";
     s.autodb_idle_timeout = g.autodb_idle_timeout;
     s.pool_idle_timeout = g.pool_idle_timeout;

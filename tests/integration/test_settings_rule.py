@@ -213,14 +213,33 @@ def test_log_connections_and_disconnections(make_sluice, connections, disconnect
     text = s.log_text()
     assert ("login: db=app user=app" in text) == connections, s.log_tail()
     assert bool(line.search(text)) == disconnections, s.log_tail()
+    # The server side in PgBouncer's words too.
+    new_server = re.compile(r"server \d+ app/app@127\.0\.0\.1:\d+ new connection to server")
+    assert bool(new_server.search(text)) == connections, s.log_tail()
+
+
+def test_server_closing_reasons_in_the_log(make_sluice):
+    """server_idle_timeout and server_lifetime close idle servers with PgBouncer's
+    `closing because:` reasons, read from the log right after they happen."""
+    s = make_sluice(server_idle_timeout=1, server_lifetime=3600)
+    assert s.psql("SELECT 1").stdout.strip() == "1"
+    idle = re.compile(r"server \d+ app/app@127\.0\.0\.1:\d+ closing because: server idle "
+                      r"timeout \(age=\d+s\)")
+    assert wait_for(lambda: idle.search(s.log_text())), s.log_tail()
+    s.update(server_idle_timeout=600, server_lifetime=1)
+    s.reload()
+    assert s.psql("SELECT 1").stdout.strip() == "1"
+    life = re.compile(r"closing because: server lifetime \(age=[1-9]\d*s\)")
+    assert wait_for(lambda: life.search(s.log_text())), s.log_tail()
 
 
 @pytest.mark.parametrize("verbose", [0, 1])
 def test_verbose_turns_on_debug_lines(make_sluice, verbose):
     s = make_sluice(verbose=verbose)
     assert s.psql("SELECT 1").stdout.strip() == "1"
-    # A new server connection is a debug line.
-    assert ("new server connection" in s.log_text()) == bool(verbose), s.log_tail()
+    # Connecting to a server is a debug line.
+    assert bool(re.search(r"server \d+: connecting to ", s.log_text())) == bool(verbose), \
+        s.log_tail()
 
 
 def test_database_datestyle_and_timezone(make_sluice):

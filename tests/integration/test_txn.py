@@ -839,6 +839,7 @@ def test_reserve_pool_after_timeout(make_sluice, su):
         assert box.get("result") == 43, box
         assert box["elapsed"] >= 0.9, box  # not before reserve_pool_timeout
         assert app_servers(su) == 3  # pool_size + 1
+        assert "app/app: taking connection from reserve_pool" in s.log_text(), s.log_tail()
         # The reserve is only one deep: a second waiter waits again.
         waiter2 = connect(s)
         held.append(waiter)

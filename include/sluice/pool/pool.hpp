@@ -112,6 +112,9 @@ public:
         steady_clock::duration server_login_retry = std::chrono::seconds(15);
         steady_clock::duration server_check_delay = std::chrono::seconds(30);
         std::string server_check_query;
+        // log_connections / log_disconnections: "new connection to server" and the
+        // servers' "closing because:" lines (PgBouncer's words).
+        bool log_connections = true, log_disconnections = true;
         login_params login;
         // Which of login.hosts a new connection goes to (null: the hosts in order, any role).
         std::shared_ptr<host_group> hosts;

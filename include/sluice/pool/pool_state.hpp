@@ -51,6 +51,9 @@ struct pool_limits {
 struct checkout {
     enum kind_t { idle_server, connect, wait } kind = wait;
     server_id server = 0;  // idle_server
+    // connect: the slot is one of reserve_pool_size's, beyond pool_size (PgBouncer logs
+    // "taking connection from reserve_pool").
+    bool from_reserve = false;
 };
 
 // A waiter woken: handed `server`, or (server == 0) allowed to connect in a freed slot.
@@ -120,7 +123,8 @@ private:
         int worker;
         clock_time last_used, connected;
     };
-    bool take(bool reserve);  // a slot, if there is room
+    // A slot, if there is room; `from_reserve` tells whether it is beyond pool_size.
+    bool take(bool reserve, bool* from_reserve = nullptr);
 
     shared_limits& shared_;
     pool_limits limits_;

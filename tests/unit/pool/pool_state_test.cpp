@@ -167,14 +167,32 @@ TEST(pool_state, failed_connects_pass_the_slot_on_until_nobody_waits) {
 TEST(pool_state, reserve_pool_only_after_reserve_pool_timeout) {
     counting_limits shared;
     pool_state p(shared, sized(1, 1));
-    ASSERT_EQ(p.request(1, 0, t0).kind, checkout::connect);
+    auto first = p.request(1, 0, t0);
+    ASSERT_EQ(first.kind, checkout::connect);
+    EXPECT_FALSE(first.from_reserve);
     ASSERT_EQ(p.request(2, 0, t0).kind, checkout::wait);
     EXPECT_EQ(p.retry(2, t0, t0 + 4s).kind, checkout::wait);
-    EXPECT_EQ(p.retry(2, t0, t0 + 5s).kind, checkout::connect);
+    auto reserve = p.retry(2, t0, t0 + 5s);
+    EXPECT_EQ(reserve.kind, checkout::connect);
+    EXPECT_TRUE(reserve.from_reserve);  // the pool logs "taking connection from reserve_pool"
     EXPECT_EQ(p.slots(), 2);
     EXPECT_FALSE(p.is_waiting(2));
     ASSERT_EQ(p.request(3, 0, t0 + 5s).kind, checkout::wait);
     EXPECT_EQ(p.retry(3, t0 + 5s, t0 + 20s).kind, checkout::wait);  // reserve used up
+}
+
+TEST(pool_state, a_slot_within_pool_size_is_not_from_the_reserve) {
+    // A waiter past reserve_pool_timeout that finds a regular slot free (pool_size grew
+    // by RELOAD) takes that one: it is not counted, nor logged, as the reserve's.
+    counting_limits shared;
+    pool_state p(shared, sized(1, 1));
+    ASSERT_EQ(p.request(1, 0, t0).kind, checkout::connect);
+    ASSERT_EQ(p.request(2, 0, t0).kind, checkout::wait);
+    p.set_limits(sized(2, 1));
+    auto c = p.retry(2, t0, t0 + 10s);
+    ASSERT_EQ(c.kind, checkout::connect);
+    EXPECT_FALSE(c.from_reserve);
+    EXPECT_EQ(p.slots(), 2);
 }
 
 TEST(pool_state, only_the_front_waiter_takes_a_free_slot_on_retry) {
