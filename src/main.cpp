@@ -28,6 +28,7 @@ void usage(std::ostream& os) {
           "  CONFIG is YAML (.yaml/.yml) or a PgBouncer .ini file.\n"
           "Options:\n"
           "  --check       validate CONFIG and exit (0 = valid, 1 = errors)\n"
+          "  --convert     print CONFIG (a pgbouncer.ini) as the equivalent YAML\n"
           "  -d, --daemon  run in the background (needs pidfile, and logfile or syslog);\n"
           "                exits 0 once Sluice listens, or with its exit code\n"
           "  -u, --user U  switch to OS user U after binding the listeners (as root)\n"
@@ -52,6 +53,7 @@ bool check_userlist(const sluice::config::config& cfg, bool print) {
 
 int main(int argc, char** argv) {
     bool check = false;
+    bool convert = false;
     int verbosity = 0;
     bool quiet = false;
     bool daemon = false;
@@ -60,6 +62,7 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         if (a == "--check") check = true;
+        else if (a == "--convert") convert = true;
         else if (a == "-d" || a == "--daemon") daemon = true;
         else if (a == "--settings-reference" || a == "--settings-reference=markdown" ||
                  a == "--settings-reference=man") {
@@ -109,6 +112,15 @@ int main(int argc, char** argv) {
     }
     auto cfg = std::move(*loaded.cfg);
     if (user_option) cfg.sluice.user = *user_option;  // -u wins over the user setting
+    if (convert) {
+        if (cfg.limits.enabled) {
+            std::cerr << path << ": --convert does not carry rate_limits over (YAML only); "
+                             "the file is YAML already\n";
+            return 1;
+        }
+        std::cout << sluice::config::to_yaml(cfg, path);
+        return 0;
+    }
     // Settings that have no effect in Sluice are named once (README "Settings with no effect").
     const std::string no_op_warning = sluice::config::no_op_warning(cfg);
     if (check) {

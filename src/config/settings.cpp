@@ -326,6 +326,8 @@ std::vector<setting> build_table() {
     };
 }
 
+}  // namespace
+
 std::string format_seconds(duration d) {
     auto us = d.count();
     if (us % 1000000 == 0) return std::to_string(us / 1000000);
@@ -334,8 +336,6 @@ std::string format_seconds(duration d) {
     if (!s.empty() && s.back() == '.') s.pop_back();
     return s;
 }
-
-}  // namespace
 
 const std::vector<setting>& settings() {
     static const std::vector<setting> table = build_table();

@@ -21,9 +21,9 @@ from harness import DEADLINE, PgError, RawPg, SYNC, m_parse, message, startup_pa
 WARNING = ('settings with no effect in Sluice: {} (see README "Settings with no effect")')
 
 
-def check(path: Path) -> subprocess.CompletedProcess:
+def check(path: Path, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([str(harness.sluice_bin()), "--check", str(path)], capture_output=True,
-                          text=True, timeout=30)
+                          text=True, timeout=30, cwd=cwd)
 
 
 @pytest.fixture
@@ -298,6 +298,101 @@ def test_ini_last_key_wins_and_no_host_is_the_unix_socket(pg, tmp):
     finally:
         p.terminate()
         p.wait(10)
+
+
+def run_console(port, password, sql):
+    """Rows of a console SHOW as lists of text, through psql (a real client)."""
+    r = subprocess.run([str(harness.PG_BIN / "psql"), "-X", "-At", "-F", "|", "-h", "127.0.0.1",
+                        "-p", str(port), "-U", "admin", "-d", "pgbouncer", "-c", sql],
+                       capture_output=True, text=True, timeout=30,
+                       env=harness.client_env(password))
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+def test_realistic_pgbouncer_ini_and_its_yaml_conversion(pg, pgbench_db, tmp):
+    """A pgbouncer.ini as a PgBouncer user has it: several databases by connection string,
+    one without host (PostgreSQL's Unix socket), [users], %include, an old alias
+    (reserve_pool), admin users and a no-op. Sluice serves psql and pgbench from it; then
+    `sluice --convert` prints YAML that `--check` accepts and that yields the same SHOW
+    CONFIG, DATABASES and USERS."""
+    port = harness.free_port()
+    (tmp / "userlist.txt").write_text('"app" "app_pw"\n"admin" "admin_pw"\n')
+    (tmp / "databases.ini").write_text(
+        "[databases]\n"
+        f"reports = host=127.0.0.1 port={pg.port} dbname=app pool_size=2 reserve_pool=1\n")
+    ini = tmp / "pgbouncer.ini"
+    ini.write_text(
+        ";; production pooler\n"
+        "[databases]\n"
+        f"app = host=127.0.0.1 port={pg.port} dbname=app pool_mode=transaction\n"
+        f"local = port={pg.port} dbname=app application_name=via-socket\n"
+        f"postgres = host=127.0.0.1 port={pg.port} auth_user=app\n"
+        "%include databases.ini\n"
+        "\n"
+        "[users]\n"
+        "app = pool_mode=session max_user_connections=10\n"
+        "\n"
+        "[pgbouncer]\n"
+        "  listen_addr = 127.0.0.1\n"
+        f"  listen_port = {port}\n"
+        f"  unix_socket_dir = {pg.sockdir}\n"
+        "  auth_type = scram-sha-256\n"
+        "  auth_file = userlist.txt\n"
+        "  admin_users = admin\n"
+        "  default_pool_size = 5\n"
+        "  server_idle_timeout = 120\n"
+        "  query_wait_timeout = 30.5\n"
+        "  ignore_startup_parameters = extra_float_digits\n"
+        "# a no-op: named in the start-up warning\n"
+        "  dns_max_ttl = 30\n"
+        "  max_client_conn = 500\n")
+    assert check(ini, cwd=tmp).returncode == 0, check(ini, cwd=tmp)
+
+    def run_and_read(config):
+        log = tmp / (config.name + ".log")
+        p = harness.spawn([harness.sluice_bin(), config], log_path=log, cwd=tmp)
+        try:
+            assert harness.wait_port(port, DEADLINE, proc=p), harness.tail(log)
+            seen = {what: run_console(port, "admin_pw", f"SHOW {what}")
+                    for what in ("CONFIG", "DATABASES", "USERS")}
+            if config.suffix == ".ini":
+                dsn = f"host=127.0.0.1 port={port} user=app password=app_pw sslmode=disable"
+                with psycopg.connect(dsn + " dbname=local", autocommit=True) as c:
+                    assert c.execute("SELECT client_addr IS NULL, current_setting("
+                                     "'application_name') FROM pg_stat_activity WHERE pid = "
+                                     "pg_backend_pid()").fetchone() == (True, "via-socket")
+                r = subprocess.run([str(harness.PG_BIN / "psql"), "-X", "-At", "-h", "127.0.0.1",
+                                    "-p", str(port), "-U", "app", "-d", "reports", "-c",
+                                    "SELECT count(*) FROM pgbench_branches"],
+                                   capture_output=True, text=True, timeout=30,
+                                   env=harness.client_env("app_pw"))
+                assert r.returncode == 0 and r.stdout.strip() == "1", r
+                b = harness.pgbench(["-n", "-S", "-c", "4", "-t", "50"], "127.0.0.1", port,
+                                    "app", "app_pw", "app")
+                assert b.returncode == 0, b.stderr
+                res = harness.parse_pgbench(b.stdout)
+                assert res.get("processed") == 200 and res.get("failed", 0) == 0, b.stdout
+            assert "settings with no effect in Sluice: dns_max_ttl" in log.read_text()
+            return seen
+        finally:
+            p.terminate()
+            p.wait(10)
+
+    from_ini = run_and_read(ini)
+    r = subprocess.run([str(harness.sluice_bin()), "--convert", str(ini)], capture_output=True,
+                       text=True, timeout=30, cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    converted = tmp / "converted.yaml"
+    converted.write_text(r.stdout)
+    assert "reserve_pool_size: \"1\"" in r.stdout  # the alias, by its current name
+    # Paths are absolute in the conversion: it checks from anywhere.
+    assert check(converted).returncode == 0, (check(converted), r.stdout)
+    from_yaml = run_and_read(converted)
+    for what in ("CONFIG", "DATABASES", "USERS"):
+        assert from_yaml[what] == from_ini[what], (what, r.stdout)
+    config_rows = {row.split("|")[0]: row.split("|")[1] for row in from_ini["CONFIG"]}
+    assert config_rows["query_wait_timeout"] == "30.5" and config_rows["dns_max_ttl"] == "30"
 
 
 # -- the options startup parameter (psql's PGOPTIONS, JDBC's options) -----------------------

@@ -107,6 +107,12 @@ std::string no_op_warning(const config& cfg);
 // doc/config.md (a unit test fails when the committed file differs); `man` is a roff
 // [SETTINGS] section for help2man (packaging/make-man.sh).
 enum class reference_format { markdown, man };
+// A duration as PgBouncer prints it: seconds, fractions kept ("0.25", "600").
+std::string format_seconds(duration d);
+// `sluice --convert FILE`: the configuration as YAML, every value that differs from its
+// default (and every no-op the file gave, so the start-up warning stays the same). What
+// it prints loads into the same model, so SHOW CONFIG is the same.
+std::string to_yaml(const config& cfg, const std::string& source);
 std::string settings_reference(reference_format f);
 
 }  // namespace sluice::config

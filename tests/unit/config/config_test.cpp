@@ -820,5 +820,36 @@ TEST(ConfigErrors, RedisUrlPasswordIsNotEchoed) {
     EXPECT_EQ(r.errors[0].message.find("hunter2"), std::string::npos);
 }
 
+// sluice --convert: the YAML it prints loads into the same model as the ini it came from.
+TEST(Convert, IniToYamlRoundTripsEverySetting) {
+    auto from_ini = ini(
+        "[databases]\n"
+        "app = host=10.0.0.1,10.0.0.2 port=6000 dbname=appdb pool_mode=transaction reserve_pool=2 "
+        "target_session_attrs=read-write max_replica_lag=2.5 application_name='a b'\n"
+        "local = dbname=postgres user=svc password='p\"w'\n"
+        "* = host=/var/run/postgresql\n"
+        "[users]\n"
+        "bob = pool_size=3 query_timeout=0.25 pool_mode=statement\n"
+        "[pgbouncer]\n"
+        "listen_addr = 127.0.0.1, ::1\n"
+        "unix_socket_mode = 0700\n"
+        "server_reset_query = DISCARD ALL; SELECT '\\\\'\n"
+        "admin_users = admin, ops\n"
+        "dns_max_ttl = 15\n"
+        "syslog = 1\n"
+        "query_wait_timeout = 30.5\n");
+    ASSERT_TRUE(from_ini.ok()) << all_errors(from_ini);
+    const std::string text = to_yaml(*from_ini.cfg, "pgbouncer.ini");
+    auto from_yaml = yaml(text);
+    ASSERT_TRUE(from_yaml.ok()) << all_errors(from_yaml) << text;
+    EXPECT_EQ(from_yaml.cfg->sluice, from_ini.cfg->sluice) << text;
+    EXPECT_EQ(from_yaml.cfg->databases, from_ini.cfg->databases) << text;
+    EXPECT_EQ(from_yaml.cfg->users, from_ini.cfg->users) << text;
+    // A no-op at its default is still named, so the start-up warning stays the same.
+    EXPECT_EQ(from_yaml.cfg->no_op_settings, from_ini.cfg->no_op_settings) << text;
+    EXPECT_NE(text.find("  reserve_pool_size: \"2\"\n"), std::string::npos) << text;
+    EXPECT_EQ(text.find("reserve_pool:"), std::string::npos) << text;  // the old name is not kept
+}
+
 }  // namespace
 }  // namespace sluice::config
