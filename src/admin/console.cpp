@@ -798,7 +798,8 @@ asio::awaitable<outcome> run_control(exec_context& cx, const command& c) {
         return outcome::ok;
     };
     auto no_such_db = [&]() {
-        write_error(cx.out, "3D000", "no such database: " + *c.arg, "SHOW DATABASES lists them");
+        // 08P01 and these words, as PgBouncer's console (scripts match them).
+        write_error(cx.out, "08P01", "no such database: " + *c.arg, "SHOW DATABASES lists them");
         return outcome::error;
     };
     if (c.arg && v != "KILL_CLIENT" && v != "SHUTDOWN" && !database_known(rt, *c.arg))
@@ -853,13 +854,16 @@ asio::awaitable<outcome> run_control(exec_context& cx, const command& c) {
             ++killed;
         }
         for (auto& p : pools_of(rt, c.arg)) p->mark_all_close_needed();
-        spdlog::info("console: KILL {}: {} clients dropped", db_text, killed);
+        // As PgBouncer: the killed database stays paused (new clients wait) until RESUME.
+        rt.pools.pause(c.arg ? *c.arg : std::string());
+        if (!c.arg) rt.paused = true;
+        spdlog::info("console: KILL {}: {} clients dropped; paused until RESUME", db_text, killed);
         co_return ok("KILL");
     }
     if (v == "KILL_CLIENT") {
         auto s = rt.sessions.find_by_id(c.client_id);
         if (!s) {
-            write_error(cx.out, "42704", "no such client: " + *c.arg, "SHOW CLIENTS lists client ids");
+            write_error(cx.out, "08P01", "client not found", "SHOW CLIENTS lists client ids");
             co_return outcome::error;
         }
         s->kill("57P01", "terminating connection due to administrator command (KILL_CLIENT)");

@@ -79,6 +79,21 @@ EXPECTED_COLUMNS = {
 # ---------------------------------------------------------------------------------------
 # helpers
 
+def run_thread(fn):
+    """fn() in a daemon thread: (thread, box), box["result"] or box["error"] once done."""
+    box = {}
+
+    def wrap():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # noqa: BLE001
+            box["error"] = e
+
+    t = threading.Thread(target=wrap, daemon=True)
+    t.start()
+    return t, box
+
+
 def admin_conn(s, user="admin", password=None, db="sluice"):
     """psycopg connection to the console. The console speaks only the simple query
     protocol: psycopg 3 uses it for queries without parameters on a non-prepared cursor."""
@@ -473,10 +488,20 @@ def test_kill_drops_database_clients(make_sluice):
                 with pytest.raises(psycopg.OperationalError):
                     a.execute("SELECT 1")
             assert wait_for(lambda: not clients_of(c)), clients_of(c)
-            # the console itself survives, and the database takes new clients
+            # the console itself survives; as PgBouncer, the database stays paused: a new
+            # client logs in and waits until RESUME.
             assert show(c, "VERSION")[1]
-        with psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True) as a:
-            assert a.execute("SELECT 5").fetchone()[0] == 5
+            assert next(d for d in show(c, "DATABASES")[1] if d["name"] == "app")["paused"] == 1
+            late = psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True)
+            try:
+                t, box = run_thread(lambda: late.execute("SELECT 5").fetchone()[0])
+                assert wait_for(lambda: pool_row(c).get("cl_waiting") == 1), pool_row(c)
+                assert t.is_alive()
+                c.execute("RESUME app")
+                t.join(DEADLINE)
+                assert box.get("result") == 5, box
+            finally:
+                late.close()
     finally:
         for a in clients:
             a.close()
@@ -493,7 +518,10 @@ def test_kill_client_disable_enable_reconnect_wait_close(make_sluice):
             a.execute("SELECT 1")
         with pytest.raises(psycopg.Error) as ei:
             c.execute("KILL_CLIENT 999999")
-        assert ei.value.sqlstate == "42704"
+        assert (ei.value.sqlstate, ei.value.diag.message_primary) == ("08P01", "client not found")
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("KILL_CLIENT x1")
+        assert "invalid client pointer supplied" in ei.value.diag.message_primary
         c.execute("DISABLE app")
         assert next(d for d in show(c, "DATABASES")[1] if d["name"] == "app")["disabled"] == 1
         with pytest.raises(psycopg.OperationalError):
@@ -501,7 +529,8 @@ def test_kill_client_disable_enable_reconnect_wait_close(make_sluice):
         c.execute("ENABLE app")
         with pytest.raises(psycopg.Error) as ei:
             c.execute("DISABLE nosuchdb")
-        assert ei.value.sqlstate == "3D000"
+        assert (ei.value.sqlstate, ei.value.diag.message_primary) == \
+            ("08P01", "no such database: nosuchdb")
     a = psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True)
     with admin_conn(s) as c:
         pid1 = a.execute("SELECT pg_backend_pid()").fetchone()[0]

@@ -223,7 +223,9 @@ inline std::optional<command> parse_command(std::string_view stmt, std::string& 
             !std::all_of(t[1].text.begin(), t[1].text.end(),
                          [](char ch) { return std::isdigit(static_cast<unsigned char>(ch)); }) ||
             t[1].text.size() > 19) {
-            error = "KILL_CLIENT needs a client id (the id column of SHOW CLIENTS)";
+            // PgBouncer's words first (scripts match them), then what is wanted.
+            error = "invalid client pointer supplied: KILL_CLIENT needs a client id (the id "
+                    "column of SHOW CLIENTS)";
             return std::nullopt;
         }
         c.client_id = std::stoull(t[1].text);
