@@ -158,7 +158,7 @@ asio::awaitable<void> server::accept_loop(acceptor_t& acceptor) {
             continue;
         }
         auto session = std::make_shared<proxy::client_session>(rt_, std::move(socket), int(w),
-                                                               ++rt_.next_client_id);
+                                                               rt_.pools.next_connection_id());
         int max_clients = rt_.cfg()->sluice.max_client_conn;
         if (rt_.client_count.load() >= max_clients) {
             session->refuse_sqlstate = "53300";

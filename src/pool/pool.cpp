@@ -313,7 +313,7 @@ asio::awaitable<void> pool::warm_up(asio::any_io_executor ex, int worker) {
 
 asio::awaitable<acquire_result> pool::open_server(
     asio::any_io_executor ex, int worker, std::optional<steady_clock::time_point> wait_until) {
-    auto s = std::make_shared<server_connection>(ex, manager_.next_server_id());
+    auto s = std::make_shared<server_connection>(ex, manager_.next_connection_id());
     s->owner = this;
     s->worker = worker;
     login_params login;

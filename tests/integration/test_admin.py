@@ -476,6 +476,25 @@ def test_set_changes_a_setting(make_sluice):
         assert next(d for d in show(c, "DATABASES")[1] if d["name"] == "app")["pool_size"] == 11
 
 
+def test_connection_ids_are_unique_across_clients_and_servers(make_sluice):
+    """As PgBouncer: SHOW CLIENTS lists the console connection itself, and one id names one
+    connection whether it is a client's or a server's, newer ones with larger ids."""
+    s = make_sluice()
+    with psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True) as a:
+        a.execute("SELECT 1")
+        with admin_conn(s) as c:
+            clients = show(c, "CLIENTS")[1]
+            servers = show(c, "SERVERS")[1]
+            assert any(r["database"] == "sluice" and r["user"] == "admin" for r in clients), clients
+            ids = [r["id"] for r in clients + servers]
+            assert len(ids) == len(set(ids)) >= 3, (clients, servers)
+            app_client = next(r for r in clients if r["database"] == "app")
+            console = next(r for r in clients if r["database"] == "sluice")
+            server = next(r for r in servers if r["database"] == "app")
+            # The client logged in, then its server was made, then the console connected.
+            assert app_client["id"] < server["id"] < console["id"], (clients, servers)
+
+
 def test_kill_drops_database_clients(make_sluice):
     s = make_sluice()
     clients = [psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True) for _ in range(3)]

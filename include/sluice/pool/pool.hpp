@@ -273,7 +273,9 @@ public:
     bool paused(const std::string& database) const;
     void refresh_settings();  // after RELOAD
 
-    std::uint64_t next_server_id() { return ++server_ids_; }
+    // Ids of client and server connections come from this one counter, so that an id
+    // in SHOW CLIENTS / SHOW SERVERS and in the log names one connection (as PgBouncer).
+    std::uint64_t next_connection_id() { return ++connection_ids_; }
     std::atomic<int> total_servers{0};
 
     // Limits shared by the pools of one database / one user (0 = none). Guarded by the
@@ -301,7 +303,7 @@ private:
     std::map<std::string, int> db_limits_, user_limits_;
     int default_db_limit_ = 0, default_user_limit_ = 0;
     std::atomic<bool> any_shared_limit_{false};  // any of the above > 0: waiters poll them
-    std::atomic<std::uint64_t> server_ids_{0};
+    std::atomic<std::uint64_t> connection_ids_{0};
 };
 
 }  // namespace sluice::pool

@@ -88,7 +88,6 @@ public:
     // A shutdown (signal or SHUTDOWN) is in progress: the console refuses commands
     // other than SHOW and SHUTDOWN with 08P01 "pooler is shutting down", as PgBouncer.
     std::atomic<bool> shutting_down{false};
-    std::atomic<std::uint64_t> next_client_id{0};
     // Background coroutines (accept, signals, janitor, warm-up, cancels) that ended with an
     // exception: each is logged, counted here and, if it must keep running, restarted.
     std::atomic<std::uint64_t> task_failures{0};
