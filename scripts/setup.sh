@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   # build
   build-essential cmake pkg-config git ca-certificates
-  help2man dpkg-dev systemd  # the Debian package: man page, dependencies, unit check
+  help2man dpkg-dev file systemd  # the Debian package: man page, dependencies (CPack needs file), unit check
   libboost1.81-dev          # Asio + Beast; not libboost-dev (1.74), they conflict
   libssl-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libhiredis-dev
   libgtest-dev libgmock-dev libbenchmark-dev libpq-dev

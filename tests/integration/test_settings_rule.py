@@ -52,14 +52,15 @@ def test_check_reports_every_refused_setting(tmp):
     ini.write_text("[databases]\n"
                    "app = host=127.0.0.1 connect_query='SELECT 1'\n"
                    "[pgbouncer]\n"
-                   "user = postgres\n"
+                   "unix_socket_group = postgres\n"
                    "server_round_robin = 1\n")
     r = check(ini)
     assert r.returncode == 1, r
     lines = r.stderr.splitlines()
     assert lines[0].startswith(f"{ini}:2:22: setting databases.app.connect_query is not "
                                "supported: "), r.stderr
-    assert lines[1].startswith(f"{ini}:4:1: setting user is not supported: "), r.stderr
+    assert lines[1].startswith(f"{ini}:4:1: setting unix_socket_group is not supported: "), \
+        r.stderr
     assert lines[2].startswith(f"{ini}:5:22: setting server_round_robin = 1 is not "
                                "supported: "), r.stderr
     assert len(lines) == 3, r.stderr
