@@ -147,9 +147,7 @@ std::vector<setting> build_table() {
         imp("max_db_client_connections", &g::max_db_client_connections),
         imp("max_user_connections", &g::max_user_connections),
         imp("max_user_client_connections", &g::max_user_client_connections),
-        imp("server_round_robin", &g::server_round_robin)
-            .only_default("Sluice always reuses the most recently used idle server "
-                          "(server_round_robin = 0)"),
+        imp("server_round_robin", &g::server_round_robin),
         imp("max_prepared_statements", &g::max_prepared_statements),
         refused(gen, "max_prepared_statements_cache",
                 "not a Sluice setting; max_prepared_statements bounds the prepared "
@@ -237,9 +235,7 @@ std::vector<setting> build_table() {
             .restart(),
         imp("log_connections", &g::log_connections),
         imp("log_disconnections", &g::log_disconnections),
-        no_op("log_pooler_errors", &g::log_pooler_errors,
-              "Sluice always logs the fatal errors it sends to clients (login failures, "
-              "refusals), so 0 hides nothing and 1 is what it does"),
+        imp("log_pooler_errors", &g::log_pooler_errors),
         imp("log_stats", &g::log_stats),
         imp("verbose", &g::verbose),
 
@@ -298,9 +294,7 @@ std::vector<setting> build_table() {
         imp("min_pool_size", &d::min_pool_size),
         imp("reserve_pool_size", &d::reserve_pool_size),
         imp("reserve_pool", &d::reserve_pool_size).alias("reserve_pool_size"),
-        refused(db, "connect_query",
-                "Sluice does not run a query on new server connections; set session "
-                "defaults with ALTER ROLE or ALTER DATABASE ... SET"),
+        imp("connect_query", &d::connect_query),
         imp("pool_mode", &d::mode),
         imp("load_balance_hosts", &d::load_balance_hosts).one_of("round-robin|disable"),
         imp("target_session_attrs", &d::target_session_attrs)

@@ -40,6 +40,7 @@ pool_limits pool::limits_of(const settings& s) {
     l.reserve_pool_timeout = s.reserve_pool_timeout;
     l.server_idle_timeout = s.server_idle_timeout;
     l.server_lifetime = s.server_lifetime;
+    l.round_robin = s.server_round_robin;
     return l;
 }
 
@@ -399,10 +400,32 @@ asio::awaitable<acquire_result> pool::open_server(
         co_return acquire_result{nullptr, sqlstate, s->last_error};
     }
     bool first;
+    std::string connect_query;
     {
         std::lock_guard lk(mutex_);
         login_failed_error_.clear();
         first = welcome_.empty();
+        connect_query = settings_.connect_query;
+    }
+    if (!connect_query.empty()) {
+        // Before any client has the server, and before its defaults are read: what the
+        // query sets is the server's starting state. A failing query is logged, as
+        // PgBouncer does, and the server used; one left broken or inside a transaction
+        // is not handed to anyone.
+        s->last_error_fields.reset();
+        if (!co_await s->run_internal_query(connect_query, login.max_packet_size, nullptr)) {
+            const bool usable = s->last_error_fields.has_value() && s->transaction_status == 'I';
+            spdlog::warn("server {} {}/{}: connect_query failed: {}{}", s->id, database_, user_,
+                         s->last_error, usable ? "" : "; closing the server");
+            s->last_error_fields.reset();
+            if (!usable) {
+                stats.errors_login++;
+                discard(s);
+                co_return acquire_result{nullptr, "08006",
+                                         "server connection failed in connect_query: " +
+                                             s->last_error};
+            }
+        }
     }
     if (first && !unreported.empty()) {
         std::string sql = "SELECT ";

@@ -16,7 +16,20 @@ bool pool_state::is_waiting(waiter_id w) const {
     return std::any_of(waiters_.begin(), waiters_.end(), [&](auto& e) { return e.id == w; });
 }
 
+server_id pool_state::pop_idle() {
+    if (limits_.round_robin) {
+        server_id s = idle_.front().id;
+        idle_.erase(idle_.begin());
+        return s;
+    }
+    server_id s = idle_.back().id;
+    idle_.pop_back();
+    return s;
+}
+
 checkout pool_state::request(waiter_id w, int worker, clock_time) {
+    if (!paused_ && waiters_.empty() && !idle_.empty() && limits_.round_robin)
+        return {checkout::idle_server, pop_idle()};  // the longest idle, wherever it is
     if (!paused_ && waiters_.empty() && !idle_.empty()) {
         // Prefer a server already on this worker (no socket migration), the most
         // recently used first (warmest caches, and the others can time out).
@@ -38,9 +51,7 @@ checkout pool_state::retry(waiter_id w, clock_time since, clock_time now) {
     const bool reserve = limits_.reserve_pool_size > 0 && now - since >= limits_.reserve_pool_timeout;
     if (waiters_.front().id == w && !idle_.empty()) {
         waiters_.pop_front();
-        server_id s = idle_.back().id;
-        idle_.pop_back();
-        return {checkout::idle_server, s};
+        return {checkout::idle_server, pop_idle()};
     }
     bool from_reserve = false;
     if ((waiters_.front().id == w || reserve) && take(reserve, &from_reserve)) {
@@ -120,9 +131,8 @@ std::vector<server_id> pool_state::expire(clock_time now, bool all) {
 std::vector<grant> pool_state::match_idle() {
     std::vector<grant> out;
     while (!paused_ && !waiters_.empty() && !idle_.empty()) {
-        out.push_back({waiters_.front().id, idle_.back().id});
+        out.push_back({waiters_.front().id, pop_idle()});
         waiters_.pop_front();
-        idle_.pop_back();
     }
     return out;
 }

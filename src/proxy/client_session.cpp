@@ -148,7 +148,9 @@ asio::awaitable<void> client_session::send_error(std::string sqlstate, std::stri
     if (fatal) {
         if (!fatal_) close_reason_ = message;
         fatal_ = true;
-        spdlog::info("client {} ({}:{}): {} {}", id, addr, port, sqlstate, message);
+        if (rt_.cfg()->sluice.log_pooler_errors)
+            spdlog::info("client {} ({}:{}): pooler error: {} {}", id, addr, port, sqlstate,
+                         message);
     }
 }
 

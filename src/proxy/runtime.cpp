@@ -286,6 +286,8 @@ pool::pool::settings runtime::pool_settings(const std::string& db_name,
     s.server_check_query = g.server_check_query;
     s.log_connections = g.log_connections;
     s.log_disconnections = g.log_disconnections;
+    s.server_round_robin = g.server_round_robin;
+    if (db) s.connect_query = db->connect_query;
     s.auto_database = db && db->name == "*";
     s.autodb_idle_timeout = g.autodb_idle_timeout;
     s.pool_idle_timeout = g.pool_idle_timeout;

@@ -234,6 +234,76 @@ def test_server_closing_reasons_in_the_log(make_sluice):
     assert wait_for(lambda: life.search(s.log_text())), s.log_tail()
 
 
+@pytest.mark.parametrize("on", [True, False])
+def test_log_pooler_errors(make_sluice, on):
+    """The fatal errors Sluice itself sends a client (here: an unknown database) are
+    logged with log_pooler_errors = 1, and not with 0."""
+    s = make_sluice(log_pooler_errors=on)
+    r = s.psql("SELECT 1", db="no_such_db")
+    assert r.returncode != 0 and 'database "no_such_db" does not exist' in r.stderr, r
+    line = re.compile(r'client \d+ \(127\.0\.0\.1:\d+\): pooler error: 3D000 database '
+                      r'"no_such_db" does not exist')
+    if on:
+        assert wait_for(lambda: line.search(s.log_text())), s.log_tail()
+    else:
+        # The login attempt is logged at once, so its absence is read after it.
+        assert wait_for(lambda: "login attempt: db=no_such_db" in s.log_text()), s.log_tail()
+        assert not line.search(s.log_text()), s.log_tail()
+
+
+def backend_pids(s, n):
+    """The backend pid of n sequential one-statement transactions of one client."""
+    with psycopg.connect(s.dsn(), autocommit=True) as c:
+        return [c.execute("SELECT pg_backend_pid()").fetchone()[0] for _ in range(n)]
+
+
+@pytest.mark.parametrize("round_robin", [False, True])
+def test_server_round_robin(make_sluice, round_robin):
+    """Two idle servers: with server_round_robin = 0 the most recently used one serves
+    every transaction; with 1 they take turns (the longest idle first)."""
+    s = make_sluice(pool_mode="transaction", min_pool_size=2, server_round_robin=round_robin)
+    with psycopg.connect(s.dsn(), autocommit=True) as a, \
+            psycopg.connect(s.dsn(), autocommit=True) as b:
+        a.execute("BEGIN")
+        b.execute("BEGIN")
+        two = {a.execute("SELECT pg_backend_pid()").fetchone()[0],
+               b.execute("SELECT pg_backend_pid()").fetchone()[0]}
+        a.execute("COMMIT")
+        b.execute("COMMIT")
+    assert len(two) == 2
+    pids = backend_pids(s, 6)
+    assert set(pids) <= two
+    if round_robin:
+        assert all(pids[i] != pids[i + 1] for i in range(5)), pids
+    else:
+        assert len(set(pids)) == 1, pids
+
+
+def test_connect_query_runs_on_each_new_server(make_sluice, pg):
+    """connect_query runs once per new server connection, before a client has it: what
+    it sets is the server's starting state. A failing one is logged and the server used."""
+    pg.psql("CREATE TABLE IF NOT EXISTS connect_log (pid int); TRUNCATE connect_log; "
+            "GRANT ALL ON connect_log TO app", db="app")
+    s = make_sluice(pool_mode="transaction", config={"databases": {"app": {
+        "connect_query": "INSERT INTO connect_log VALUES (pg_backend_pid()); "
+                         "SET application_name = 'warmed'"}}})
+    with psycopg.connect(s.dsn(), autocommit=True) as a, \
+            psycopg.connect(s.dsn(), autocommit=True) as b:
+        a.execute("BEGIN")
+        b.execute("BEGIN")
+        pids = {a.execute("SELECT pg_backend_pid()").fetchone()[0],
+                b.execute("SELECT pg_backend_pid()").fetchone()[0]}
+        a.execute("COMMIT")
+        b.execute("COMMIT")
+        logged = [r[0] for r in a.execute("SELECT pid FROM connect_log").fetchall()]
+        assert sorted(logged) == sorted(pids), (logged, pids)
+    bad = make_sluice(config={"databases": {"app": {"connect_query": "SELECT no_such_column"}}})
+    with psycopg.connect(bad.dsn(), autocommit=True) as c:
+        assert c.execute("SELECT 7").fetchone()[0] == 7
+    assert wait_for(lambda: "connect_query failed: column \"no_such_column\" does not exist"
+                    in bad.log_text()), bad.log_tail()
+
+
 @pytest.mark.parametrize("verbose", [0, 1])
 def test_verbose_turns_on_debug_lines(make_sluice, verbose):
     s = make_sluice(verbose=verbose)

@@ -39,7 +39,9 @@ struct general {
     int max_db_client_connections = 0;
     int max_user_connections = 0;
     int max_user_client_connections = 0;
-    bool server_round_robin = false;  // LIFO reuse of idle servers; only the default (settings.cpp)
+    // 0: the most recently used idle server first (LIFO: warm caches, the rest can time
+    // out); 1: the longest idle first, so that load spreads evenly over the servers.
+    bool server_round_robin = false;
     int max_prepared_statements = 200;
     std::vector<std::string> track_extra_parameters{"IntervalStyle"};
     std::vector<std::string> ignore_startup_parameters;
@@ -100,7 +102,7 @@ struct general {
     bool syslog = false;
     std::string syslog_ident = "sluice", syslog_facility = "daemon";
     std::string user;  // the OS user to switch to after binding (-u overrides it)
-    // log_pooler_errors has no effect (settings.cpp): fatal errors are always logged.
+    // log_pooler_errors: the fatal errors Sluice itself sends to clients are logged.
     bool log_connections = true, log_disconnections = true, log_pooler_errors = true,
          log_stats = true;
     int verbose = 0;
@@ -141,6 +143,7 @@ struct database {
     std::optional<pool_mode> mode;
     std::optional<duration> server_lifetime;
     std::string client_encoding, datestyle, timezone, application_name;
+    std::string connect_query;  // run on each new server connection (errors only logged)
     // Host lists (pool/host_state.hpp): which host a new server connection goes to.
     std::string load_balance_hosts = "round-robin";  // or "disable": in the order given
     std::string target_session_attrs = "any";        // libpq's names

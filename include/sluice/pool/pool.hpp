@@ -115,6 +115,10 @@ public:
         // log_connections / log_disconnections: "new connection to server" and the
         // servers' "closing because:" lines (PgBouncer's words).
         bool log_connections = true, log_disconnections = true;
+        bool server_round_robin = false;
+        // The database's connect_query: run on each new server connection after login,
+        // before any client gets it; an error is logged and the server used anyway.
+        std::string connect_query;
         login_params login;
         // Which of login.hosts a new connection goes to (null: the hosts in order, any role).
         std::shared_ptr<host_group> hosts;

@@ -7,7 +7,8 @@
 //
 // Flow
 //   request()   a client wants a server: an idle one (preferring its own worker, most
-//               recently used first), else a slot to connect, else it waits (FIFO).
+//               recently used first; with server_round_robin the longest idle, on any
+//               worker), else a slot to connect, else it waits (FIFO).
 //   retry()     a waiter's timer fired: after reserve_pool_timeout it may take a slot of
 //               the reserve pool; otherwise it keeps waiting.
 //   released()  a clean server comes back: a waiter gets it (the first one on the
@@ -46,6 +47,9 @@ struct pool_limits {
     std::chrono::steady_clock::duration reserve_pool_timeout = std::chrono::seconds(5);
     std::chrono::steady_clock::duration server_idle_timeout = std::chrono::seconds(600);
     std::chrono::steady_clock::duration server_lifetime = std::chrono::seconds(3600);
+    // server_round_robin: an idle server is taken oldest-released first (FIFO) instead
+    // of the most recently used on the caller's worker (LIFO).
+    bool round_robin = false;
 };
 
 struct checkout {
@@ -125,6 +129,7 @@ private:
     };
     // A slot, if there is room; `from_reserve` tells whether it is beyond pool_size.
     bool take(bool reserve, bool* from_reserve = nullptr);
+    server_id pop_idle();  // LIFO, or FIFO under round_robin
 
     shared_limits& shared_;
     pool_limits limits_;

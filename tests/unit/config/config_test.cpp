@@ -473,8 +473,6 @@ TEST(ConfigRule, RefusedSettingsAreErrorsAtTheirKey) {
     expect_one_error(yaml("sluice:\n  peer_id: 1\n"), 2, 3, "setting peer_id is not supported");
     expect_one_error(ini("[pgbouncer]\nresolv_conf = /etc/alt.conf\n"), 2, 1,
                      "setting resolv_conf is not supported");
-    expect_one_error(ini("[databases]\napp = host=x connect_query='SELECT 1'\n"), 2, 14,
-                     "setting databases.app.connect_query is not supported");
     // Whatever the value, even PgBouncer's default: the setting is not read at all.
     expect_one_error(yaml("sluice:\n  disable_pqexec: 0\n"), 2, 3,
                      "setting disable_pqexec is not supported");
@@ -514,8 +512,11 @@ TEST(ConfigRule, DefaultOnlySettingsRefuseOtherValues) {
     ASSERT_TRUE(ok.ok()) << all_errors(ok);
     EXPECT_EQ(ok.cfg->databases.at("app").load_balance_hosts, "disable");
     EXPECT_TRUE(ok.cfg->no_op_settings.empty());
-    expect_one_error(ini("[pgbouncer]\nserver_round_robin = 1\n"), 2, 22,
-                     "setting server_round_robin = 1 is not supported: Sluice always reuses");
+    auto rr = ini("[pgbouncer]\nserver_round_robin = 1\n[databases]\n"
+                  "app = host=x connect_query='SET search_path = app'\n");
+    ASSERT_TRUE(rr.ok()) << all_errors(rr);
+    EXPECT_TRUE(rr.cfg->sluice.server_round_robin);
+    EXPECT_EQ(rr.cfg->databases.at("app").connect_query, "SET search_path = app");
     expect_one_error(yaml("sluice:\n  server_fast_close: 1\n"), 2, 22,
                      "setting server_fast_close = 1 is not supported");
     expect_one_error(yaml("sluice:\n  application_name_add_host: 1\n"), 2, 30,
@@ -571,10 +572,10 @@ TEST(ConfigRule, NoOpSettingsAreValidatedKeptAndNamedOnce) {
               "(see README \"Settings with no effect\")");
     EXPECT_EQ(r.cfg->sluice.dns_max_ttl, 30s);  // kept, for SHOW CONFIG
     EXPECT_EQ(r.cfg->sluice.pkt_buf, 8192);
-    auto y = yaml("sluice:\n  query_wait_notify: 2\n  log_pooler_errors: 0\n");
+    auto y = yaml("sluice:\n  query_wait_notify: 2\n  sbuf_loopcnt: 10\n");
     ASSERT_TRUE(y.ok()) << all_errors(y);
     EXPECT_EQ(no_op_warning(*y.cfg),
-              "settings with no effect in Sluice: query_wait_notify, log_pooler_errors "
+              "settings with no effect in Sluice: query_wait_notify, sbuf_loopcnt "
               "(see README \"Settings with no effect\")");
     auto none = ini("[pgbouncer]\nlisten_port = 6433\n");
     ASSERT_TRUE(none.ok());

@@ -181,6 +181,31 @@ TEST(pool_state, reserve_pool_only_after_reserve_pool_timeout) {
     EXPECT_EQ(p.retry(3, t0 + 5s, t0 + 20s).kind, checkout::wait);  // reserve used up
 }
 
+TEST(pool_state, round_robin_takes_the_longest_idle_server_on_any_worker) {
+    counting_limits shared;
+    pool_limits l = sized(3);
+    l.round_robin = true;
+    pool_state p(shared, l);
+    for (waiter_id w : {1, 2, 3}) ASSERT_EQ(p.request(w, 0, t0).kind, checkout::connect);
+    // Released in the order 11 (worker 1), 12, 13 (worker 0).
+    p.released(11, 1, t0, t0 + 1s, true);
+    p.released(12, 0, t0, t0 + 2s, true);
+    p.released(13, 0, t0, t0 + 3s, true);
+    EXPECT_EQ(p.request(4, 0, t0 + 4s).server, 11u);  // oldest, though on another worker
+    p.released(11, 1, t0, t0 + 5s, true);
+    EXPECT_EQ(p.request(5, 0, t0 + 6s).server, 12u);
+    EXPECT_EQ(p.request(6, 0, t0 + 6s).server, 13u);
+    EXPECT_EQ(p.request(7, 0, t0 + 6s).server, 11u);
+    // Without it: the most recently used on the caller's worker.
+    pool_state lifo(shared, sized(3));
+    for (waiter_id w : {1, 2, 3}) ASSERT_EQ(lifo.request(w, 0, t0).kind, checkout::connect);
+    lifo.released(11, 1, t0, t0 + 1s, true);
+    lifo.released(12, 0, t0, t0 + 2s, true);
+    lifo.released(13, 1, t0, t0 + 3s, true);
+    EXPECT_EQ(lifo.request(4, 0, t0 + 4s).server, 12u);
+    EXPECT_EQ(lifo.request(5, 1, t0 + 4s).server, 13u);
+}
+
 TEST(pool_state, a_slot_within_pool_size_is_not_from_the_reserve) {
     // A waiter past reserve_pool_timeout that finds a regular slot free (pool_size grew
     // by RELOAD) takes that one: it is not counted, nor logged, as the reserve's.
