@@ -251,6 +251,19 @@ def test_log_pooler_errors(make_sluice, on):
         assert not line.search(s.log_text()), s.log_tail()
 
 
+def two_servers(s):
+    """The backend pids of two transactions open at once (so on two servers)."""
+    with psycopg.connect(s.dsn(), autocommit=True) as a, \
+            psycopg.connect(s.dsn(), autocommit=True) as b:
+        a.execute("BEGIN")
+        b.execute("BEGIN")
+        pids = {a.execute("SELECT pg_backend_pid()").fetchone()[0],
+                b.execute("SELECT pg_backend_pid()").fetchone()[0]}
+        a.execute("COMMIT")
+        b.execute("COMMIT")
+    return pids
+
+
 def backend_pids(s, n):
     """The backend pid of n sequential one-statement transactions of one client."""
     with psycopg.connect(s.dsn(), autocommit=True) as c:
@@ -262,14 +275,7 @@ def test_server_round_robin(make_sluice, round_robin):
     """Two idle servers: with server_round_robin = 0 the most recently used one serves
     every transaction; with 1 they take turns (the longest idle first)."""
     s = make_sluice(pool_mode="transaction", min_pool_size=2, server_round_robin=round_robin)
-    with psycopg.connect(s.dsn(), autocommit=True) as a, \
-            psycopg.connect(s.dsn(), autocommit=True) as b:
-        a.execute("BEGIN")
-        b.execute("BEGIN")
-        two = {a.execute("SELECT pg_backend_pid()").fetchone()[0],
-               b.execute("SELECT pg_backend_pid()").fetchone()[0]}
-        a.execute("COMMIT")
-        b.execute("COMMIT")
+    two = two_servers(s)
     assert len(two) == 2
     pids = backend_pids(s, 6)
     assert set(pids) <= two
@@ -287,16 +293,10 @@ def test_connect_query_runs_on_each_new_server(make_sluice, pg):
     s = make_sluice(pool_mode="transaction", config={"databases": {"app": {
         "connect_query": "INSERT INTO connect_log VALUES (pg_backend_pid()); "
                          "SET application_name = 'warmed'"}}})
-    with psycopg.connect(s.dsn(), autocommit=True) as a, \
-            psycopg.connect(s.dsn(), autocommit=True) as b:
-        a.execute("BEGIN")
-        b.execute("BEGIN")
-        pids = {a.execute("SELECT pg_backend_pid()").fetchone()[0],
-                b.execute("SELECT pg_backend_pid()").fetchone()[0]}
-        a.execute("COMMIT")
-        b.execute("COMMIT")
+    pids = two_servers(s)
+    with psycopg.connect(s.dsn(), autocommit=True) as a:
         logged = [r[0] for r in a.execute("SELECT pid FROM connect_log").fetchall()]
-        assert sorted(logged) == sorted(pids), (logged, pids)
+    assert sorted(logged) == sorted(pids), (logged, pids)
     bad = make_sluice(config={"databases": {"app": {"connect_query": "SELECT no_such_column"}}})
     with psycopg.connect(bad.dsn(), autocommit=True) as c:
         assert c.execute("SELECT 7").fetchone()[0] == 7
