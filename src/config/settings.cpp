@@ -164,9 +164,7 @@ std::vector<setting> build_table() {
         imp("server_fast_close", &g::server_fast_close)
             .only_default("in session mode Sluice closes a server marked by RECONNECT or "
                           "RELOAD when its client leaves (server_fast_close = 0)"),
-        imp("application_name_add_host", &g::application_name_add_host)
-            .only_default("Sluice passes application_name to the server unchanged "
-                          "(application_name_add_host = 0)"),
+        imp("application_name_add_host", &g::application_name_add_host),
         imp("autodb_idle_timeout", &g::autodb_idle_timeout),
         imp("pool_idle_timeout", &g::pool_idle_timeout),
         imp("stats_period", &g::stats_period),

@@ -243,6 +243,12 @@ asio::awaitable<bool> client_session::startup() {
     }
     if (!startup_values.count("application_name") && !fallback_app.empty())
         startup_values["application_name"] = fallback_app;
+    if (g.application_name_add_host) {
+        // As PgBouncer: where the client comes from, in what the server (pg_stat_activity,
+        // its log) sees, once at login; a later SET application_name replaces it.
+        std::string& app = startup_values["application_name"];
+        app = (app.empty() ? std::string() : app + " - ") + addr + ":" + std::to_string(port);
+    }
     if (auto it = startup_values.find("application_name"); it != startup_values.end())
         application_name = it->second;
 

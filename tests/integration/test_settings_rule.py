@@ -5,6 +5,7 @@ before, each exercised against a running Sluice (tests/unit/config/settings_rule
 asks for a test per implemented setting)."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -302,6 +303,25 @@ def test_connect_query_runs_on_each_new_server(make_sluice, pg):
         assert c.execute("SELECT 7").fetchone()[0] == 7
     assert wait_for(lambda: "connect_query failed: column \"no_such_column\" does not exist"
                     in bad.log_text()), bad.log_tail()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_application_name_add_host(make_sluice, mode):
+    """The server sees where the client comes from: "app - addr:port", set at login; a
+    later SET replaces it. Off, the name reaches the server unchanged."""
+    s = make_sluice(pool_mode=mode, application_name_add_host=1)
+    with psycopg.connect(s.dsn(), autocommit=True, application_name="billing") as c:
+        sock = socket.socket(fileno=os.dup(c.pgconn.socket))
+        client_port = sock.getsockname()[1]
+        sock.close()
+        seen = c.execute("SELECT current_setting('application_name')").fetchone()[0]
+        assert seen == f"billing - 127.0.0.1:{client_port}", seen
+        if mode == "session":
+            c.execute("SET application_name = 'renamed'")
+            assert c.execute("SHOW application_name").fetchone()[0] == "renamed"
+    off = make_sluice(pool_mode=mode)
+    with psycopg.connect(off.dsn(), autocommit=True, application_name="billing") as c:
+        assert c.execute("SHOW application_name").fetchone()[0] == "billing"
 
 
 @pytest.mark.parametrize("verbose", [0, 1])

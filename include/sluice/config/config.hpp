@@ -50,7 +50,7 @@ struct general {
     std::string server_check_query;  // empty = empty query
     duration server_check_delay = std::chrono::seconds(30);
     bool server_fast_close = false;           // only the default (settings.cpp)
-    bool application_name_add_host = false;   // only the default (settings.cpp)
+    bool application_name_add_host = false;   // "app - addr:port" sent to the server
     duration autodb_idle_timeout = std::chrono::seconds(3600);
     duration pool_idle_timeout = duration{0};
     duration stats_period = std::chrono::seconds(60);

@@ -519,8 +519,6 @@ TEST(ConfigRule, DefaultOnlySettingsRefuseOtherValues) {
     EXPECT_EQ(rr.cfg->databases.at("app").connect_query, "SET search_path = app");
     expect_one_error(yaml("sluice:\n  server_fast_close: 1\n"), 2, 22,
                      "setting server_fast_close = 1 is not supported");
-    expect_one_error(yaml("sluice:\n  application_name_add_host: 1\n"), 2, 30,
-                     "setting application_name_add_host = 1 is not supported");
 }
 
 TEST(ConfigHosts, HostListsTargetSessionAttrsAndLagGuard) {
