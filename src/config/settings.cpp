@@ -161,9 +161,7 @@ std::vector<setting> build_table() {
         imp("server_reset_query_always", &g::server_reset_query_always),
         imp("server_check_query", &g::server_check_query),
         imp("server_check_delay", &g::server_check_delay),
-        imp("server_fast_close", &g::server_fast_close)
-            .only_default("in session mode Sluice closes a server marked by RECONNECT or "
-                          "RELOAD when its client leaves (server_fast_close = 0)"),
+        imp("server_fast_close", &g::server_fast_close),
         imp("application_name_add_host", &g::application_name_add_host),
         imp("autodb_idle_timeout", &g::autodb_idle_timeout),
         imp("pool_idle_timeout", &g::pool_idle_timeout),

@@ -273,6 +273,10 @@ asio::awaitable<void> server::janitor_loop() {
         // Client timeouts: each session keeps timestamps; act only on expired ones.
         auto now = proxy::client_session::now_ns();
         for (auto& s : rt_.sessions.all()) s->check_timeouts(now);
+        if (rt_.cfg()->sluice.server_fast_close)
+            for (auto& p : rt_.pools.all())
+                for (auto client : p->clients_of_close_needed_servers())
+                    if (auto s = rt_.sessions.find_by_id(client)) s->fast_close_if_idle();
         check_shutdown();
     }
 }

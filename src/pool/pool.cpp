@@ -719,6 +719,15 @@ void pool::mark_all_close_needed() {
     maintain();
 }
 
+std::vector<std::uint64_t> pool::clients_of_close_needed_servers() const {
+    std::vector<std::uint64_t> out;
+    std::lock_guard lk(mutex_);
+    for (auto& s : all_)
+        if (s->close_needed && s->state == server_state::active)
+            if (auto c = s->link_client_id.load()) out.push_back(c);
+    return out;
+}
+
 void pool::resume() {
     paused = false;
     std::lock_guard lk(mutex_);

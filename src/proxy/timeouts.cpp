@@ -34,6 +34,17 @@ void client_session::check_timeouts(std::int64_t now) {
         kill("57P05", "client idle timeout (client_idle_timeout)");
 }
 
+void client_session::fast_close_if_idle() {
+    asio::post(executor(), [self = shared_from_this()] {
+        if (self->fatal_ || self->mode_ != config::pool_mode::session || !self->server_ ||
+            !self->server_->close_needed || !self->relay_ || !self->relay_->server_clean() ||
+            self->query_since_ns.load(std::memory_order_relaxed) != 0)
+            return;
+        self->kill("57P01", "server connection closed by server_fast_close (RECONNECT or "
+                            "RELOAD asked for new server connections)");
+    });
+}
+
 void client_session::kill(std::string sqlstate, std::string message) {
     asio::post(executor(), [self = shared_from_this(), sqlstate, message] {
         if (self->fatal_) return;

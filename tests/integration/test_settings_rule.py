@@ -324,6 +324,42 @@ def test_application_name_add_host(make_sluice, mode):
         assert c.execute("SHOW application_name").fetchone()[0] == "billing"
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_server_fast_close(make_sluice, fast):
+    """Session mode, RECONNECT: with server_fast_close = 1 a client between transactions
+    loses its server and its connection at once (a client inside a transaction first
+    finishes it); with 0 both keep going until the client leaves."""
+    s = make_sluice(pool_mode="session", server_fast_close=fast)
+    idle = psycopg.connect(s.dsn(), autocommit=True)
+    busy = psycopg.connect(s.dsn(), autocommit=True)
+    try:
+        idle.execute("SELECT 1")
+        busy.execute("BEGIN")
+        busy.execute("SELECT 1")
+        r = s.psql("RECONNECT", user="admin", db="sluice")
+        assert r.returncode == 0, r.stderr
+        if fast:
+            closed = re.compile(r"closing because: server connection closed by "
+                                r"server_fast_close")
+            assert wait_for(lambda: len(closed.findall(s.log_text())) == 1), s.log_tail()
+            with pytest.raises(psycopg.OperationalError):
+                idle.execute("SELECT 1")
+            # Inside its transaction the client keeps its server up to COMMIT.
+            assert busy.execute("SELECT 2").fetchone()[0] == 2
+            busy.execute("COMMIT")
+            assert wait_for(lambda: len(closed.findall(s.log_text())) == 2), s.log_tail()
+            with pytest.raises(psycopg.OperationalError):
+                busy.execute("SELECT 3")
+        else:
+            assert idle.execute("SELECT 1").fetchone()[0] == 1
+            busy.execute("COMMIT")
+            assert busy.execute("SELECT 3").fetchone()[0] == 3
+            assert "server_fast_close" not in s.log_text()
+    finally:
+        idle.close()
+        busy.close()
+
+
 @pytest.mark.parametrize("verbose", [0, 1])
 def test_verbose_turns_on_debug_lines(make_sluice, verbose):
     s = make_sluice(verbose=verbose)

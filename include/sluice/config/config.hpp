@@ -49,7 +49,9 @@ struct general {
     bool server_reset_query_always = false;
     std::string server_check_query;  // empty = empty query
     duration server_check_delay = std::chrono::seconds(30);
-    bool server_fast_close = false;           // only the default (settings.cpp)
+    // Session mode: a server marked by RECONNECT/RELOAD is closed, with its client, once
+    // between transactions (0: when the client leaves).
+    bool server_fast_close = false;
     bool application_name_add_host = false;   // "app - addr:port" sent to the server
     duration autodb_idle_timeout = std::chrono::seconds(3600);
     duration pool_idle_timeout = duration{0};

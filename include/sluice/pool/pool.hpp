@@ -163,6 +163,8 @@ public:
     void restore_defaults(server_connection& s) const;
     // Marks every server to be closed when released (RECONNECT, reload of the address).
     void mark_all_close_needed();
+    // The clients holding a server marked close_needed (server_fast_close looks for them).
+    std::vector<std::uint64_t> clients_of_close_needed_servers() const;
     // Process exit, after the workers stopped: closes every server here and now.
     void close_all_now();
     // RESUME: unpauses and wakes waiters, handing them idle servers or room to connect.

@@ -79,6 +79,10 @@ public:
         transaction_timeout_ns{0}, client_idle_timeout_ns{0};
     // Called by the sweeper (any thread): acts on an expired timeout.
     void check_timeouts(std::int64_t now);
+    // server_fast_close (any thread): a session-mode client whose server is marked
+    // close_needed (RECONNECT, RELOAD) is closed with it once between transactions, so
+    // that it notices its session ended.
+    void fast_close_if_idle();
     static std::int64_t to_ns(steady_clock::time_point t) {
         return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
     }

@@ -75,12 +75,8 @@ TEST(ConsoleSettings, SetUsesTheLoaderRules) {
     EXPECT_FALSE(find_setting("metrics_listen")->set(g, "localhost", err));
     EXPECT_TRUE(find_setting("unix_socket_mode")->set(g, "0700", err)) << err;
     EXPECT_EQ(g.unix_socket_mode, 0700);
-    // An implemented-at-default-only setting refuses other values.
-    EXPECT_TRUE(find_setting("server_fast_close")->set(g, "0", err)) << err;
-    EXPECT_FALSE(find_setting("server_fast_close")->set(g, "1", err));
-    EXPECT_NE(err.find("setting server_fast_close = 1 is not supported"), std::string::npos)
-        << err;
-    EXPECT_FALSE(g.server_fast_close);
+    EXPECT_TRUE(find_setting("server_fast_close")->set(g, "1", err)) << err;
+    EXPECT_TRUE(g.server_fast_close);
     EXPECT_TRUE(find_setting("server_round_robin")->set(g, "1", err)) << err;
     EXPECT_TRUE(g.server_round_robin);
     // A no-op is shown and may be set; it changes nothing but what SHOW CONFIG prints.

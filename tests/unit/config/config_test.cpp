@@ -505,7 +505,8 @@ TEST(Config, SyslogAndUserSettings) {
         << bad.errors[0].to_string();
 }
 
-TEST(ConfigRule, DefaultOnlySettingsRefuseOtherValues) {
+// These were accepted at their default only; each now works at every value.
+TEST(ConfigRule, FormerlyDefaultOnlySettingsTakeEveryValue) {
     auto ok = ini(
         "[pgbouncer]\nserver_round_robin = 0\nsyslog = off\nserver_fast_close = 0\n"
         "application_name_add_host = no\n[databases]\napp = host=a,b load_balance_hosts=disable\n");
@@ -517,8 +518,10 @@ TEST(ConfigRule, DefaultOnlySettingsRefuseOtherValues) {
     ASSERT_TRUE(rr.ok()) << all_errors(rr);
     EXPECT_TRUE(rr.cfg->sluice.server_round_robin);
     EXPECT_EQ(rr.cfg->databases.at("app").connect_query, "SET search_path = app");
-    expect_one_error(yaml("sluice:\n  server_fast_close: 1\n"), 2, 22,
-                     "setting server_fast_close = 1 is not supported");
+    auto on = yaml("sluice:\n  server_fast_close: 1\n  application_name_add_host: 1\n");
+    ASSERT_TRUE(on.ok()) << all_errors(on);
+    EXPECT_TRUE(on.cfg->sluice.server_fast_close);
+    EXPECT_TRUE(on.cfg->sluice.application_name_add_host);
 }
 
 TEST(ConfigHosts, HostListsTargetSessionAttrsAndLagGuard) {
