@@ -167,9 +167,7 @@ std::vector<setting> build_table() {
         imp("pool_idle_timeout", &g::pool_idle_timeout),
         imp("stats_period", &g::stats_period),
         imp("scram_iterations", &g::scram_iterations).at_least(1),
-        no_op("query_wait_notify", &g::query_wait_notify,
-              "it only sends a queued client a NOTICE saying that it waits; Sluice sends "
-              "none, and query_wait_timeout still bounds the wait"),
+        imp("query_wait_notify", &g::query_wait_notify),
         // A PostgreSQL message length is an int32 that counts itself.
         imp("max_packet_size", &g::max_packet_size).range(5, i32),
         no_op("pkt_buf", &g::pkt_buf,

@@ -128,7 +128,9 @@ void pool::grant_locked(const grant& g) {
     else asio::post(w->executor, [w] { w->timer.cancel(); });
 }
 
-asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int worker) {
+asio::awaitable<acquire_result> pool::acquire(
+    asio::any_io_executor ex, int worker,
+    const std::function<asio::awaitable<void>()>* queued_notice) {
     const auto start = steady_clock::now();
     std::shared_ptr<waiter> w;
     std::shared_ptr<const settings> snapshot;  // shared, not copied: no allocation per checkout
@@ -154,10 +156,13 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
     const settings& cfg = *snapshot;
     const auto deadline = start + cfg.query_wait_timeout;
     const auto reserve_at = start + cfg.reserve_pool_timeout;
+    const auto notify_at = start + cfg.query_wait_notify;
+    bool notify = queued_notice && *queued_notice && cfg.query_wait_notify.count() > 0;
     while (w) {
         auto wake = deadline;
         if (cfg.reserve_pool_size > 0 && reserve_at < wake && steady_clock::now() < reserve_at)
             wake = reserve_at;
+        if (notify && notify_at < wake) wake = notify_at;
         // Limits shared with other pools (max_db_connections, max_user_connections) free
         // up without telling us; look again now and then. Otherwise look again every
         // second anyway: a missed wake-up then costs a second, never query_wait_timeout.
@@ -168,6 +173,10 @@ asio::awaitable<acquire_result> pool::acquire(asio::any_io_executor ex, int work
             wake = std::min(wake, steady_clock::now() + std::chrono::seconds(1));
         w->timer.expires_at(wake);
         co_await w->timer.async_wait(use_nothrow);
+        if (notify && !w->done && steady_clock::now() >= notify_at) {
+            notify = false;
+            co_await (*queued_notice)();  // a grant meanwhile is seen just below
+        }
 
         std::lock_guard lk(mutex_);
         if (w->done) {

@@ -280,6 +280,7 @@ pool::pool::settings runtime::pool_settings(const std::string& db_name,
                                ? steady_clock::duration(g.query_wait_timeout)
                                : steady_clock::duration(std::chrono::hours(24 * 365));
     s.server_lifetime = db && db->server_lifetime ? *db->server_lifetime : g.server_lifetime;
+    s.query_wait_notify = g.query_wait_notify;
     s.server_idle_timeout = g.server_idle_timeout;
     s.server_login_retry = g.server_login_retry;
     s.server_check_delay = g.server_check_delay;

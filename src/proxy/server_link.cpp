@@ -14,7 +14,7 @@ namespace proto = sluice::protocol;
 asio::awaitable<bool> client_session::link_server() {
     state = client_state::waiting;
     request_time = steady_clock::now();
-    auto r = co_await pool_->acquire(executor(), worker_);
+    auto r = co_await pool_->acquire(executor(), worker_, &queued_notice_);
     auto waited_us = std::chrono::duration_cast<std::chrono::microseconds>(r.waited).count();
     pool_->stats.wait_time_us += waited_us;
     pool_->stats.wait_latency.record(waited_us);
@@ -51,6 +51,14 @@ asio::awaitable<bool> client_session::link_server() {
                    });
     state = client_state::active;
     co_return true;
+}
+
+asio::awaitable<void> client_session::send_queued_notice() {
+    // PgBouncer's wording; nothing else writes to the client while it waits for a server.
+    std::string out;
+    proto::writer(out).notice_response(
+        "01000", "No server connection available in postgres server, client is being queued");
+    co_await write_client(out);
 }
 
 asio::awaitable<bool> client_session::sync_parameters(pool::server_connection& s) {

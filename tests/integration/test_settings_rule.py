@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import struct
+import threading
 import subprocess
 from pathlib import Path
 
@@ -358,6 +359,32 @@ def test_server_fast_close(make_sluice, fast):
     finally:
         idle.close()
         busy.close()
+
+
+def test_query_wait_notify(make_sluice):
+    """A client queued for a server longer than query_wait_notify gets one NOTICE (in
+    PgBouncer's words) and is then served as usual."""
+    s = make_sluice(pool_mode="transaction", default_pool_size=1, query_wait_notify=0.2)
+    holder = psycopg.connect(s.dsn(), autocommit=True)
+    waiter = psycopg.connect(s.dsn(), autocommit=True)
+    notices = []
+    waiter.add_notice_handler(lambda d: notices.append(d.message_primary))
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")  # the only server
+        t = threading.Thread(target=lambda: waiter.execute("SELECT 2"), daemon=True)
+        t.start()
+        assert wait_for(lambda: notices), "no NOTICE while queued"
+        assert notices == ["No server connection available in postgres server, client is "
+                           "being queued"], notices
+        holder.execute("COMMIT")
+        t.join(DEADLINE)
+        assert not t.is_alive()
+        assert waiter.execute("SELECT 3").fetchone()[0] == 3
+        assert len(notices) == 1, notices  # once per wait; no wait, no notice
+    finally:
+        holder.close()
+        waiter.close()
 
 
 @pytest.mark.parametrize("verbose", [0, 1])

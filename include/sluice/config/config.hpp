@@ -57,7 +57,7 @@ struct general {
     duration pool_idle_timeout = duration{0};
     duration stats_period = std::chrono::seconds(60);
     int scram_iterations = 4096;
-    duration query_wait_notify = std::chrono::seconds(5);  // no effect (settings.cpp)
+    duration query_wait_notify = std::chrono::seconds(5);  // a NOTICE to a client queued so long
     std::int64_t max_packet_size = 2147483647;
     // Sluice's own: the largest client message the pooler holds whole (a named Parse in
     // transaction/statement mode, whose text it keeps). Everything else is streamed.

@@ -93,7 +93,11 @@ public:
     const std::string& user() const { return user_; }
 
     // Gets a server for a client running on executor `ex` (worker `worker`).
-    asio::awaitable<acquire_result> acquire(asio::any_io_executor ex, int worker);
+    // `queued_notice`, if given, is awaited once when the caller has waited
+    // query_wait_notify (it sends the client a NOTICE); the wait goes on meanwhile.
+    asio::awaitable<acquire_result> acquire(
+        asio::any_io_executor ex, int worker,
+        const std::function<asio::awaitable<void>()>* queued_notice = nullptr);
     // Gives back a server that is idle and clean. Any thread.
     void release(server_ptr s);
     // Drops a server that must not be reused (dirty, broken, close_needed). Any thread.
@@ -107,6 +111,8 @@ public:
         int reserve_pool_size = 0;
         steady_clock::duration reserve_pool_timeout = std::chrono::seconds(5);
         steady_clock::duration query_wait_timeout = std::chrono::seconds(120);
+        // query_wait_notify: a client queued this long is told so, once (0 = never).
+        steady_clock::duration query_wait_notify = std::chrono::seconds(5);
         steady_clock::duration server_lifetime = std::chrono::seconds(3600);
         steady_clock::duration server_idle_timeout = std::chrono::seconds(600);
         steady_clock::duration server_login_retry = std::chrono::seconds(15);

@@ -16,6 +16,7 @@
 // server_loop (while a server is linked) reads the server. Both only move bytes and
 // call the core; the core is not thread-safe and needs none: both loops run on one strand.
 #include <array>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -144,6 +145,11 @@ private:
     // writing to the client: server_loop and client_loop may both want to, one at a time
     asio::awaitable<bool> write_client(std::span<const asio::const_buffer> buffers);
     asio::awaitable<bool> write_client(const std::string& bytes);
+    // query_wait_notify: the NOTICE a client queued for a server gets (pool::acquire).
+    asio::awaitable<void> send_queued_notice();
+    const std::function<asio::awaitable<void>()> queued_notice_ = [this] {
+        return send_queued_notice();
+    };
     // Parameters by value: coroutine arguments must own their data (gcc 12).
     asio::awaitable<void> send_error(std::string sqlstate, std::string message,
                                      std::string hint = {}, bool fatal = true);

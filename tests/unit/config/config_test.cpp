@@ -573,10 +573,10 @@ TEST(ConfigRule, NoOpSettingsAreValidatedKeptAndNamedOnce) {
               "(see README \"Settings with no effect\")");
     EXPECT_EQ(r.cfg->sluice.dns_max_ttl, 30s);  // kept, for SHOW CONFIG
     EXPECT_EQ(r.cfg->sluice.pkt_buf, 8192);
-    auto y = yaml("sluice:\n  query_wait_notify: 2\n  sbuf_loopcnt: 10\n");
+    auto y = yaml("sluice:\n  dns_nxdomain_ttl: 2\n  sbuf_loopcnt: 10\n");
     ASSERT_TRUE(y.ok()) << all_errors(y);
     EXPECT_EQ(no_op_warning(*y.cfg),
-              "settings with no effect in Sluice: query_wait_notify, sbuf_loopcnt "
+              "settings with no effect in Sluice: dns_nxdomain_ttl, sbuf_loopcnt "
               "(see README \"Settings with no effect\")");
     auto none = ini("[pgbouncer]\nlisten_port = 6433\n");
     ASSERT_TRUE(none.ok());
