@@ -278,8 +278,8 @@ table show_clients(proxy::runtime& rt) {
                           num(s->port), s->local_addr, num(s->local_port), format_time(s->connect_time),
                           format_time(request), num(wait_us / 1000000), num(wait_us % 1000000), "0",
                           ptr_text(s.get()), link, "0",
-                          s->tls_info.empty() ? cell() : cell(s->tls_info), s->application_name, "0",
-                          unum(s->id)});
+                          s->tls_info.empty() ? cell() : cell(s->tls_info), s->application_name,
+                          num(s->prepared_statements.load(std::memory_order_relaxed)), unum(s->id)});
     }
     return t;
 }
@@ -308,7 +308,7 @@ table show_servers(proxy::runtime& rt) {
                               s->state.load() == pool::server_state::login || s->tls_info.empty()
                                   ? cell()
                                   : cell(s->tls_info),
-                              std::nullopt, "0", unum(s->id),
+                              std::nullopt, unum(s->statements.shown_size()), unum(s->id),
                               server_role_name(s->role.load()) ? cell(server_role_name(s->role.load()))
                                                                : cell()});
         }

@@ -229,6 +229,7 @@ asio::awaitable<void> client_session::client_loop() {
 
         for (;;) {
             auto r = m.on_client_data({in_.readable(), in_.size()});
+            note_prepared_statements();
             if (!co_await write_server()) co_return;
             in_.consume(r.consumed);
             if (!co_await flush_injections()) co_return;
@@ -291,6 +292,7 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
         }
         sbuf.commit(n);
         auto r = m.on_server_data({sbuf.readable(), sbuf.size()});
+        note_prepared_statements();
         const bool releasable = r.event == relay::server_event::need_more &&
                                 r.consumed == sbuf.size() &&
                                 m.release() == relay::machine::verdict::give_back;

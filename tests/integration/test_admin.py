@@ -495,6 +495,21 @@ def test_connection_ids_are_unique_across_clients_and_servers(make_sluice):
             assert app_client["id"] < server["id"] < console["id"], (clients, servers)
 
 
+def test_prepared_statements_columns(make_sluice):
+    """SHOW CLIENTS and SHOW SERVERS count the prepared statements Sluice tracks in
+    transaction mode: the client's names, and those that exist on each server."""
+    s = make_sluice(pool_mode="transaction")
+    with psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True) as a, admin_conn(s) as c:
+        for i in range(3):
+            a.execute(f"SELECT {i} + %s", (1,), prepare=True)  # three named statements
+        me = next(r for r in show(c, "CLIENTS")[1] if r["database"] == "app")
+        assert me["prepared_statements"] == 3, me
+        servers = [r for r in show(c, "SERVERS")[1] if r["database"] == "app"]
+        assert sum(r["prepared_statements"] for r in servers) == 3, servers
+        console = next(r for r in show(c, "CLIENTS")[1] if r["database"] == "sluice")
+        assert console["prepared_statements"] == 0
+
+
 def test_kill_drops_database_clients(make_sluice):
     s = make_sluice()
     clients = [psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True) for _ in range(3)]

@@ -67,6 +67,9 @@ public:
     std::atomic<steady_clock::time_point> request_time{steady_clock::now()};
     std::atomic<client_state> state{client_state::login};
     std::atomic<std::uint64_t> linked_server_id{0};
+    // The client's prepared statements that Sluice tracks (transaction/statement mode),
+    // for SHOW CLIENTS; kept by the session's own thread after each relay step.
+    std::atomic<std::uint32_t> prepared_statements{0};
     std::shared_ptr<pool::pool> pool_;  // attached at login (counted in its clients)
 
     // Timestamps (steady clock, ns; 0 = not in that state) read by the timeout sweeper
@@ -145,6 +148,11 @@ private:
     // writing to the client: server_loop and client_loop may both want to, one at a time
     asio::awaitable<bool> write_client(std::span<const asio::const_buffer> buffers);
     asio::awaitable<bool> write_client(const std::string& bytes);
+    void note_prepared_statements() {
+        auto n = std::uint32_t(relay_->statement_count());
+        if (n != prepared_statements.load(std::memory_order_relaxed))
+            prepared_statements.store(n, std::memory_order_relaxed);
+    }
     // query_wait_notify: the NOTICE a client queued for a server gets (pool::acquire).
     asio::awaitable<void> send_queued_notice();
     const std::function<asio::awaitable<void>()> queued_notice_ = [this] {
