@@ -16,6 +16,7 @@
 #include "sluice/auth/userlist.hpp"
 #include "sluice/config/loader.hpp"
 #include "sluice/config/settings.hpp"
+#include "sluice/net/logging.hpp"
 #include "sluice/net/server.hpp"
 #include "sluice/net/service.hpp"
 #include "sluice/proxy/runtime.hpp"
@@ -164,7 +165,7 @@ int main(int argc, char** argv) {
     // The file sink sits inside a dist_sink, whose sinks can be swapped while other threads
     // log: SIGHUP opens the path again (logrotate has renamed the old file).
     std::shared_ptr<spdlog::sinks::dist_sink_mt> file_sink;
-    const std::string log_pattern = "%Y-%m-%d %H:%M:%S.%e %^%l%$ [%t] %v";
+    const bool json_log = cfg.sluice.log_format == "json";
     if (!cfg.sluice.logfile.empty()) {
         try {
             file_sink = std::make_shared<spdlog::sinks::dist_sink_mt>();
@@ -180,7 +181,7 @@ int main(int argc, char** argv) {
     if (sinks.empty()) sinks.push_back(std::make_shared<spdlog::sinks::null_sink_mt>());
     auto logger = std::make_shared<spdlog::logger>("sluice", sinks.begin(), sinks.end());
     spdlog::set_default_logger(logger);
-    spdlog::set_pattern(log_pattern);
+    spdlog::set_formatter(sluice::net::make_log_formatter(json_log));
     verbosity += cfg.sluice.verbose;
     spdlog::set_level(verbosity >= 2 ? spdlog::level::trace
                       : verbosity == 1 ? spdlog::level::debug
@@ -226,10 +227,10 @@ int main(int argc, char** argv) {
             return 1;
         }
         if (file_sink) {
-            rt->reopen_log = [file_sink, path = rt->cfg()->sluice.logfile, log_pattern] {
+            rt->reopen_log = [file_sink, path = rt->cfg()->sluice.logfile, json_log] {
                 try {
                     auto fresh = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path);
-                    fresh->set_pattern(log_pattern);
+                    fresh->set_formatter(sluice::net::make_log_formatter(json_log));
                     file_sink->set_sinks({fresh});
                     spdlog::info("log file {} reopened", path);
                 } catch (const std::exception& e) {

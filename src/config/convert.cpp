@@ -24,7 +24,7 @@ std::string quoted(const std::string& v) {
             case '\t': out += "\\t"; break;
             case '\r': out += "\\r"; break;
             default:
-                if (c < 0x20) {
+                if (c < 0x20 || c == 0x7f) {
                     static const char* hex = "0123456789abcdef";
                     out += "\\x";
                     out += hex[c >> 4];

@@ -221,6 +221,7 @@ std::vector<setting> build_table() {
 
         imp("logfile", &g::logfile).restart(),
         imp("pidfile", &g::pidfile).restart(),
+        imp("log_format", &g::log_format).one_of("text|json").restart(),
         imp("syslog", &g::syslog).restart(),
         imp("syslog_ident", &g::syslog_ident).restart(),
         imp("syslog_facility", &g::syslog_facility)

@@ -21,6 +21,9 @@ using namespace std::chrono_literals;
 using acceptor_t = stream_acceptor;
 
 server::server(proxy::runtime& rt) : rt_(rt), signals_(main_) {  // NOLINT(order)
+    // Caught from here on, before start-up is reported (READY=1, a daemon's parent
+    // exiting): a SIGHUP right after `systemctl start` must reload, not kill.
+    for (int sig : {SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2}) signals_.add(sig);
     int n = rt_.cfg()->sluice.workers;
     if (n <= 0) n = default_workers();
     spdlog::info("{} worker thread{}{}", n, n == 1 ? "" : "s",
@@ -184,12 +187,6 @@ asio::awaitable<void> server::accept_loop(acceptor_t& acceptor) {
 }
 
 asio::awaitable<void> server::signal_loop() {
-    signals_.add(SIGHUP);
-    signals_.add(SIGTERM);
-    signals_.add(SIGINT);
-    signals_.add(SIGQUIT);
-    signals_.add(SIGUSR1);
-    signals_.add(SIGUSR2);
     for (;;) {
         auto [ec, sig] = co_await signals_.async_wait(use_nothrow);
         if (ec) co_return;
@@ -200,7 +197,7 @@ asio::awaitable<void> server::signal_loop() {
                 std::string errors;
                 if (!rt_.reload(errors))
                     spdlog::error("RELOAD failed, keeping the running configuration:\n{}", errors);
-                service::notify("READY=1");
+                if (!rt_.shutting_down) service::notify("READY=1");
                 break;
             }
             // A second SIGINT or SIGTERM during a graceful shutdown exits at once, as

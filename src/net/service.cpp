@@ -47,15 +47,23 @@ bool check_pidfile(const std::string& path, std::string& error) {
 }
 
 bool write_pidfile(const std::string& path, std::string& error) {
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::trunc);
-        out << ::getpid() << "\n";
-        out.flush();
-        if (!out) {
-            error = "cannot write pidfile " + tmp + ": " + errno_text();
-            return false;
-        }
+    // A new file of our own (O_EXCL, never through a symlink someone left in a shared
+    // directory), renamed over the pidfile: readers see the old or the new pid, whole.
+    const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        error = "cannot write pidfile " + tmp + ": " + errno_text();
+        return false;
+    }
+    const std::string text = std::to_string(::getpid()) + "\n";
+    const bool written = ::write(fd, text.data(), text.size()) == ssize_t(text.size());
+    const int saved = errno;
+    ::close(fd);
+    if (!written) {
+        errno = saved;
+        error = "cannot write pidfile " + tmp + ": " + errno_text();
+        std::remove(tmp.c_str());
+        return false;
     }
     if (std::rename(tmp.c_str(), path.c_str()) != 0) {
         error = "cannot write pidfile " + path + ": " + errno_text();

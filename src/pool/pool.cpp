@@ -173,9 +173,15 @@ asio::awaitable<acquire_result> pool::acquire(
             wake = std::min(wake, steady_clock::now() + std::chrono::seconds(1));
         w->timer.expires_at(wake);
         co_await w->timer.async_wait(use_nothrow);
-        if (notify && !w->done && steady_clock::now() >= notify_at) {
+        if (notify && steady_clock::now() >= notify_at) {
             notify = false;
-            co_await (*queued_notice)();  // a grant meanwhile is seen just below
+            bool granted;
+            {
+                std::lock_guard lk(mutex_);
+                granted = w->done;
+            }
+            // A grant that comes while the NOTICE is written is taken just below.
+            if (!granted) co_await (*queued_notice)();
         }
 
         std::lock_guard lk(mutex_);
@@ -422,8 +428,12 @@ asio::awaitable<acquire_result> pool::open_server(
         // PgBouncer does, and the server used; one left broken or inside a transaction
         // is not handed to anyone.
         s->last_error_fields.reset();
-        if (!co_await s->run_internal_query(connect_query, login.max_packet_size, nullptr)) {
-            const bool usable = s->last_error_fields.has_value() && s->transaction_status == 'I';
+        const bool ok = co_await s->run_internal_query(connect_query, login.max_packet_size, nullptr);
+        // Usable: idle (not left inside a transaction, as by a BEGIN) and, on failure, the
+        // error came from PostgreSQL (not a broken connection).
+        const bool usable = s->transaction_status == 'I' && (ok || s->last_error_fields);
+        if (!ok || !usable) {
+            if (ok) s->last_error = "it left the server inside a transaction";
             spdlog::warn("server {} {}/{}: connect_query failed: {}{}", s->id, database_, user_,
                          s->last_error, usable ? "" : "; closing the server");
             s->last_error_fields.reset();
@@ -690,10 +700,10 @@ void pool::maintain(bool close_all_idle) {
             if (settings_.log_disconnections) {
                 // PgBouncer's reasons, which operators grep for.
                 const auto age = now - s->connect_time;
-                const char* why = s->close_needed ? "server marked close_needed (RECONNECT or RELOAD)"
+                const char* why = s->close_needed ? "close_needed (RECONNECT or RELOAD)"
                                   : settings_.server_lifetime.count() > 0 &&
                                           age >= settings_.server_lifetime
-                                      ? "server lifetime"
+                                      ? "server lifetime over"
                                       : "server idle timeout";
                 spdlog::info("server {} {}/{}@{}:{} closing because: {} (age={}s)", s->id,
                              database_, user_, s->host(), s->port.load(), why,

@@ -144,13 +144,13 @@ asio::awaitable<void> client_session::send_error(std::string sqlstate, std::stri
     proto::writer w(out);
     w.error_response(sqlstate, message, hint, fatal ? "FATAL" : "ERROR");
     if (!fatal) w.ready_for_query(relay_ ? relay_->transaction_status() : 'I');
+    // Logged before it is sent: once the client has the error, the log has the line.
+    if (fatal && rt_.cfg()->sluice.log_pooler_errors)
+        spdlog::info("client {} ({}:{}): pooler error: {} {}", id, addr, port, sqlstate, message);
     co_await write_client(out);
     if (fatal) {
         if (!fatal_) close_reason_ = message;
         fatal_ = true;
-        if (rt_.cfg()->sluice.log_pooler_errors)
-            spdlog::info("client {} ({}:{}): pooler error: {} {}", id, addr, port, sqlstate,
-                         message);
     }
 }
 

@@ -40,28 +40,33 @@ void client_session::fast_close_if_idle() {
             !self->server_->close_needed || !self->relay_ || !self->relay_->server_clean() ||
             self->query_since_ns.load(std::memory_order_relaxed) != 0)
             return;
-        self->kill("57P01", "server connection closed by server_fast_close (RECONNECT or "
-                            "RELOAD asked for new server connections)");
+        // In this same handler: no client message can slip in between the check and
+        // the close (the client would not know whether that query ran).
+        self->kill_now("57P01", "server connection closed by server_fast_close (RECONNECT or "
+                                "RELOAD asked for new server connections)");
     });
 }
 
 void client_session::kill(std::string sqlstate, std::string message) {
-    asio::post(executor(), [self = shared_from_this(), sqlstate, message] {
-        if (self->fatal_) return;
-        self->fatal_ = true;
-        self->close_reason_ = message;
-        if (!self->writing_client_ && self->socket_.is_open() && !self->socket_.tls()) {
-            // Best effort: a FATAL the client can show, without waiting on a slow reader.
-            std::string out;
-            proto::writer(out).error_response(sqlstate, message, {}, "FATAL");
-            [[maybe_unused]] auto n = ::send(self->socket_.native_handle(), out.data(), out.size(),
-                                             MSG_DONTWAIT | MSG_NOSIGNAL);
-        }
-        error_code ignored;
-        self->socket_.shutdown(ignored);
-        self->socket_.close(ignored);
-        if (self->server_ && self->server_loop_running_) self->server_->socket.cancel(ignored);
-    });
+    asio::post(executor(), [self = shared_from_this(), sqlstate = std::move(sqlstate),
+                            message = std::move(message)] { self->kill_now(sqlstate, message); });
+}
+
+void client_session::kill_now(const std::string& sqlstate, const std::string& message) {
+    if (fatal_) return;
+    fatal_ = true;
+    close_reason_ = message;
+    if (!writing_client_ && socket_.is_open() && !socket_.tls()) {
+        // Best effort: a FATAL the client can show, without waiting on a slow reader.
+        std::string out;
+        proto::writer(out).error_response(sqlstate, message, {}, "FATAL");
+        [[maybe_unused]] auto n = ::send(socket_.native_handle(), out.data(), out.size(),
+                                         MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+    error_code ignored;
+    socket_.shutdown(ignored);
+    socket_.close(ignored);
+    if (server_ && server_loop_running_) server_->socket.cancel(ignored);
 }
 
 }  // namespace sluice::proxy

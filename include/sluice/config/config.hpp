@@ -104,6 +104,7 @@ struct general {
     bool syslog = false;
     std::string syslog_ident = "sluice", syslog_facility = "daemon";
     std::string user;  // the OS user to switch to after binding (-u overrides it)
+    std::string log_format = "text";  // Sluice's own: text, or json (one object per line)
     // log_pooler_errors: the fatal errors Sluice itself sends to clients are logged.
     bool log_connections = true, log_disconnections = true, log_pooler_errors = true,
          log_stats = true;

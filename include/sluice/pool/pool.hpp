@@ -94,7 +94,8 @@ public:
 
     // Gets a server for a client running on executor `ex` (worker `worker`).
     // `queued_notice`, if given, is awaited once when the caller has waited
-    // query_wait_notify (it sends the client a NOTICE); the wait goes on meanwhile.
+    // query_wait_notify (it sends the client a NOTICE); a grant that comes while it runs
+    // is taken when it returns.
     asio::awaitable<acquire_result> acquire(
         asio::any_io_executor ex, int worker,
         const std::function<asio::awaitable<void>()>* queued_notice = nullptr);

@@ -51,6 +51,7 @@ public:
     static asio::awaitable<void> forward_cancel(std::shared_ptr<client_session> self);
     // Closes the client connection (KILL, shutdown). Any thread.
     void kill(std::string sqlstate, std::string message);
+    void kill_now(const std::string& sqlstate, const std::string& message);  // on its executor
 
     asio::any_io_executor executor() { return socket_.get_executor(); }
     bool unix_socket() const { return addr == "unix"; }
