@@ -71,6 +71,9 @@ struct setting {
     // no_op: why ignoring it is harmless. refused (and default_only): why, and what to do
     // instead; it ends the "not supported" message. implemented: empty, or a remark.
     const char* note = "";
+    // implemented: what the setting does, one line, for doc/config.md and the man page
+    // (no-op and refused settings are explained by their note).
+    const char* doc = "";
     bool changeable = true;  // general: SET and RELOAD change it at run time
     std::int64_t min = 0;    // integers
     std::int64_t max = std::numeric_limits<std::int32_t>::max();

@@ -389,6 +389,10 @@ TEST(SettingsRule, TheReferenceIsGeneratedFromTheTable) {
         << "doc/config.md is out of date: build/sluice --settings-reference > doc/config.md";
     for (const auto& s : settings())
         EXPECT_NE(committed.find(std::string("| `") + s.name + "` |"), std::string::npos) << s.name;
+    // Every implemented setting says what it does.
+    for (const auto& s : settings())
+        if (s.status == support::implemented)
+            EXPECT_GT(std::string_view(s.doc).size(), 10u) << s.name << " has no description";
     const std::string man = settings_reference(reference_format::man);
     for (const auto& s : settings())
         EXPECT_NE(man.find(std::string(".B ") + s.name + "\n"), std::string::npos) << s.name;
