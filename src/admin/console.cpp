@@ -316,6 +316,32 @@ table show_servers(proxy::runtime& rt) {
     return t;
 }
 
+// SHOW SOCKETS / ACTIVE_SOCKETS: every client and server connection with PgBouncer's
+// socket columns. The buffer columns are NULL: each connection's buffers belong to its own
+// worker thread and are not sampled from the console.
+table show_sockets(proxy::runtime& rt, bool active_only) {
+    table clients = show_clients(rt);
+    table servers = show_servers(rt);
+    table t;
+    add_connection_columns(t);
+    for (auto* c : {"recv_pos", "pkt_pos", "pkt_remain", "send_pos", "send_remain", "pkt_avail",
+                    "send_avail"})
+        t.column(c, int8_oid);
+    const std::size_t state_col = 4;  // type, user, database, replication, state
+    auto add = [&](table& from) {
+        for (auto& row : from.rows) {
+            if (active_only && row[state_col] != "active" && row[state_col] != "waiting") continue;
+            std::vector<std::optional<std::string>> r(row.begin(),
+                                                      row.begin() + std::ptrdiff_t(t.columns.size() - 7));
+            r.resize(t.columns.size());
+            t.rows.push_back(std::move(r));
+        }
+    };
+    add(clients);
+    add(servers);
+    return t;
+}
+
 table show_databases(proxy::runtime& rt) {
     table t;
     for (auto* c : {"name", "host"}) t.column(c);
@@ -531,7 +557,7 @@ const char* help_text =
     "\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION|LATENCY\n"
     "\tSHOW PEERS|PEER_POOLS\n"
     "\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n"
-    "\tSHOW LISTS|STATE|MEM|DNS_HOSTS|DNS_ZONES\n"
+    "\tSHOW SOCKETS|ACTIVE_SOCKETS|LISTS|STATE|MEM|DNS_HOSTS|DNS_ZONES\n"
     "\tSET key = arg\n"
     "\tRELOAD\n"
     "\tPAUSE [<db>]\n"
@@ -690,6 +716,8 @@ asio::awaitable<outcome> run_show(exec_context& cx, const command& c) {
         {"VERSION", show_version},
         {"MEM", show_mem},
         {"LATENCY", show_latency},
+        {"SOCKETS", [](proxy::runtime& rt) { return show_sockets(rt, false); }},
+        {"ACTIVE_SOCKETS", [](proxy::runtime& rt) { return show_sockets(rt, true); }},
         {"PEERS", [](proxy::runtime&) {
              auto t = empty_table({"peer_id", "host", "port", "pool_size"});
              t.types = {int8_oid, text_oid, int8_oid, int8_oid};

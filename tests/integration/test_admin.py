@@ -73,7 +73,10 @@ EXPECTED_COLUMNS = {
     "STATE": ["key", "value"],
     "VERSION": ["version"],
     "MEM": ["name", "size", "used", "free", "memtotal"],
+    "SOCKETS": CONN_COLUMNS + ["recv_pos", "pkt_pos", "pkt_remain", "send_pos", "send_remain",
+                               "pkt_avail", "send_avail"],
 }
+EXPECTED_COLUMNS["ACTIVE_SOCKETS"] = EXPECTED_COLUMNS["SOCKETS"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -508,6 +511,30 @@ def test_prepared_statements_columns(make_sluice):
         assert sum(r["prepared_statements"] for r in servers) == 3, servers
         console = next(r for r in show(c, "CLIENTS")[1] if r["database"] == "sluice")
         assert console["prepared_statements"] == 0
+
+
+def test_show_sockets_and_active_sockets(make_sluice):
+    """SOCKETS lists every client and server connection; ACTIVE_SOCKETS only those at work
+    (a client in a transaction and its server, the console running the SHOW)."""
+    s = make_sluice(pool_mode="transaction")  # an idle client then holds no server
+    with psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True) as busy, \
+            psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True) as idle, \
+            admin_conn(s) as c:
+        busy.execute("BEGIN")
+        busy.execute("SELECT 1")
+        idle.execute("SELECT 1")
+        _, every = show(c, "SOCKETS")
+        ids = {(r["type"], r["id"]) for r in every}
+        clients = {r["id"] for r in show(c, "CLIENTS")[1]}
+        servers = {r["id"] for r in show(c, "SERVERS")[1]}
+        assert ids == {("C", i) for i in clients} | {("S", i) for i in servers}, every
+        _, active = show(c, "ACTIVE_SOCKETS")
+        assert {r["state"] for r in active} <= {"active", "waiting"}, active
+        busy_row = next(r for r in show(c, "CLIENTS")[1]
+                        if r["database"] == "app" and r["state"] == "active")
+        assert busy_row["id"] in {r["id"] for r in active if r["type"] == "C"}
+        assert len([r for r in active if r["type"] == "C" and r["database"] == "app"]) == 1
+        assert all(r["recv_pos"] is None for r in every)  # not sampled (README)
 
 
 def test_kill_drops_database_clients(make_sluice):
