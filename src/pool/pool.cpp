@@ -431,9 +431,10 @@ asio::awaitable<acquire_result> pool::open_server(
         const bool ok = co_await s->run_internal_query(connect_query, login.max_packet_size, nullptr);
         // Usable: idle (not left inside a transaction, as by a BEGIN) and, on failure, the
         // error came from PostgreSQL (not a broken connection).
-        const bool usable = s->transaction_status == 'I' && (ok || s->last_error_fields);
-        if (!ok || !usable) {
-            if (ok) s->last_error = "it left the server inside a transaction";
+        const bool in_transaction = s->transaction_status != 'I';
+        if (in_transaction) s->last_error = "it left the server inside a transaction";
+        const bool usable = !in_transaction && (ok || s->last_error_fields);
+        if (!ok) {
             spdlog::warn("server {} {}/{}: connect_query failed: {}{}", s->id, database_, user_,
                          s->last_error, usable ? "" : "; closing the server");
             s->last_error_fields.reset();

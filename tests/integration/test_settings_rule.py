@@ -303,6 +303,12 @@ def test_connect_query_runs_on_each_new_server(make_sluice, pg):
         assert c.execute("SELECT 7").fetchone()[0] == 7
     assert wait_for(lambda: "connect_query failed: column \"no_such_column\" does not exist"
                     in bad.log_text()), bad.log_tail()
+    # One that leaves a transaction open would hand clients a dirty server: it is closed,
+    # and the client told why.
+    dirty = make_sluice(config={"databases": {"app": {"connect_query": "BEGIN"}}})
+    r = dirty.psql("SELECT 1")
+    assert r.returncode != 0, r
+    assert "connect_query: it left the server inside a transaction" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("mode", ["session", "transaction"])
