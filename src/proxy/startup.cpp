@@ -382,6 +382,7 @@ asio::awaitable<bool> client_session::startup() {
         co_return false;
     }
     if (!db) {
+        spdlog::info("client {} closing because: no such database: {}", id, database);
         co_await send_error("3D000", "database \"" + database + "\" does not exist",
                             "no such entry in the [databases] section of Sluice's configuration");
         co_return false;

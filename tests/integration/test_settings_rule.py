@@ -250,6 +250,8 @@ def test_log_pooler_errors(make_sluice, on):
     # The line is written before the error is sent: psql has exited, so it is there or
     # it will never be.
     assert bool(line.search(s.log_text())) == on, s.log_tail()
+    # The reason, in PgBouncer's words, whatever log_pooler_errors says.
+    assert re.search(r"client \d+ closing because: no such database: no_such_db", s.log_text())
 
 
 def two_servers(s):
