@@ -71,8 +71,7 @@ int main(int argc, char** argv) {
                 a.ends_with("=man") ? sluice::config::reference_format::man
                                     : sluice::config::reference_format::markdown);
             return 0;
-        }
-        else if (a == "-u" || a == "--user") {
+        } else if (a == "-u" || a == "--user") {
             if (i + 1 >= argc) {
                 std::cerr << "sluice: " << a << " needs a user name\n";
                 return 1;
@@ -112,7 +111,6 @@ int main(int argc, char** argv) {
         return 1;
     }
     auto cfg = std::move(*loaded.cfg);
-    if (user_option) cfg.sluice.user = *user_option;  // -u wins over the user setting
     if (convert) {
         if (cfg.limits.enabled) {
             std::cerr << path << ": --convert does not carry rate_limits over (YAML only); "
@@ -122,6 +120,7 @@ int main(int argc, char** argv) {
         std::cout << sluice::config::to_yaml(cfg, path);
         return 0;
     }
+    if (user_option) cfg.sluice.user = *user_option;  // -u wins over the user setting
     // Settings that have no effect in Sluice are named once (README "Settings with no effect").
     const std::string no_op_warning = sluice::config::no_op_warning(cfg);
     if (check) {
