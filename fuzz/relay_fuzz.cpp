@@ -106,7 +106,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                            m.transaction_status() == 'I');
                 if (sbuf.empty()) {
                     m.on_server_released();
-                    server = {};  // the next link may be another server
+                    server.clear();  // the next link may be another server
                 }
             }
         } else if (who == 2) {

@@ -128,7 +128,6 @@ std::vector<setting> build_table() {
     using u = user;
     constexpr std::int64_t i32 = std::numeric_limits<std::int32_t>::max();
     const auto gen = section::general;
-    const auto db = section::database;
     return {
         // --- sluice: / [pgbouncer] -------------------------------------------------------
         imp("listen_addr", &g::listen_addr)
