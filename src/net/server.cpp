@@ -171,17 +171,17 @@ asio::awaitable<void> server::accept_loop(acceptor_t& acceptor) {
             session->refuse_message = "Sluice is shutting down";
         }
         rt_.client_count++;
+        // The session ends on its own (client_session::finish): run() covers the login
+        // only, the relay goes on in shorter coroutines.
         asio::co_spawn(workers_[w]->get_executor(), session->run(),
-                       [this, session](std::exception_ptr e) {
-                           if (e) {
-                               try {
-                                   std::rethrow_exception(e);
-                               } catch (const std::exception& ex) {
-                                   spdlog::error("client {} failed: {}", session->id, ex.what());
-                               }
+                       [session](std::exception_ptr e) {
+                           if (!e) return;
+                           try {
+                               std::rethrow_exception(e);
+                           } catch (const std::exception& ex) {
+                               spdlog::error("client {} failed: {}", session->id, ex.what());
                            }
-                           if (--rt_.client_count == 0)
-                               asio::post(main_, [this] { check_shutdown(); });
+                           session->leave_runtime();
                        });
     }
 }
@@ -369,6 +369,9 @@ int server::run() {
     }
     supervise("signal loop", [this] { return signal_loop(); });
     supervise("janitor", [this] { return janitor_loop(); });
+    rt_.client_ended = [this] {
+        if (--rt_.client_count == 0) asio::post(main_, [this] { check_shutdown(); });
+    };
     rt_.request_shutdown = [this](int how) {
         asio::post(main_, [this, how] {
             if (how == 0) shutdown_now();

@@ -20,8 +20,7 @@ client_session::client_session(runtime& rt, stream_socket socket, int worker, st
     : id(id_),
       rt_(rt),
       socket_(std::move(socket)),
-      worker_(worker),
-      server_loop_done_(socket_.get_executor()) {
+      worker_(worker) {
     // Random, Sluice's own cancel key: the server's key never leaves Sluice.
     auth::random_bytes(reinterpret_cast<std::uint8_t*>(&cancel_key), sizeof cancel_key);
     error_code ec;
@@ -89,27 +88,88 @@ asio::awaitable<void> client_session::run() {
         ok = false;
     }
 
-    if (ok) {
-        state = client_state::idle;
-        if (cfg->sluice.log_connections)
-            spdlog::info("client {} login: db={} user={} addr={}:{} app={}", id, database, user,
-                         addr, port, application_name);
-        co_await client_loop();
+    if (!ok) {
+        co_await finish(false);
+        co_return;
+    }
+    state = client_state::idle;
+    if (cfg->sluice.log_connections)
+        spdlog::info("client {} login: db={} user={} addr={}:{} app={}", id, database, user,
+                     addr, port, application_name);
+    // This frame (and the login's) ends here: the relay runs in short coroutines, one per
+    // burst of client bytes, and an idle client waits without any (await_request).
+    co_await relay_input();
+}
+
+// Runs the relay on what in_ holds, then waits for more without a frame, or ends.
+asio::awaitable<void> client_session::relay_input() {
+    // (Not `if (co_await ...) { ...; co_return; }`: gcc 12 compiles that into a trap here.)
+    relaying_client_ = true;
+    const bool idle = co_await client_loop();
+    relaying_client_ = false;
+    if (idle)
+        await_request();
+    else
+        co_await finish(true);
+}
+
+void client_session::await_request() {
+    // Idle between client messages: what stays is the session object and one small read
+    // into first_bytes_ whose handler holds a reference to it; no coroutine frame, no
+    // relay scratch, no buffer. (A read, unlike async_wait, is tried at once and needs no
+    // epoll re-arm when it has to wait.)
+    // With a server linked, server_loop may be writing a batch that lives in the scratch:
+    // it gives the scratch back itself when it releases the server.
+    if (!server_) relay_->release_scratch();
+    in_.shrink_if_empty();
+    if (!server_) idle_since_ns.store(now_ns(), std::memory_order_relaxed);
+    socket_.async_read_some(
+        asio::buffer(first_bytes_),
+        asio::bind_allocator(exact_allocator<void>(), [self = shared_from_this()](
+                                                          error_code ec, std::size_t n) {
+            if (ec) {
+                self->note_client_gone(ec);
+            } else {
+                self->in_.reserve_tail(std::max<std::size_t>(4096, n));
+                std::memcpy(self->in_.writable().data(), self->first_bytes_.data(), n);
+                self->in_.commit(n);
+            }
+            auto& s = *self;
+            asio::co_spawn(s.executor(), ec ? s.finish(true) : s.relay_input(),
+                           [self = std::move(self)](std::exception_ptr e) {
+                               if (!e) return;
+                               spdlog::error("client {}: relay ended with an exception", self->id);
+                               self->leave_runtime();
+                           });
+        }));
+}
+
+// The end of a logged-in session, or of one that never logged in.
+asio::awaitable<void> client_session::finish(bool logged_in) {
+    auto self = shared_from_this();
+    if (logged_in) {
         co_await finish_server();
-        if (cfg->sluice.log_disconnections)
+        if (rt_.cfg()->sluice.log_disconnections)
             spdlog::info("client {} closing because: {} (age={}s): db={} user={} addr={}:{}", id,
-                         close_reason_,
+                         close_reason_.empty() ? "client unexpected eof" : close_reason_,
                          std::chrono::duration_cast<std::chrono::seconds>(steady_clock::now() -
                                                                           connect_time)
                              .count(),
                          database, user, addr, port);
     }
+    leave_runtime();
+}
+
+void client_session::leave_runtime() {
+    if (left_runtime_) return;
+    left_runtime_ = true;
     if (pool_) pool_->clients--;
     if (tenant_connection_open_) tenant_->close_connection();
     rt_.sessions.remove(*this);
     error_code ignored;
     socket_.shutdown(ignored);
     socket_.close(ignored);
+    if (rt_.client_ended) rt_.client_ended();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -184,69 +244,34 @@ asio::awaitable<bool> client_session::write_server() {
     co_return true;
 }
 
-asio::awaitable<void> client_session::client_loop() {
+asio::awaitable<bool> client_session::client_loop() {
+    // Entered with client bytes in in_. Returns true once everything the client sent is
+    // handled and it is between messages (the caller then waits without a frame).
     auto& m = *relay_;
+    idle_since_ns.store(0, std::memory_order_relaxed);
+    idle_in_xact_since_ns.store(0, std::memory_order_relaxed);
     for (;;) {
-        if (fatal_ || !socket_.is_open()) co_return;
-        error_code rec;
-        std::size_t n = 0;
-        if (in_.empty()) {
-            // Idle: hold no buffer while waiting, only the small first_bytes_. A read
-            // (unlike async_wait, which re-arms epoll with a syscall every time) is tried
-            // at once and costs nothing more when it has to wait. A typical request fits
-            // in first_bytes_; the rest of a larger one is read into in_ on the next turn.
-            in_.shrink_if_empty();
-            if (!server_) idle_since_ns.store(now_ns(), std::memory_order_relaxed);
-            std::tie(rec, n) = co_await socket_.async_read_some(asio::buffer(first_bytes_), use_nothrow);
-            if (rec) {  // EOF or reset: the client is gone
-                note_client_gone(rec);
-                co_return;
-            }
-            in_.reserve_tail(std::max<std::size_t>(4096, n));
-            std::memcpy(in_.writable().data(), first_bytes_.data(), n);
-        } else {
-            in_.reserve_tail(4096);
-            if (socket_.tls()) {
-                // OpenSSL decides how many socket bytes make a record: let it read.
-                std::tie(rec, n) = co_await socket_.async_read_some(in_.writable(), use_nothrow);
-            } else {
-                n = socket_.read_now(in_.writable(), rec);
-                if (rec == asio::error::would_block) {
-                    auto [wec] = co_await socket_.lowest_layer().async_wait(
-                        asio::socket_base::wait_read, use_nothrow);
-                    if (wec) co_return;
-                    continue;
-                }
-            }
-        }
-        if (rec) {  // EOF or reset: the client is gone
-            note_client_gone(rec);
-            co_return;
-        }
-        in_.commit(n);
-        idle_since_ns.store(0, std::memory_order_relaxed);
-        idle_in_xact_since_ns.store(0, std::memory_order_relaxed);
-
+        if (fatal_ || !socket_.is_open()) co_return false;
         for (;;) {
             auto r = m.on_client_data({in_.readable(), in_.size()});
             note_prepared_statements();
-            if (!co_await write_server()) co_return;
+            if (!co_await write_server()) co_return false;
             in_.consume(r.consumed);
-            if (!co_await flush_injections()) co_return;
+            if (!co_await flush_injections()) co_return false;
             if (r.event == relay::client_event::need_more) break;
             if (r.event == relay::client_event::terminate) {
                 client_gone_ = true;
                 close_reason_ = "client close request";
-                co_return;
+                co_return false;
             }
             if (r.event == relay::client_event::close) {
                 pool_->stats.errors_client++;
                 co_await send_error(r.sqlstate, r.message);
-                co_return;
+                co_return false;
             }
             if (r.event == relay::client_event::need_server) {
                 if (m.transaction_status() == 'I') xact_start_ = steady_clock::now();
-                if (!co_await link_server()) co_return;
+                if (!co_await link_server()) co_return false;
                 continue;
             }
             // need_admission: the fast path takes tokens from the local lease.
@@ -256,6 +281,30 @@ asio::awaitable<void> client_session::client_loop() {
                 v = co_await admit_request(!xact_ok);
             m.on_admission(v.allowed, v.retry_after, tenant_->name());
         }
+        if (fatal_ || !socket_.is_open()) co_return false;
+        if (in_.empty() && !m.client_mid_message()) co_return true;
+
+        // A message is here in part (or its body is still streaming): read the rest.
+        error_code rec;
+        std::size_t n = 0;
+        in_.reserve_tail(4096);
+        if (socket_.tls()) {
+            // OpenSSL decides how many socket bytes make a record: let it read.
+            std::tie(rec, n) = co_await socket_.async_read_some(in_.writable(), use_nothrow);
+        } else {
+            n = socket_.read_now(in_.writable(), rec);
+            if (rec == asio::error::would_block) {
+                auto [wec] = co_await socket_.lowest_layer().async_wait(
+                    asio::socket_base::wait_read, use_nothrow);
+                if (wec) co_return false;
+                continue;
+            }
+        }
+        if (rec) {  // EOF or reset: the client is gone
+            note_client_gone(rec);
+            co_return false;
+        }
+        in_.commit(n);
     }
 }
 
@@ -338,6 +387,9 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
             state = client_state::idle;
             m.on_server_released();
             sbuf.shrink_if_empty();
+            // Nothing is in flight on either side once the client waits idle: the
+            // request storage goes back to the worker's free list.
+            if (!relaying_client_) m.release_scratch();
             release_server(server, verdict == relay::machine::verdict::give_back);
             co_return;
         }

@@ -2,6 +2,7 @@
 
 #include <cassert>
 #include <cstring>
+#include <vector>
 
 #include "sluice/protocol/codec.hpp"
 
@@ -59,7 +60,75 @@ bool is_fatal_error(std::span<const std::uint8_t> body) {
 
 }  // namespace
 
+// ---------------------------------------------------------------------------------------
+// Request storage: held while the client has work, otherwise on this thread's free list
+// (each session stays on one worker thread, so a free list per thread is a free list per
+// worker; a unit test's single thread has one too).
+
+struct machine::scratch {
+    batch_builder to_server, to_client;
+    std::deque<reply> pending;
+};
+
+namespace {
+
+// Bounded: beyond it, released storage is freed. 128 x ~1.5 KiB per thread at most.
+constexpr std::size_t max_free_scratch = 128;
+
+template <class T>
+std::vector<std::unique_ptr<T>>& free_list() {
+    thread_local std::vector<std::unique_ptr<T>> list;
+    return list;
+}
+
+const batch_builder& empty_batch() {
+    static const batch_builder b;
+    return b;
+}
+
+}  // namespace
+
 machine::machine(settings s, observer& obs) : settings_(s), obs_(obs) {}
+
+machine::~machine() { release_scratch(); }
+
+machine::scratch& machine::work() {
+    if (!scratch_) {
+        auto& list = free_list<scratch>();
+        if (list.empty()) {
+            scratch_ = std::make_unique<scratch>();
+        } else {
+            scratch_ = std::move(list.back());
+            list.pop_back();
+        }
+    }
+    return *scratch_;
+}
+
+std::deque<machine::reply>& machine::queue() { return work().pending; }
+batch_builder& machine::out_server() { return work().to_server; }
+batch_builder& machine::out_client() { return work().to_client; }
+bool machine::queue_empty() const { return !scratch_ || scratch_->pending.empty(); }
+std::size_t machine::pending() const { return scratch_ ? scratch_->pending.size() : 0; }
+const batch_builder& machine::to_server() const {
+    return scratch_ ? scratch_->to_server : empty_batch();
+}
+const batch_builder& machine::to_client() const {
+    return scratch_ ? scratch_->to_client : empty_batch();
+}
+
+bool machine::release_scratch() {
+    if (!scratch_) return true;
+    // A reply still due: the queue is in use. (The builders only hold the last call's
+    // batches, and a message half-read on either side is followed by fields, not by them.)
+    if (!scratch_->pending.empty()) return false;
+    scratch_->to_server.reset(nullptr);
+    scratch_->to_client.reset(nullptr);
+    auto& list = free_list<scratch>();
+    if (list.size() < max_free_scratch) list.push_back(std::move(scratch_));
+    scratch_.reset();
+    return true;
+}
 
 void machine::on_server_linked(pool::server_statements* statements) {
     linked_ = true;
@@ -98,7 +167,7 @@ bool machine::is_request_start(char type) const {
 }
 
 void machine::drop_message(std::size_t& pos, std::uint32_t body_length) {
-    to_server_.skip(pos, 5);
+    out_server().skip(pos, 5);
     pos += 5;
     client_pass_ = body_length;
     client_discard_ = true;
@@ -111,7 +180,7 @@ void machine::fail_batch(std::string sqlstate, std::string message) {
     r.request = 'P';  // an extended request: dropped if an earlier one fails on the server
     r.action = reply::inject;
     proto::writer(r.bytes).error_response(sqlstate, message);
-    pending_.push_back(std::move(r));
+    queue().push_back(std::move(r));
     skip_ = skip::failed;
     in_batch_ = true;
 }
@@ -125,7 +194,7 @@ void machine::forwarded(char type) {
             reply r;
             r.request = type;
             r.copy_ends = copy_ends_sent_;
-            pending_.push_back(std::move(r));
+            queue().push_back(std::move(r));
             if (type == proto::msg::sync) {
                 unsynced_ = false;
                 batch_forwarded_ = false;
@@ -145,7 +214,7 @@ void machine::forwarded(char type) {
             reply r;
             r.request = type;
             r.copy_ends = copy_ends_sent_;
-            pending_.push_back(std::move(r));
+            queue().push_back(std::move(r));
             break;
         }
         case proto::msg::flush:
@@ -172,20 +241,20 @@ void machine::ensure_prepared(const client_statement& st, std::size_t pos) {
         r.server_statement = srv.pop_oldest();
         std::string close;
         proto::writer(close).close('S', r.server_statement);
-        to_server_.insert(pos, std::move(close));
-        pending_.push_back(std::move(r));
+        out_server().insert(pos, std::move(close));
+        queue().push_back(std::move(r));
     }
     std::string parse = header_bytes(proto::msg::parse,
                                      st.server_name.size() + 1 + st.parse_rest.size());
     parse += st.server_name;
     parse += '\0';
     parse += st.parse_rest;
-    to_server_.insert(pos, std::move(parse));
+    out_server().insert(pos, std::move(parse));
     reply r;
     r.request = 'P';
     r.action = reply::swallow;
     r.server_statement = st.server_name;
-    pending_.push_back(std::move(r));
+    queue().push_back(std::move(r));
     srv.add(st.server_name);
     obs_.on_server_parse();
 }
@@ -253,7 +322,7 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
                 return malformed();
             }
             obs_.on_client_parse();
-            to_server_.skip(pos, total);
+            out_server().skip(pos, total);
             pos += total;
             done = true;
             in_batch_ = true;
@@ -269,7 +338,7 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
             r.action = reply::inject;
             r.client_name = name;
             proto::writer(r.bytes).parse_complete();
-            pending_.push_back(std::move(r));
+            queue().push_back(std::move(r));
             return {};
         }
         // Bind: a client statement is renamed; the parameters that follow are streamed.
@@ -278,7 +347,7 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
         if (!linked_) return client_result{client_event::need_server, pos};
         obs_.on_client_bind();
         if (it != statements_.end()) {
-            to_server_.skip(pos, second + 1);
+            out_server().skip(pos, second + 1);
             ensure_prepared(it->second, pos);
             const auto& server_name = it->second.server_name;
             std::string head =
@@ -286,7 +355,7 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
             head.append(as_view(msg + 5, first + 1 - 5));  // portal and its NUL
             head += server_name;
             head += '\0';
-            to_server_.insert(pos, std::move(head));
+            out_server().insert(pos, std::move(head));
             pos += second + 1;
             client_pass_ = total - (second + 1);
         } else {
@@ -317,8 +386,8 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
         r.restore = std::move(it->second);
         statements_.erase(it);
         proto::writer(r.bytes).close_complete();
-        pending_.push_back(std::move(r));
-        to_server_.skip(pos, total);
+        queue().push_back(std::move(r));
+        out_server().skip(pos, total);
         pos += total;
         in_batch_ = true;
         done = true;
@@ -326,7 +395,7 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
     }
     if (!linked_) return client_result{client_event::need_server, pos};
     if (type == proto::msg::describe && it != statements_.end()) {
-        to_server_.skip(pos, total);
+        out_server().skip(pos, total);
         ensure_prepared(it->second, pos);
         std::string m;
         proto::writer w(m);
@@ -334,7 +403,7 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
         w.u8('S');
         w.cstring(it->second.server_name);
         w.finish();
-        to_server_.insert(pos, std::move(m));
+        out_server().insert(pos, std::move(m));
         pos += total;
     } else {
         pos += total;  // forwarded unchanged (a portal, an unnamed or unknown statement)
@@ -346,20 +415,20 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
 
 client_result machine::on_client_data(std::span<const std::uint8_t> in) {
     auto r = scan_client(in);
-    to_server_.finish(r.consumed);
+    out_server().finish(r.consumed);
     return r;
 }
 
 server_result machine::on_server_data(std::span<const std::uint8_t> in) {
     auto r = scan_server(in);
-    to_client_.finish(r.consumed);
+    out_client().finish(r.consumed);
     return r;
 }
 
 client_result machine::scan_client(std::span<const std::uint8_t> in) {
     const std::uint8_t* data = in.data();
     const std::size_t size = in.size();
-    to_server_.reset(data);
+    out_server().reset(data);
     std::size_t pos = 0;
     auto stop = [&](client_event e, std::string sqlstate = {}, std::string message = {}) {
         client_result r;
@@ -381,7 +450,7 @@ client_result machine::scan_client(std::span<const std::uint8_t> in) {
     while (pos < size) {
         settle_admission();
         if (client_pass_ > 0) {
-            pass_body(client_pass_, client_discard_, to_server_, pos, size);
+            pass_body(client_pass_, client_discard_, out_server(), pos, size);
             continue;
         }
         proto::frame_header h;
@@ -414,7 +483,7 @@ client_result machine::scan_client(std::span<const std::uint8_t> in) {
                 r.request = 'S';
                 r.action = reply::inject;
                 r.bytes = std::move(rejection_);
-                pending_.push_back(std::move(r));
+                queue().push_back(std::move(r));
                 skip_ = skip::none;
                 in_batch_ = false;
             } else {
@@ -444,7 +513,7 @@ client_result machine::scan_client(std::span<const std::uint8_t> in) {
                 reply r;
                 r.request = 'S';
                 r.action = reply::inject;
-                pending_.push_back(std::move(r));
+                queue().push_back(std::move(r));
                 in_batch_ = false;
             }
             continue;
@@ -473,17 +542,17 @@ client_result machine::scan_client(std::span<const std::uint8_t> in) {
 }
 
 bool machine::injections_due() const {
-    return !pending_.empty() && pending_.front().action == reply::inject;
+    return !queue_empty() && scratch_->pending.front().action == reply::inject;
 }
 
 void machine::take_injections(std::string& out) {
-    while (!pending_.empty() && pending_.front().action == reply::inject) {
-        auto& f = pending_.front();
+    while (!queue_empty() && queue().front().action == reply::inject) {
+        auto& f = queue().front();
         out += f.bytes;
         // A request answered here ends like any request: ReadyForQuery with the client's
         // true transaction state (known now that everything before it was answered).
         if (f.request == 'S') proto::writer(out).ready_for_query(transaction_status_);
-        pending_.pop_front();
+        queue().pop_front();
     }
 }
 
@@ -491,7 +560,7 @@ void machine::inject_front(std::size_t pos) {
     if (!injections_due()) return;
     std::string bytes;
     take_injections(bytes);
-    to_client_.insert(pos, std::move(bytes));
+    out_client().insert(pos, std::move(bytes));
 }
 
 // A skipped request had side effects Sluice applied in advance: undo them.
@@ -510,24 +579,24 @@ void machine::undo_skipped(reply& r) {
 void machine::on_error_completing_front() {
     // The front request failed. If it was an extended message, PostgreSQL now skips every
     // extended message until Sync: so do their replies, and whatever they were meant to do.
-    reply front = std::move(pending_.front());
-    pending_.pop_front();
+    reply front = std::move(queue().front());
+    queue().pop_front();
     if (front.request == 'P' && !front.server_statement.empty() && server_statements_)
         server_statements_->erase(front.server_statement);  // a failed Parse created nothing
     if (front.request == 'P' && !front.client_name.empty())
         statements_.erase(front.client_name);
     if (front.evicted && server_statements_) server_statements_->erase(front.server_statement);
     if (!is_extended(front.request)) return;
-    while (!pending_.empty() && is_extended(pending_.front().request)) {
-        undo_skipped(pending_.front());
-        pending_.pop_front();
+    while (!queue_empty() && is_extended(queue().front().request)) {
+        undo_skipped(queue().front());
+        queue().pop_front();
     }
     // No Sync forwarded yet: extended messages the client sends from now on are skipped
     // by the server too.
     // (A Sync already forwarded ends the skipping; unsynced_ alone could belong to the next
     // batch.)
-    const bool sync_next = !pending_.empty() && pending_.front().request == 'S' &&
-                           pending_.front().action == reply::forward;
+    const bool sync_next = !queue_empty() && queue().front().request == 'S' &&
+                           queue().front().action == reply::forward;
     server_skipping_ = unsynced_ && !sync_next;
 }
 
@@ -535,10 +604,10 @@ void machine::drop_syncs_ignored_during_copy() {
     // PostgreSQL ignores Sync (and Flush) received in copy-in mode. The Syncs the client sent
     // after the request that started this COPY and before its CopyDone/CopyFail get no
     // reply (libpq and JDBC send Execute and Sync together).
-    const std::uint32_t stamp = pending_.front().copy_ends;
-    for (auto it = std::next(pending_.begin()); it != pending_.end();) {
+    const std::uint32_t stamp = queue().front().copy_ends;
+    for (auto it = std::next(queue().begin()); it != queue().end();) {
         if (it->request == 'S' && it->action == reply::forward && it->copy_ends == stamp) {
-            it = pending_.erase(it);
+            it = queue().erase(it);
             if (outstanding_ > 0) outstanding_--;
         } else {
             ++it;
@@ -570,11 +639,11 @@ void machine::on_command_complete(std::string_view tag) {
 server_result machine::scan_server(std::span<const std::uint8_t> in) {
     const std::uint8_t* data = in.data();
     const std::size_t size = in.size();
-    to_client_.reset(data);
+    out_client().reset(data);
     std::size_t pos = 0;
     while (pos < size) {
         if (server_pass_ > 0) {
-            pass_body(server_pass_, server_discard_, to_client_, pos, size);
+            pass_body(server_pass_, server_discard_, out_client(), pos, size);
             continue;
         }
         proto::frame_header h;
@@ -617,13 +686,13 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
             server_dirty_ = true;
         }
         if (!async_message) {
-            if (pending_.empty()) {
+            if (queue_empty()) {
                 // Nobody asked: a FATAL after pg_terminate_backend, or a confused server.
                 // It still reaches the client, but the server never goes back to the pool.
                 server_dirty_ = true;
             } else {
-                const char request = pending_.front().request;
-                swallow = pending_.front().action == reply::swallow &&
+                const char request = queue().front().request;
+                swallow = queue().front().action == reply::swallow &&
                           t != proto::msg::error_response;
                 // (This erases from the queue: no reference into it may be held across.)
                 if (t == proto::msg::copy_in_response && (request == 'E' || request == 'Q'))
@@ -632,7 +701,7 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
                     if (t == proto::msg::error_response)
                         on_error_completing_front();
                     else
-                        pending_.pop_front();
+                        queue().pop_front();
                 }
             }
         }
@@ -652,8 +721,8 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
                         "25000", "transaction blocks not allowed in statement pooling mode",
                         "use pool_mode transaction for clients that open transactions",
                         "FATAL");
-                    to_client_.skip(pos, h.total());
-                    to_client_.insert(pos + h.total(), std::move(err));
+                    out_client().skip(pos, h.total());
+                    out_client().insert(pos + h.total(), std::move(err));
                     pos += h.total();
                     return {server_event::close, pos, {}, "transaction block in statement mode"};
                 }
@@ -665,11 +734,11 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
             } else if (is_fatal_error(body)) {
                 server_dirty_ = true;  // the server is closing this session
             }
-            if (swallow) to_client_.skip(pos, h.total());
+            if (swallow) out_client().skip(pos, h.total());
             pos += h.total();
             continue;
         }
-        if (swallow) to_client_.skip(pos, 5);
+        if (swallow) out_client().skip(pos, 5);
         pos += 5;
         server_pass_ = h.body_length;
         server_discard_ = swallow;
@@ -679,7 +748,7 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
 }
 
 bool machine::at_boundary() const {
-    return linked_ && pending_.empty() && outstanding_ == 0 && !unsynced_ &&
+    return linked_ && queue_empty() && outstanding_ == 0 && !unsynced_ &&
            transaction_status_ == 'I' && server_pass_ == 0 &&
            !(client_pass_ > 0 && !client_discard_) && skip_ == skip::none;
 }

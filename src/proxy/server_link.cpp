@@ -14,7 +14,11 @@ namespace proto = sluice::protocol;
 asio::awaitable<bool> client_session::link_server() {
     state = client_state::waiting;
     request_time = steady_clock::now();
-    auto r = co_await pool_->acquire(executor(), worker_, &queued_notice_);
+    // query_wait_notify's NOTICE, should the wait be long (lives in this frame only).
+    const std::function<asio::awaitable<void>()> queued_notice = [this] {
+        return send_queued_notice();
+    };
+    auto r = co_await pool_->acquire(executor(), worker_, &queued_notice);
     auto waited_us = std::chrono::duration_cast<std::chrono::microseconds>(r.waited).count();
     pool_->stats.wait_time_us += waited_us;
     pool_->stats.wait_latency.record(waited_us);
@@ -114,7 +118,7 @@ asio::awaitable<bool> client_session::refresh_untracked_parameters(pool::server_
 void client_session::server_loop_done() {
     server_loop_running_ = false;
     if (pool_) pool_->active_clients--;
-    server_loop_done_.cancel();
+    if (server_loop_done_) server_loop_done_->cancel();
 }
 
 asio::awaitable<void> client_session::finish_server() {
@@ -123,10 +127,10 @@ asio::awaitable<void> client_session::finish_server() {
         error_code ignored;
         server_->socket.cancel(ignored);
         socket_.cancel(ignored);  // a relay blocked writing to a vanished client
-        while (server_loop_running_) {
-            server_loop_done_.expires_at(steady_clock::time_point::max());
-            co_await server_loop_done_.async_wait(use_nothrow);
-        }
+        asio::steady_timer done(executor(), steady_clock::time_point::max());
+        server_loop_done_ = &done;
+        while (server_loop_running_) co_await done.async_wait(use_nothrow);
+        server_loop_done_ = nullptr;
     }
     if (!server_) co_return;
     auto s = std::move(server_);

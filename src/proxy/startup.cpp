@@ -152,7 +152,7 @@ asio::awaitable<bool> client_session::startup() {
         break;
     }
 
-    if (!refuse_sqlstate.empty()) {
+    if (refuse_sqlstate) {
         co_await send_error(refuse_sqlstate, refuse_message);
         co_return false;
     }

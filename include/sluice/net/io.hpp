@@ -2,6 +2,7 @@
 // Common Asio vocabulary for the I/O modules. Only net, proxy, pool, admin, redis and the
 // I/O halves of ratelimit include this.
 #include <boost/asio.hpp>
+#include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <cstdint>
 #include <cstring>
@@ -18,6 +19,22 @@ using steady_clock = std::chrono::steady_clock;
 // Awaitable completion that reports errors as values: peers misbehaving is normal, not
 // exceptional.
 inline constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
+
+// An allocator that takes exactly what an operation needs from the heap. For an operation
+// that may stay pending for hours (an idle client's read), bound with asio::bind_allocator:
+// Asio's default recycles per-thread blocks sized for coroutine frames, which would hold
+// several times the operation's size for as long as it waits.
+template <class T>
+struct exact_allocator {
+    using value_type = T;
+    exact_allocator() = default;
+    template <class U>
+    exact_allocator(const exact_allocator<U>&) noexcept {}
+    T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T))); }
+    void deallocate(T* p, std::size_t) noexcept { ::operator delete(p); }
+    template <class U>
+    bool operator==(const exact_allocator<U>&) const noexcept { return true; }
+};
 
 // A growable byte buffer with a read cursor: [begin, end) holds unread bytes. Memory is
 // not zero-filled, and blocks of the standard size are recycled per thread, so a

@@ -54,6 +54,9 @@ public:
     void kill_now(const std::string& sqlstate, const std::string& message);  // on its executor
 
     asio::any_io_executor executor() { return socket_.get_executor(); }
+    // Leaves the registry and the client count (once; finish() does it, or the handler
+    // of a coroutine that ended with an exception).
+    void leave_runtime();
     bool unix_socket() const { return addr == "unix"; }
 
     const std::uint64_t id;
@@ -97,7 +100,9 @@ public:
     bool tenant_connection_open_ = false;
     // Set by the listener when the client must be refused (max_client_conn, shutdown):
     // the startup packet is still read so that the client gets a proper ErrorResponse.
-    std::string refuse_sqlstate, refuse_message;
+    // (Static texts: a pointer each, not two strings per client.)
+    const char* refuse_sqlstate = nullptr;
+    const char* refuse_message = nullptr;
 
 private:
     // startup and authentication
@@ -121,7 +126,14 @@ private:
     asio::awaitable<void> handle_cancel_request(protocol::cancel_request req);
 
     // relay driver
-    asio::awaitable<void> client_loop();
+    // Relays what the client sent; true when all of it is handled and the client is idle
+    // (between messages), false when the session ends.
+    asio::awaitable<bool> client_loop();
+    asio::awaitable<void> relay_input();  // client_loop, then await_request() or finish()
+    void await_request();                 // the idle wait: a read with a plain handler
+    // The end of the session: the server given back or closed, counters, the log line
+    // (for a pooled client that logged in), the socket closed.
+    asio::awaitable<void> finish(bool logged_in);
     asio::awaitable<void> server_loop(pool::server_ptr server);
     asio::awaitable<bool> write_server();  // what the relay put in to_server()
     void note_client_gone(const error_code& ec);  // sets close_reason_ for an EOF or reset
@@ -156,9 +168,6 @@ private:
     }
     // query_wait_notify: the NOTICE a client queued for a server gets (pool::acquire).
     asio::awaitable<void> send_queued_notice();
-    const std::function<asio::awaitable<void>()> queued_notice_ = [this] {
-        return send_queued_notice();
-    };
     // Parameters by value: coroutine arguments must own their data (gcc 12).
     asio::awaitable<void> send_error(std::string sqlstate, std::string message,
                                      std::string hint = {}, bool fatal = true);
@@ -180,15 +189,18 @@ private:
     std::optional<relay::machine> relay_;  // from the end of login
     pool::server_ptr server_;              // linked server, if any
     bool server_loop_running_ = false;
-    asio::steady_timer server_loop_done_;
+    // finish_server() waits here for server_loop to end (its own timer, only then).
+    asio::steady_timer* server_loop_done_ = nullptr;
     bool client_gone_ = false;
     bool fatal_ = false;                   // the session is being torn down
     // Why the session ended, for the log_disconnections line in PgBouncer's words
     // ("closing because: client close request"); set where the end is decided.
-    std::string close_reason_ = "client unexpected eof";
+    std::string close_reason_;  // empty: "client unexpected eof" (no string per client)
     steady_clock::time_point query_start_{}, xact_start_{};
     std::vector<asio::const_buffer> write_pieces_, server_pieces_;
     bool reset_query_always_ = false;
+    bool left_runtime_ = false;
+    bool relaying_client_ = false;  // a client_loop is running (it may use the scratch)
 
     bool writing_client_ = false;
     // At most the other loop waits here; a vector, unlike a deque, allocates nothing

@@ -33,9 +33,15 @@
 //   - can_release() is the one place that says a server may go back: the reply queue is
 //     empty, no message is half-forwarded in either direction, the last ReadyForQuery said
 //     'I', no extended message is unsynced, and the server said nothing unexpected.
+//   - The working storage of a request (the reply queue and both batch builders: about
+//     1.5 KiB) exists only while the client has work. It comes from a per-thread free list
+//     at the first byte of a request and goes back when the driver says the client is
+//     idle (release_scratch()) with nothing in flight, so an idle client holds only its
+//     state proper: flags and its prepared statements.
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -99,12 +105,15 @@ struct server_result {
 class machine {
 public:
     machine(settings s, observer& obs);
+    ~machine();
+    machine(const machine&) = delete;
+    machine& operator=(const machine&) = delete;
 
     // --- client side
     client_result on_client_data(std::span<const std::uint8_t> in);
     // What to send to the server for the last on_client_data(): ranges of its input and
     // bytes the core built. Valid until the next call.
-    const batch_builder& to_server() const { return to_server_; }
+    const batch_builder& to_server() const;
     void on_server_linked(pool::server_statements* statements);
     void on_admission(bool allowed, std::chrono::milliseconds retry_after, std::string tenant);
     // Replies due to the client now (injected replies at the front of the queue).
@@ -113,7 +122,7 @@ public:
 
     // --- server side
     server_result on_server_data(std::span<const std::uint8_t> in);
-    const batch_builder& to_client() const { return to_client_; }
+    const batch_builder& to_client() const;
 
     // --- decisions
     // The one rule for giving a server back between transactions (transaction/statement
@@ -132,17 +141,24 @@ public:
     // before the server goes back. Clears the flag.
     bool take_parameter_refresh();
     void on_server_released();  // the driver gave the server back (or lost it)
+    // The client is idle (the driver waits for its next request): the request storage goes
+    // back to this thread's free list, unless something is still in flight. Returns whether
+    // it did. The batches from the last calls are invalid afterwards.
+    bool release_scratch();
+    bool holds_scratch() const { return scratch_ != nullptr; }
 
     // --- state, for the driver and the tests
     bool linked() const { return linked_; }
     char transaction_status() const { return transaction_status_; }
     int outstanding() const { return outstanding_; }
-    std::size_t pending() const { return pending_.size(); }
+    std::size_t pending() const;
     bool has_statement(const std::string& client_name) const {
         return statements_.count(client_name) != 0;
     }
     std::size_t statement_count() const { return statements_.size(); }
     bool server_skipping() const { return server_skipping_; }
+    // The body of a client message is still arriving (it is streamed, not held).
+    bool client_mid_message() const { return client_pass_ > 0; }
 
 private:
     struct reply {
@@ -161,6 +177,13 @@ private:
         std::string bytes;              // inject
     };
     enum class skip { none, rejected, failed };
+    struct scratch;  // reply queue and batch builders (relay.cpp), see the invariants
+
+    scratch& work();  // the request storage, taken from the free list if not held
+    std::deque<reply>& queue();
+    batch_builder& out_server();
+    batch_builder& out_client();
+    bool queue_empty() const;
 
     client_result scan_client(std::span<const std::uint8_t> in);
     server_result scan_server(std::span<const std::uint8_t> in);
@@ -181,8 +204,7 @@ private:
 
     settings settings_;
     observer& obs_;
-    batch_builder to_server_, to_client_;
-    std::deque<reply> pending_;
+    std::unique_ptr<scratch> scratch_;  // only while the client has work
     std::unordered_map<std::string, client_statement> statements_;  // the client's names
     pool::server_statements* server_statements_ = nullptr;
 

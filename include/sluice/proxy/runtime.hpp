@@ -82,7 +82,9 @@ public:
     std::unique_ptr<ratelimit::limiter> limiter;  // null when rate_limits is off
 
     std::vector<asio::any_io_executor> workers;
-    std::atomic<int> client_count{0};
+    std::atomic<int> client_count{0};  // client sessions accepted and not yet ended
+    // Set by net::server: a client session ended (any worker thread, once per session).
+    std::function<void()> client_ended;
     std::atomic<bool> accepting{true};
     std::atomic<bool> paused{false};      // PAUSE / SUSPEND: no new server assignments
     // A shutdown (signal or SHUTDOWN) is in progress: the console refuses commands

@@ -111,6 +111,14 @@ struct harness {
     std::size_t max_cbuf = 0;          // the most client bytes held at once
     int links = 0, releases = 0, closes = 0, admissions = 0;
     bool admit = true;
+    // As the driver does whenever the client waits idle: the request storage goes back
+    // (refused while a reply is due). Done after every step, so that every script below
+    // also checks that nothing the core needs later lives in it.
+    bool trim = true;
+    int trims = 0;
+    void trim_if_idle() {
+        if (trim && m.release_scratch()) ++trims;
+    }
     std::optional<proxy::relay::client_result> closed;
     bool terminated = false, server_closed = false;
 
@@ -133,7 +141,7 @@ struct harness {
             cbuf.erase(0, r.consumed);
             m.take_injections(to_client);
             switch (r.event) {
-                case client_event::need_more: return;
+                case client_event::need_more: trim_if_idle(); return;
                 case client_event::need_server:
                     ASSERT_FALSE(m.linked());
                     ++links;
@@ -164,6 +172,7 @@ struct harness {
                 ++(v == machine::verdict::give_back ? releases : closes);
                 m.on_server_released();
             }
+            trim_if_idle();
         }
     }
     // What each side received since the last check.
@@ -218,6 +227,32 @@ TEST(relay, simple_query_is_forwarded_and_the_server_released) {
         EXPECT_EQ(h.releases, 1);
         EXPECT_EQ(h.obs.ready, 1);
     }, transaction_mode());
+}
+
+TEST(relay, an_idle_client_holds_no_request_storage) {
+    harness h(transaction_mode());
+    h.trim = false;
+    EXPECT_FALSE(h.m.holds_scratch());
+    h.client(query("SELECT 1"));
+    EXPECT_TRUE(h.m.holds_scratch());
+    // The reply is due: the queue is in use and stays.
+    EXPECT_FALSE(h.m.release_scratch());
+    EXPECT_TRUE(h.m.holds_scratch());
+    EXPECT_EQ(h.m.pending(), 1u);
+    h.backend(row_description() + data_row("1") + command_complete("SELECT 1") + ready('I'));
+    EXPECT_EQ(h.releases, 1);
+    EXPECT_TRUE(h.m.release_scratch());
+    EXPECT_FALSE(h.m.holds_scratch());
+    EXPECT_EQ(h.m.pending(), 0u);
+    EXPECT_EQ(h.m.to_server().size(), 0u);  // an empty batch, not a dangling one
+    // The next request takes storage again and is relayed as the first was.
+    h.took_server();
+    h.took_client();
+    h.client(query("SELECT 2"));
+    EXPECT_BYTES(h.took_server(), query("SELECT 2"));
+    h.backend(command_complete("SELECT 1") + ready('I'));
+    EXPECT_BYTES(h.took_client(), command_complete("SELECT 1") + ready('I'));
+    EXPECT_EQ(h.releases, 2);
 }
 
 TEST(relay, an_open_transaction_keeps_the_server) {
