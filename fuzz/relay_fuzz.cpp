@@ -73,6 +73,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 m.take_injections(injected);
                 if (r.event == relay::client_event::need_more) {
                     FUZZ_CHECK(cbuf.size() <= s.max_held + 5);
+                    // The driver gives the request storage back while the client waits;
+                    // only a reply still due keeps it (and nothing else may be lost).
+                    if (cbuf.empty()) FUZZ_CHECK(m.release_scratch() || m.pending() > 0);
                     break;
                 }
                 if (r.event == relay::client_event::need_server) {

@@ -504,8 +504,11 @@ table show_version(proxy::runtime&) {
 }
 
 table show_mem(proxy::runtime& rt) {
-    // Sluice has no slab caches; these are the objects PgBouncer's caches would hold,
-    // with their sizes, so that memory tooling gets comparable figures.
+    // Sluice has no slab caches; these are the objects PgBouncer's caches would hold, with
+    // their sizes, so that memory tooling gets comparable figures. The buffer and relay
+    // rows are counted where memory is taken and given back (stats/held.hpp): what is
+    // really held, not one buffer per connection. memtotal = size x (used + free), except
+    // for iobuf_cache, where blocks larger than the standard size count at their size.
     table t;
     t.column("name");
     for (auto* c : {"size", "used", "free", "memtotal"}) t.column(c, int8_oid);
@@ -514,15 +517,26 @@ table show_mem(proxy::runtime& rt) {
     std::size_t servers = 0;
     for (auto& p : pools) servers += p->take_snapshot().servers.size();
     std::size_t clients = rt.sessions.size();
-    auto row = [&](const char* name, std::size_t size, std::size_t used) {
-        t.rows.push_back({name, unum(size), unum(used), "0", unum(size * used)});
+    auto row = [&](const char* name, std::size_t size, std::size_t used, std::size_t free = 0,
+                   std::size_t total = 0) {
+        t.rows.push_back({name, unum(size), unum(used), unum(free),
+                          unum(total ? total : size * (used + free))});
+    };
+    auto counted = [](stats::held what) {
+        return std::size_t(std::max<std::int64_t>(0, stats::held_total(what)));
     };
     row("user_cache", sizeof(config::user), cfg->users.size());
     row("db_cache", sizeof(config::database), cfg->databases.size());
     row("pool_cache", sizeof(pool::pool), pools.size());
     row("server_cache", sizeof(pool::server_connection), servers);
     row("client_cache", sizeof(proxy::client_session), clients);
-    row("iobuf_cache", byte_buffer::standard_size, clients + servers);
+    const std::size_t io_bytes = counted(stats::held::iobuf_used_bytes);
+    const std::size_t io_free = counted(stats::held::iobuf_free_blocks);
+    row("iobuf_cache", byte_buffer::standard_size,
+        (io_bytes + byte_buffer::standard_size - 1) / byte_buffer::standard_size, io_free,
+        io_bytes + io_free * byte_buffer::standard_size);
+    row("relay_scratch", proxy::relay::machine::scratch_bytes(),
+        counted(stats::held::scratch_used), counted(stats::held::scratch_free));
     return t;
 }
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "sluice/protocol/codec.hpp"
+#include "sluice/stats/held.hpp"
 
 namespace sluice::proxy::relay {
 
@@ -100,7 +101,9 @@ machine::scratch& machine::work() {
         } else {
             scratch_ = std::move(list.back());
             list.pop_back();
+            stats::held_add(stats::held::scratch_free, -1);
         }
+        stats::held_add(stats::held::scratch_used, 1);
     }
     return *scratch_;
 }
@@ -117,6 +120,16 @@ const batch_builder& machine::to_client() const {
     return scratch_ ? scratch_->to_client : empty_batch();
 }
 
+std::size_t machine::scratch_bytes() {
+    // The struct, plus what its three deques allocate when built (libstdc++: a map of 8
+    // pointers and one node of 512 bytes, or of one element when that is larger).
+    constexpr std::size_t map = 8 * sizeof(void*);
+    constexpr std::size_t reply_node =
+        sizeof(reply) < 512 ? 512 / sizeof(reply) * sizeof(reply) : sizeof(reply);
+    return sizeof(scratch) + 3 * map + 2 * (512 / sizeof(std::string) * sizeof(std::string)) +
+           reply_node;
+}
+
 bool machine::release_scratch() {
     if (!scratch_) return true;
     // A reply still due: the queue is in use. (The builders only hold the last call's
@@ -125,7 +138,11 @@ bool machine::release_scratch() {
     scratch_->to_server.reset(nullptr);
     scratch_->to_client.reset(nullptr);
     auto& list = free_list<scratch>();
-    if (list.size() < max_free_scratch) list.push_back(std::move(scratch_));
+    stats::held_add(stats::held::scratch_used, -1);
+    if (list.size() < max_free_scratch) {
+        list.push_back(std::move(scratch_));
+        stats::held_add(stats::held::scratch_free, 1);
+    }
     scratch_.reset();
     return true;
 }

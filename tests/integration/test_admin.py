@@ -716,3 +716,40 @@ def test_console_outlives_client_login_timeout(make_sluice):
         assert "client_login_timeout" in harness.parse_error_fields(msgs[0][1])["M"], msgs
         time.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))  # and at least as long as before
         assert show(c, "VERSION")[1]
+
+
+def test_show_mem_counts_what_is_really_held(make_sluice):
+    """SHOW MEM's buffer and relay rows are counted where memory is taken and given back:
+    idle clients hold no relay scratch and no I/O buffer; a client whose query is running
+    holds one scratch, given back when it ends."""
+    s = make_sluice(pool_mode="transaction", default_pool_size=2)
+    clients = [psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True) for _ in range(30)]
+    try:
+        for c in clients:
+            assert c.execute("SELECT 1").fetchone() == (1,)
+        with admin_conn(s) as a:
+            def mem():
+                return {r["name"]: r for r in show(a, "MEM")[1]}
+
+            # Every client is idle: nothing held (the console's own read holds no scratch).
+            m = wait_for(lambda: (lambda m: m if m["relay_scratch"]["used"] == 0 else None)(mem()),
+                         timeout=DEADLINE)
+            assert m, mem()
+            assert m["client_cache"]["used"] == 31, m  # 30 clients and this console
+            # Idle clients and idle servers hold no buffer block (blocks wait on free lists);
+            # the one in use is this console's, reading the command it answers.
+            assert m["iobuf_cache"]["used"] == 1, m
+            assert m["relay_scratch"]["size"] > 0, m
+            assert m["iobuf_cache"]["memtotal"] == \
+                (1 + m["iobuf_cache"]["free"]) * m["iobuf_cache"]["size"], m
+
+            # A query in progress: its reply is due, the relay holds its request storage.
+            t, box = run_thread(lambda: clients[0].execute("SELECT pg_sleep(3)").fetchone())
+            held = wait_for(lambda: mem()["relay_scratch"]["used"] == 1, timeout=DEADLINE)
+            assert held, mem()
+            t.join(DEADLINE)
+            assert box.get("error") is None, box
+            assert wait_for(lambda: mem()["relay_scratch"]["used"] == 0, timeout=DEADLINE), mem()
+    finally:
+        for c in clients:
+            c.close()

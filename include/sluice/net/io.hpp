@@ -9,6 +9,8 @@
 #include <memory>
 #include <vector>
 
+#include "sluice/stats/held.hpp"
+
 namespace sluice {
 namespace asio = boost::asio;
 using stream_socket = asio::generic::stream_protocol::socket;
@@ -93,16 +95,21 @@ private:
     }
     static block allocate(std::size_t n) {
         auto& c = cache();
+        stats::held_add(stats::held::iobuf_used_bytes, std::int64_t(n));
         if (n == standard_size && !c.empty()) {
             block b = std::move(c.back());
             c.pop_back();
+            stats::held_add(stats::held::iobuf_free_blocks, -1);
             return b;
         }
         return std::make_unique_for_overwrite<std::uint8_t[]>(n);
     }
     void release() {
-        if (data_ && capacity_ == standard_size && cache().size() < 256)
+        if (data_) stats::held_add(stats::held::iobuf_used_bytes, -std::int64_t(capacity_));
+        if (data_ && capacity_ == standard_size && cache().size() < 256) {
             cache().push_back(std::move(data_));
+            stats::held_add(stats::held::iobuf_free_blocks, 1);
+        }
         data_.reset();
         capacity_ = 0;
         begin = end = 0;

@@ -146,6 +146,7 @@ public:
     // it did. The batches from the last calls are invalid afterwards.
     bool release_scratch();
     bool holds_scratch() const { return scratch_ != nullptr; }
+    static std::size_t scratch_bytes();  // what one request storage takes (SHOW MEM)
 
     // --- state, for the driver and the tests
     bool linked() const { return linked_; }
