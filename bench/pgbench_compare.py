@@ -365,6 +365,11 @@ def run_pgbench(t: Target, a, log_prefix: Optional[Path] = None,
 
 def idle_memory(t: Target, k: int, budget_s: float, sslmode: str = "disable") -> Dict[str, Any]:
     import psycopg
+    import psycopg.waiting
+    # psycopg waits with select() by default, which fails on descriptors above 1023: with
+    # more than about 1000 idle clients every later query would fail. epoll has no limit.
+    if hasattr(psycopg.waiting, "wait_epoll"):
+        psycopg.waiting.wait = psycopg.waiting.wait_epoll
     dsn = (f"host=127.0.0.1 port={t.port} user={USER} password={PASSWORD} dbname={DB} "
            f"connect_timeout=10 sslmode={sslmode}")
     time.sleep(0.5)
