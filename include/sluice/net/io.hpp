@@ -22,20 +22,69 @@ using steady_clock = std::chrono::steady_clock;
 // exceptional.
 inline constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
 
-// An allocator that takes exactly what an operation needs from the heap. For an operation
-// that may stay pending for hours (an idle client's read), bound with asio::bind_allocator:
-// Asio's default recycles per-thread blocks sized for coroutine frames, which would hold
-// several times the operation's size for as long as it waits.
+// An allocator for an operation that may stay pending for hours (an idle client's read),
+// bound with asio::bind_allocator. Asio's default recycles per-thread blocks sized for
+// coroutine frames, which would hold several times the operation's size for as long as it
+// waits; this one takes the operation's size, rounded up to 64 bytes, and keeps freed
+// blocks on a small per-thread list per size class, so that a wait per request costs no
+// malloc on the steady path.
+namespace detail {
+struct op_block_cache {
+    static constexpr std::size_t granule = 64, classes = 8, max_blocks = 256;
+    std::vector<void*> free[classes];
+    ~op_block_cache() {
+        for (auto& list : free)
+            for (void* p : list) ::operator delete(p);
+    }
+    static op_block_cache& mine() {
+        thread_local op_block_cache c;
+        return c;
+    }
+};
+}  // namespace detail
+
 template <class T>
 struct exact_allocator {
     using value_type = T;
     exact_allocator() = default;
     template <class U>
     exact_allocator(const exact_allocator<U>&) noexcept {}
-    T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T))); }
-    void deallocate(T* p, std::size_t) noexcept { ::operator delete(p); }
+    T* allocate(std::size_t n) {
+        const std::size_t cls = size_class(n);
+        if (cls < detail::op_block_cache::classes) {
+            auto& list = detail::op_block_cache::mine().free[cls];
+            if (!list.empty()) {
+                void* p = list.back();
+                list.pop_back();
+                return static_cast<T*>(p);
+            }
+            return static_cast<T*>(::operator new((cls + 1) * detail::op_block_cache::granule));
+        }
+        return static_cast<T*>(::operator new(n * sizeof(T)));
+    }
+    void deallocate(T* p, std::size_t n) noexcept {
+        const std::size_t cls = size_class(n);
+        if (cls < detail::op_block_cache::classes) {
+            auto& list = detail::op_block_cache::mine().free[cls];
+            if (list.size() < detail::op_block_cache::max_blocks) {
+                try {
+                    list.push_back(p);
+                    return;
+                } catch (...) {  // (no memory for the list: free the block instead)
+                }
+            }
+        }
+        ::operator delete(p);
+    }
     template <class U>
     bool operator==(const exact_allocator<U>&) const noexcept { return true; }
+
+private:
+    static std::size_t size_class(std::size_t n) {
+        return (n * sizeof(T) + detail::op_block_cache::granule - 1) /
+                   detail::op_block_cache::granule -
+               1;
+    }
 };
 
 // A growable byte buffer with a read cursor: [begin, end) holds unread bytes. Memory is
