@@ -230,11 +230,11 @@ asio::awaitable<bool> client_session::write_server() {
     if (!server_) co_return true;  // (nothing reaches a server the core did not ask for)
     request_time = steady_clock::now();
     state = client_state::active;
-    write_pieces_.clear();
-    for (auto& [p, len] : batch.pieces()) write_pieces_.emplace_back(p, len);
+    buffer_list_lease pieces;
+    for (auto& [p, len] : batch.pieces()) pieces->emplace_back(p, len);
     // (a span, not the vector: async_write would copy a vector, a malloc per request)
     auto [ec, n] = co_await asio::async_write(
-        server_->socket, std::span<const asio::const_buffer>(write_pieces_), use_nothrow);
+        server_->socket, std::span<const asio::const_buffer>(*pieces), use_nothrow);
     if (ec) {
         pool_->stats.errors_server++;
         co_await send_error("08006", "server connection lost while sending the request");
@@ -358,9 +358,9 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
         } else {
             const auto& batch = m.to_client();
             if (batch.size() > 0) {
-                server_pieces_.clear();  // reused: no allocation per batch
-                for (auto& [p, len] : batch.pieces()) server_pieces_.emplace_back(p, len);
-                bool sent = co_await write_client(server_pieces_);
+                buffer_list_lease pieces;  // (a warm lease allocates nothing)
+                for (auto& [p, len] : batch.pieces()) pieces->emplace_back(p, len);
+                bool sent = co_await write_client(*pieces);
                 if (!sent) {
                     sbuf.consume(r.consumed);  // the client is gone: finish_server() decides
                     break;

@@ -66,9 +66,45 @@ bool is_fatal_error(std::span<const std::uint8_t> body) {
 // (each session stays on one worker thread, so a free list per thread is a free list per
 // worker; a unit test's single thread has one too).
 
+// A FIFO over a vector that keeps its capacity: once warm, a request costs no allocation
+// (a std::deque frees and allocates a node every few requests). Popped slots are
+// compacted away when they outnumber the live ones, so a pipeline that never drains
+// cannot grow it without bound.
+class machine::reply_queue {
+public:
+    using iterator = std::vector<reply>::iterator;
+    bool empty() const { return head_ == items_.size(); }
+    std::size_t size() const { return items_.size() - head_; }
+    reply& front() { return items_[head_]; }
+    void push_back(reply&& r) {
+        if (empty()) clear();
+        items_.push_back(std::move(r));
+    }
+    void pop_front() {
+        items_[head_] = reply{};  // (frees what it held: injected bytes can be large)
+        if (++head_ == items_.size()) {
+            clear();
+        } else if (head_ >= 64 && head_ > size()) {
+            items_.erase(items_.begin(), items_.begin() + std::ptrdiff_t(head_));
+            head_ = 0;
+        }
+    }
+    iterator begin() { return items_.begin() + std::ptrdiff_t(head_); }
+    iterator end() { return items_.end(); }
+    iterator erase(iterator it) { return items_.erase(it); }
+
+private:
+    void clear() {
+        items_.clear();
+        head_ = 0;
+    }
+    std::vector<reply> items_;
+    std::size_t head_ = 0;
+};
+
 struct machine::scratch {
     batch_builder to_server, to_client;
-    std::deque<reply> pending;
+    reply_queue pending;
 };
 
 namespace {
@@ -108,7 +144,7 @@ machine::scratch& machine::work() {
     return *scratch_;
 }
 
-std::deque<machine::reply>& machine::queue() { return work().pending; }
+machine::reply_queue& machine::queue() { return work().pending; }
 batch_builder& machine::out_server() { return work().to_server; }
 batch_builder& machine::out_client() { return work().to_client; }
 bool machine::queue_empty() const { return !scratch_ || scratch_->pending.empty(); }
@@ -121,13 +157,11 @@ const batch_builder& machine::to_client() const {
 }
 
 std::size_t machine::scratch_bytes() {
-    // The struct, plus what its three deques allocate when built (libstdc++: a map of 8
-    // pointers and one node of 512 bytes, or of one element when that is larger).
+    // The struct, plus what the builders' deques allocate when built (libstdc++: a map of
+    // 8 pointers and one node of 512 bytes) and room for a few replies.
     constexpr std::size_t map = 8 * sizeof(void*);
-    constexpr std::size_t reply_node =
-        sizeof(reply) < 512 ? 512 / sizeof(reply) * sizeof(reply) : sizeof(reply);
-    return sizeof(scratch) + 3 * map + 2 * (512 / sizeof(std::string) * sizeof(std::string)) +
-           reply_node;
+    return sizeof(scratch) + 2 * (map + 512 / sizeof(std::string) * sizeof(std::string)) +
+           4 * sizeof(reply);
 }
 
 bool machine::release_scratch() {

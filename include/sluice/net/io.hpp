@@ -87,6 +87,36 @@ private:
     }
 };
 
+// The buffer list of one gathered write, lent from a per-thread free list for as long as
+// the write takes (the lease lives in the writing coroutine's frame): a connection holds
+// none while idle, and a warm list costs no allocation per write.
+class buffer_list_lease {
+public:
+    buffer_list_lease() {
+        auto& f = free_lists();
+        if (!f.empty()) {
+            list_ = std::move(f.back());
+            f.pop_back();
+        }
+        list_.clear();
+    }
+    ~buffer_list_lease() {
+        auto& f = free_lists();
+        if (f.size() < 64 && list_.capacity() <= 1024) f.push_back(std::move(list_));
+    }
+    buffer_list_lease(const buffer_list_lease&) = delete;
+    buffer_list_lease& operator=(const buffer_list_lease&) = delete;
+    std::vector<asio::const_buffer>& operator*() { return list_; }
+    std::vector<asio::const_buffer>* operator->() { return &list_; }
+
+private:
+    static std::vector<std::vector<asio::const_buffer>>& free_lists() {
+        thread_local std::vector<std::vector<asio::const_buffer>> lists;
+        return lists;
+    }
+    std::vector<asio::const_buffer> list_;
+};
+
 // A growable byte buffer with a read cursor: [begin, end) holds unread bytes. Memory is
 // not zero-filled, and blocks of the standard size are recycled per thread, so a
 // connection can drop its buffer whenever it goes idle at almost no cost.

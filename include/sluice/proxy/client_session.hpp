@@ -197,7 +197,6 @@ private:
     // ("closing because: client close request"); set where the end is decided.
     std::string close_reason_;  // empty: "client unexpected eof" (no string per client)
     steady_clock::time_point query_start_{}, xact_start_{};
-    std::vector<asio::const_buffer> write_pieces_, server_pieces_;
     bool reset_query_always_ = false;
     bool left_runtime_ = false;
     bool relaying_client_ = false;  // a client_loop is running (it may use the scratch)

@@ -20,7 +20,7 @@
 //   nobody asked for (a FATAL, a notification for another client's LISTEN) is closed.
 //
 // Invariants
-//   - Every request that will be answered has one entry in the reply queue (`pending_`), in
+//   - Every request that will be answered has one entry in the reply queue (`scratch::pending`), in
 //     the order the answers will come: forwarded requests, requests Sluice added (answers
 //     dropped), and requests answered locally (answers injected in their turn).
 //   - After an ErrorResponse to an extended-protocol message, PostgreSQL skips every
@@ -178,10 +178,11 @@ private:
         std::string bytes;              // inject
     };
     enum class skip { none, rejected, failed };
-    struct scratch;  // reply queue and batch builders (relay.cpp), see the invariants
+    class reply_queue;  // the pending replies, oldest first (relay.cpp)
+    struct scratch;     // reply queue and batch builders (relay.cpp), see the invariants
 
     scratch& work();  // the request storage, taken from the free list if not held
-    std::deque<reply>& queue();
+    reply_queue& queue();
     batch_builder& out_server();
     batch_builder& out_client();
     bool queue_empty() const;
