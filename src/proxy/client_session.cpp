@@ -292,12 +292,12 @@ asio::awaitable<bool> client_session::client_loop() {
             // OpenSSL decides how many socket bytes make a record: let it read.
             std::tie(rec, n) = co_await socket_.async_read_some(in_.writable(), use_nothrow);
         } else {
-            n = socket_.read_now(in_.writable(), rec);
-            if (rec == asio::error::would_block) {
+            for (;;) {
+                n = socket_.read_now(in_.writable(), rec);
+                if (rec != asio::error::would_block) break;
                 auto [wec] = co_await socket_.lowest_layer().async_wait(
                     asio::socket_base::wait_read, use_nothrow);
                 if (wec) co_return false;
-                continue;
             }
         }
         if (rec) {  // EOF or reset: the client is gone
