@@ -15,6 +15,13 @@
 // The relay has two loops on the session's worker thread: client_loop reads the client,
 // server_loop (while a server is linked) reads the server. Both only move bytes and
 // call the core; the core is not thread-safe and needs none: both loops run on one strand.
+//
+// Lifetime: run() is the login. After it, client_loop runs only while the client has
+// sent something (relay_input, a short coroutine per burst of bytes); between messages
+// the client waits in await_request(): one read into first_bytes_ with a plain handler
+// that holds the session. So an idle client holds no coroutine frame, no relay scratch
+// (given back by whichever loop finishes last, never while the other may still write a
+// batch that lives in it) and no buffer. finish() ends the session, leave_runtime() once.
 #include <array>
 #include <functional>
 #include <map>
