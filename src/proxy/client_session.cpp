@@ -57,12 +57,13 @@ asio::awaitable<void> client_session::run() {
     max_packet_ = std::size_t(cfg->sluice.max_packet_size);
 
     // client_login_timeout: one watchdog for the whole login.
+    // (The flag is the session's, not this frame's: the handler may run after run() ended,
+    // when the timer fired just as the login finished.)
     asio::steady_timer login_watchdog(executor());
-    bool logged_in = false;
     if (cfg->sluice.client_login_timeout.count() > 0) {
         login_watchdog.expires_after(cfg->sluice.client_login_timeout);
-        login_watchdog.async_wait([this, self, &logged_in](error_code ec) {
-            if (ec || logged_in) return;
+        login_watchdog.async_wait([this, self](error_code ec) {
+            if (ec || login_over_) return;
             spdlog::info("client {} ({}:{}) did not log in within client_login_timeout", id,
                          addr, port);
             // Best effort, never blocking: a client that stopped mid-login may not read.
@@ -79,7 +80,7 @@ asio::awaitable<void> client_session::run() {
         });
     }
     bool ok = co_await startup();
-    logged_in = true;
+    login_over_ = true;
     login_watchdog.cancel();
     if (ok && console_role_ != admin::console_role::none) {
         // The console lives outside the login timeout and the pools.
@@ -127,20 +128,28 @@ void client_session::await_request() {
         asio::buffer(first_bytes_),
         asio::bind_allocator(exact_allocator<void>(), [self = shared_from_this()](
                                                           error_code ec, std::size_t n) {
-            if (ec) {
-                self->note_client_gone(ec);
-            } else {
-                self->in_.reserve_tail(std::max<std::size_t>(4096, n));
-                std::memcpy(self->in_.writable().data(), self->first_bytes_.data(), n);
-                self->in_.commit(n);
+            // A plain handler: an exception (no memory) would escape into the worker's
+            // run loop and end the process, where a coroutine's only ends its session.
+            try {
+                if (ec) {
+                    self->note_client_gone(ec);
+                } else {
+                    self->in_.reserve_tail(std::max<std::size_t>(4096, n));
+                    std::memcpy(self->in_.writable().data(), self->first_bytes_.data(), n);
+                    self->in_.commit(n);
+                }
+                auto& s = *self;
+                asio::co_spawn(s.executor(), ec ? s.finish(true) : s.relay_input(),
+                               [self](std::exception_ptr e) {
+                                   if (!e) return;
+                                   spdlog::error("client {}: relay ended with an exception",
+                                                 self->id);
+                                   self->leave_runtime();
+                               });
+            } catch (const std::exception& e) {
+                spdlog::error("client {}: {}", self->id, e.what());
+                self->leave_runtime();
             }
-            auto& s = *self;
-            asio::co_spawn(s.executor(), ec ? s.finish(true) : s.relay_input(),
-                           [self = std::move(self)](std::exception_ptr e) {
-                               if (!e) return;
-                               spdlog::error("client {}: relay ended with an exception", self->id);
-                               self->leave_runtime();
-                           });
         }));
 }
 
@@ -305,6 +314,7 @@ asio::awaitable<bool> client_session::client_loop() {
             co_return false;
         }
         in_.commit(n);
+        idle_in_xact_since_ns.store(0, std::memory_order_relaxed);  // it is still sending
     }
 }
 
@@ -388,8 +398,13 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
             m.on_server_released();
             sbuf.shrink_if_empty();
             // Nothing is in flight on either side once the client waits idle: the
-            // request storage goes back to the worker's free list.
-            if (!relaying_client_) m.release_scratch();
+            // request storage goes back to the worker's free list, and the client is
+            // idle from now (client_idle_timeout), which await_request could not say
+            // while this server was still linked.
+            if (!relaying_client_) {
+                m.release_scratch();
+                idle_since_ns.store(now_ns(), std::memory_order_relaxed);
+            }
             release_server(server, verdict == relay::machine::verdict::give_back);
             co_return;
         }

@@ -127,7 +127,11 @@ const batch_builder& empty_batch() {
 
 machine::machine(settings s, observer& obs) : settings_(s), obs_(obs) {}
 
-machine::~machine() { release_scratch(); }
+machine::~machine() {
+    // Back to the free list when it can go; otherwise (a reply was still due: the client
+    // left mid-request) it is freed with the machine, and no longer counted either way.
+    if (!release_scratch()) stats::held_add(stats::held::scratch_used, -1);
+}
 
 machine::scratch& machine::work() {
     if (!scratch_) {

@@ -750,6 +750,15 @@ def test_show_mem_counts_what_is_really_held(make_sluice):
             t.join(DEADLINE)
             assert box.get("error") is None, box
             assert wait_for(lambda: mem()["relay_scratch"]["used"] == 0, timeout=DEADLINE), mem()
+
+            # A client that leaves while its reply is due: the storage goes with the
+            # session, and is not counted as held any more.
+            raw = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
+            raw.login("app", APP_PW, "app")
+            raw.send(message(b"Q", b"SELECT pg_sleep(3)\0"))
+            assert wait_for(lambda: mem()["relay_scratch"]["used"] == 1, timeout=DEADLINE), mem()
+            raw.close()
+            assert wait_for(lambda: mem()["relay_scratch"]["used"] == 0, timeout=DEADLINE), mem()
     finally:
         for c in clients:
             c.close()

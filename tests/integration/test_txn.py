@@ -955,6 +955,16 @@ def test_client_idle_timeout_57P05(make_sluice, su):
     errs = errors_in(msgs)
     assert [e["C"] for e in errs] == ["57P05"], msgs
     assert elapsed >= 0.8, elapsed  # not early; no upper bound (the deadline is 30 s)
+    # Idle after a query too: its server went back at the end of the transaction, on the
+    # server side of the relay (the client side was already waiting by then).
+    c = raw_login(s, timeout=DEADLINE)
+    try:
+        rows, err = c.query("SELECT 1")
+        assert err is None, err
+        msgs = c.read_until_close(timeout=DEADLINE)
+    finally:
+        c.close()
+    assert [e["C"] for e in errors_in(msgs)] == ["57P05"], msgs
     assert_usable(s)
     assert app_servers(su) <= 1
 

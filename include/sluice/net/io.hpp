@@ -102,7 +102,12 @@ public:
     }
     ~buffer_list_lease() {
         auto& f = free_lists();
-        if (f.size() < 64 && list_.capacity() <= 1024) f.push_back(std::move(list_));
+        if (f.size() < 64 && list_.capacity() <= 1024) {
+            try {
+                f.push_back(std::move(list_));
+            } catch (...) {  // (no memory for the list: the vector is simply freed)
+            }
+        }
     }
     buffer_list_lease(const buffer_list_lease&) = delete;
     buffer_list_lease& operator=(const buffer_list_lease&) = delete;

@@ -21,7 +21,8 @@
 // the client waits in await_request(): one read into first_bytes_ with a plain handler
 // that holds the session. So an idle client holds no coroutine frame, no relay scratch
 // (given back by whichever loop finishes last, never while the other may still write a
-// batch that lives in it) and no buffer. finish() ends the session, leave_runtime() once.
+// batch that lives in it; in session mode the linked server keeps it) and no buffer.
+// finish() ends the session, leave_runtime() once.
 #include <array>
 #include <functional>
 #include <map>
@@ -207,6 +208,7 @@ private:
     bool reset_query_always_ = false;
     bool left_runtime_ = false;
     bool relaying_client_ = false;  // a client_loop is running (it may use the scratch)
+    bool login_over_ = false;       // client_login_timeout's watchdog has nothing to do
 
     bool writing_client_ = false;
     // At most the other loop waits here; a vector, unlike a deque, allocates nothing

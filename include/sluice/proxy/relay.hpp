@@ -40,7 +40,6 @@
 //     state proper: flags and its prepared statements.
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
