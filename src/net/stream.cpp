@@ -238,6 +238,35 @@ std::size_t stream::read_now(asio::mutable_buffer b, error_code& ec) {
     }
 }
 
+std::size_t stream::write_now(std::span<const asio::const_buffer> pieces, error_code& ec) {
+    std::array<iovec, 64> iov;
+    std::size_t count = 0;
+    for (auto& b : pieces) {
+        if (b.size() == 0) continue;
+        if (count == iov.size()) break;  // (the caller sends the rest later)
+        iov[count++] = iovec{const_cast<void*>(b.data()), b.size()};
+    }
+    if (count == 0) {
+        ec = {};
+        return 0;
+    }
+    msghdr msg{};
+    msg.msg_iov = iov.data();
+    msg.msg_iovlen = count;
+    for (;;) {
+        ssize_t n = ::sendmsg(socket_.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n >= 0) {
+            ec = {};
+            return std::size_t(n);
+        }
+        if (errno == EINTR) continue;
+        ec = (errno == EAGAIN || errno == EWOULDBLOCK)
+                 ? error_code(asio::error::would_block)
+                 : error_code(errno, asio::error::get_system_category());
+        return 0;
+    }
+}
+
 void stream::reset() {
     tls_.reset();
     error_code ignored;

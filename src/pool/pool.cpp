@@ -227,8 +227,51 @@ asio::awaitable<acquire_result> pool::acquire(
     co_return r;
 }
 
+pool::quick_checkout pool::try_acquire_now(asio::any_io_executor ex, int worker) {
+    // A few idle servers may turn out broken (a restart closed them all): each one's slot
+    // goes back, and after a few the caller takes the waiting path, which connects.
+    for (int tries = 0; tries < 4; ++tries) {
+        std::shared_ptr<const settings> snapshot;
+        server_ptr s;
+        {
+            std::lock_guard lk(mutex_);
+            sync_pause_locked();
+            auto id = state_.take_idle(worker);
+            if (!id) return {};
+            snapshot = snapshot_;
+            s = find_locked(*id);
+            s->state = server_state::active;
+        }
+        switch (check_out_now(s, ex, worker, *snapshot)) {
+        case check_verdict::usable:
+            return {std::move(s), false};
+        case check_verdict::round_trips_due:
+            return {std::move(s), true};
+        case check_verdict::dropped:
+            release_slot();
+            break;
+        }
+    }
+    return {};
+}
+
+void pool::release_slot() {
+    std::lock_guard lk(mutex_);
+    sync_pause_locked();
+    if (auto g = state_.slot_freed()) grant_locked(*g);
+}
+
 asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, int worker,
                                        const settings& cfg) {
+    const auto verdict = check_out_now(s, ex, worker, cfg);
+    if (verdict == check_verdict::dropped) co_return false;
+    if (verdict == check_verdict::usable) co_return true;
+    bool usable = co_await check_out_round_trips(s, cfg);
+    co_return usable;
+}
+
+pool::check_verdict pool::check_out_now(const server_ptr& s, const asio::any_io_executor& ex,
+                                        int worker, const settings& cfg) {
     // A server handed to a client has no unread bytes: an idle server has nothing to say,
     // so anything readable (EOF after pg_terminate_backend or a restart, a FATAL, a
     // NOTIFY for a LISTEN a former client left behind) means it is not fit to hand out.
@@ -236,13 +279,13 @@ asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, in
     // next client.
     if (s->close_needed) {  // RECONNECT, new server TLS settings: not handed out again
         retire(s, false);
-        co_return false;
+        return check_verdict::dropped;
     }
     if (!s->buffer.empty() || s->broken_while_idle()) {
         spdlog::info("server {} of {}/{} closed or spoke while idle; dropping it", s->id,
                      database_, user_);
         retire(s, false);  // the client connects in its slot
-        co_return false;
+        return check_verdict::dropped;
     }
     // Its host changed role since it was made (a promotion seen by another server): what
     // it was chosen for may no longer hold. Only entries with several hosts or a target
@@ -257,15 +300,38 @@ asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, in
             spdlog::info("server {} of {}/{}: {} changed role since it was opened; dropping it",
                          s->id, database_, user_, s->host());
             retire(s, false);
-            co_return false;
+            return check_verdict::dropped;
         }
     }
     s->migrate(ex);
     s->worker = worker;
-    // server_check_delay: a server idle for longer is tested before it is handed out
-    // (server_check_query; empty = an empty query, one cheap round trip).
-    if (cfg.server_check_delay.count() >= 0 &&
-        steady_clock::now() - s->last_used > cfg.server_check_delay) {
+    const auto now = steady_clock::now();
+    if (check_due(*s, cfg, now) || lag_check_due(*s, cfg, now))
+        return check_verdict::round_trips_due;
+    s->last_used = now;
+    stats.server_assignment_count++;
+    return check_verdict::usable;
+}
+
+bool pool::check_due(const server_connection& s, const settings& cfg,
+                     steady_clock::time_point now) {
+    // server_check_delay: a server idle for longer is tested before it is handed out.
+    return cfg.server_check_delay.count() >= 0 && now - s.last_used > cfg.server_check_delay;
+}
+
+bool pool::lag_check_due(const server_connection& s, const settings& cfg,
+                         steady_clock::time_point now) {
+    // max_replica_lag: a standby of a prefer-standby entry is measured again when its last
+    // measure is older than server_check_delay.
+    const host_group* group = cfg.hosts.get();
+    return s.role == 's' && group && group->max_replica_lag &&
+           group->state.target() == target_session_attrs::prefer_standby &&
+           cfg.server_check_delay.count() >= 0 && now - s.lag_checked_at > cfg.server_check_delay;
+}
+
+asio::awaitable<bool> pool::check_out_round_trips(server_ptr s, const settings& cfg) {
+    // server_check_query (empty = an empty query, one cheap round trip).
+    if (check_due(*s, cfg, steady_clock::now())) {
         s->state = server_state::tested;
         std::string check = cfg.server_check_query;
         bool alive = co_await s->run_internal_query(std::move(check), cfg.login.max_packet_size);
@@ -277,14 +343,10 @@ asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, in
         }
         s->state = server_state::active;
     }
-    // max_replica_lag: a standby of a prefer-standby entry is measured again when its last
-    // measure is older than server_check_delay. One that lags is closed and its host
-    // waits out server_login_retry: this client, and the next ones, go to another host.
+    // A standby that lags is closed and its host waits out server_login_retry: this
+    // client, and the next ones, go to another host.
     const host_group* group = cfg.hosts.get();
-    if (s->role == 's' && group && group->max_replica_lag &&
-        group->state.target() == target_session_attrs::prefer_standby &&
-        cfg.server_check_delay.count() >= 0 &&
-        steady_clock::now() - s->lag_checked_at > cfg.server_check_delay) {
+    if (lag_check_due(*s, cfg, steady_clock::now())) {
         bool failed = false;
         bool lagging = co_await lags(*s, *group->max_replica_lag, cfg.login.max_packet_size, failed);
         if (failed || lagging) {
@@ -306,6 +368,16 @@ asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, in
     s->last_used = steady_clock::now();
     stats.server_assignment_count++;
     co_return true;
+}
+
+asio::awaitable<bool> pool::check_out_round_trips(server_ptr s) {
+    std::shared_ptr<const settings> snapshot;
+    {
+        std::lock_guard lk(mutex_);
+        snapshot = snapshot_;
+    }
+    bool usable = co_await check_out_round_trips(std::move(s), *snapshot);
+    co_return usable;
 }
 
 bool pool::wants_servers() const {

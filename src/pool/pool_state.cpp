@@ -27,19 +27,21 @@ server_id pool_state::pop_idle() {
     return s;
 }
 
+std::optional<server_id> pool_state::take_idle(int worker) {
+    if (paused_ || !waiters_.empty() || idle_.empty()) return std::nullopt;
+    if (limits_.round_robin) return pop_idle();  // the longest idle, wherever it is
+    // Prefer a server already on this worker (no socket migration), the most recently
+    // used first (warmest caches, and the others can time out).
+    auto it = std::find_if(idle_.rbegin(), idle_.rend(),
+                           [&](const idle_entry& e) { return e.worker == worker; });
+    auto pos = it != idle_.rend() ? std::prev(it.base()) : std::prev(idle_.end());
+    server_id s = pos->id;
+    idle_.erase(pos);
+    return s;
+}
+
 checkout pool_state::request(waiter_id w, int worker, clock_time) {
-    if (!paused_ && waiters_.empty() && !idle_.empty() && limits_.round_robin)
-        return {checkout::idle_server, pop_idle()};  // the longest idle, wherever it is
-    if (!paused_ && waiters_.empty() && !idle_.empty()) {
-        // Prefer a server already on this worker (no socket migration), the most
-        // recently used first (warmest caches, and the others can time out).
-        auto it = std::find_if(idle_.rbegin(), idle_.rend(),
-                               [&](const idle_entry& e) { return e.worker == worker; });
-        auto pos = it != idle_.rend() ? std::prev(it.base()) : std::prev(idle_.end());
-        server_id s = pos->id;
-        idle_.erase(pos);
-        return {checkout::idle_server, s};
-    }
+    if (auto s = take_idle(worker)) return {checkout::idle_server, *s};
     if (!paused_ && waiters_.empty() && take(false)) return {checkout::connect, 0};
     waiters_.push_back({w, worker});
     return {checkout::wait, 0};

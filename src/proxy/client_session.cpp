@@ -233,14 +233,35 @@ asio::awaitable<bool> client_session::flush_injections() {
     co_return co_await write_client(out);
 }
 
-asio::awaitable<bool> client_session::write_server() {
+bool client_session::write_server_now(std::size_t& sent) {
+    sent = 0;
     const auto& batch = relay_->to_server();
-    if (batch.size() == 0) co_return true;
-    if (!server_) co_return true;  // (nothing reaches a server the core did not ask for)
+    if (batch.size() == 0 || !server_) return true;  // (nothing reaches a server the core did not ask for)
     request_time = steady_clock::now();
     state = client_state::active;
+    if (server_->socket.tls()) return false;
     buffer_list_lease pieces;
     for (auto& [p, len] : batch.pieces()) pieces->emplace_back(p, len);
+    error_code ec;
+    sent = server_->socket.write_now(*pieces, ec);  // (an error: write_server() sees it too)
+    if (sent < batch.size()) return false;
+    pool_->stats.bytes_received += batch.size();
+    return true;
+}
+
+asio::awaitable<bool> client_session::write_server(std::size_t sent) {
+    const auto& batch = relay_->to_server();
+    if (batch.size() == 0 || !server_) co_return true;
+    buffer_list_lease pieces;
+    std::size_t skip = sent;
+    for (auto& [p, len] : batch.pieces()) {
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        pieces->emplace_back(static_cast<const char*>(p) + skip, len - skip);
+        skip = 0;
+    }
     // (a span, not the vector: async_write would copy a vector, a malloc per request)
     auto [ec, n] = co_await asio::async_write(
         server_->socket, std::span<const asio::const_buffer>(*pieces), use_nothrow);
@@ -264,7 +285,10 @@ asio::awaitable<bool> client_session::client_loop() {
         for (;;) {
             auto r = m.on_client_data({in_.readable(), in_.size()});
             note_prepared_statements();
-            if (!co_await write_server()) co_return false;
+            std::size_t sent = 0;
+            bool written = write_server_now(sent);
+            if (!written) written = co_await write_server(sent);
+            if (!written) co_return false;
             in_.consume(r.consumed);
             if (!co_await flush_injections()) co_return false;
             if (r.event == relay::client_event::need_more) break;
@@ -280,7 +304,11 @@ asio::awaitable<bool> client_session::client_loop() {
             }
             if (r.event == relay::client_event::need_server) {
                 if (m.transaction_status() == 'I') xact_start_ = steady_clock::now();
-                if (!co_await link_server()) co_return false;
+                pool::server_ptr taken;
+                bool round_trips_due = false;
+                bool linked = link_server_now(taken, round_trips_due);
+                if (!linked) linked = co_await link_server(std::move(taken), round_trips_due);
+                if (!linked) co_return false;
                 continue;
             }
             // need_admission: the fast path takes tokens from the local lease.
@@ -330,28 +358,153 @@ void client_session::note_client_gone(const error_code& ec) {
     else if (server_ && !relay_->server_clean()) close_reason_ += " (in a transaction)";
 }
 
-asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
+// --- the server side -------------------------------------------------------------------
+//
+// Flow (plain server socket): link_server -> await_server: a read with a plain handler
+//   bytes -> on_server_read: the core, the reply sent with one sendmsg
+//         -> end of the transaction: the server goes back (release_if_done), done
+//         -> more to come: await_server again
+//         -> anything else: server_loop (a coroutine) takes over from that very point
+// TLS servers go to server_loop from the start (OpenSSL decides what a read needs).
+// So the usual transaction costs no coroutine on the server side. (A wait followed by a
+// non-blocking read would save the recv that finds nothing when the read starts, but
+// Asio's epoll reactor re-arms the descriptor with epoll_ctl for every wait: no gain.)
+// Invariant: while a server is linked, exactly one of await_server's read or server_loop
+// is running for it (server_loop_running_), and finish_server() waits for it to end.
+
+void client_session::await_server(pool::server_ptr server) {
+    auto& sbuf = server->buffer;
+    sbuf.reserve_tail(4096);
+    auto& sock = server->socket;
+    sock.async_read_some(sbuf.writable(),
+                         asio::bind_allocator(exact_allocator<void>(),
+                                              [self = shared_from_this(), server = std::move(server)](
+                                                  error_code ec, std::size_t n) mutable {
+                                                  self->on_server_read(std::move(server), ec, n);
+                                              }));
+}
+
+void client_session::on_server_read(pool::server_ptr server, error_code ec, std::size_t n) {
+    // A plain handler: an exception must end this session only (see await_request).
+    try {
+        if (ec) {
+            continue_server_loop(std::move(server), ec, std::nullopt, 0);
+            return;
+        }
+        auto& sbuf = server->buffer;
+        sbuf.commit(n);
+        auto& m = *relay_;
+        auto r = m.on_server_data({sbuf.readable(), sbuf.size()});
+        note_prepared_statements();
+        // Only the plain case goes on here; the rest is server_loop's (same steps). The
+        // client's socket is written here only when no one else writes or waits to.
+        if (r.event != relay::server_event::need_more || m.parameter_refresh_due() ||
+            writing_client_ || !write_waiters_.empty() || socket_.tls() || client_gone_ ||
+            fatal_ || server_ != server) {
+            continue_server_loop(std::move(server), {}, std::move(r), 0);
+            return;
+        }
+        const auto& batch = m.to_client();
+        std::size_t sent = 0;
+        if (batch.size() > 0) {
+            buffer_list_lease pieces;
+            for (auto& [p, len] : batch.pieces()) pieces->emplace_back(p, len);
+            error_code wec;
+            sent = socket_.write_now(*pieces, wec);
+            if (sent < batch.size()) {  // the client's socket is full (or it is gone)
+                continue_server_loop(std::move(server), {}, std::move(r), sent);
+                return;
+            }
+            pool_->stats.bytes_sent += batch.size();
+        }
+        sbuf.consume(r.consumed);
+        if (release_if_done(server)) {
+            server_loop_done();
+            return;
+        }
+        await_server(std::move(server));
+    } catch (const std::exception& e) {
+        spdlog::error("client {}: server relay failed: {}", id, e.what());
+        error_code ignored;
+        socket_.close(ignored);  // the client side ends the session
+        server->close_needed = true;
+        server_loop_done();
+    }
+}
+
+void client_session::continue_server_loop(pool::server_ptr server, error_code failed,
+                                          std::optional<relay::server_result> pending,
+                                          std::size_t sent) {
+    asio::co_spawn(executor(), server_loop(std::move(server), failed, std::move(pending), sent),
+                   [self = shared_from_this()](std::exception_ptr e) {
+                       if (e) spdlog::error("client {}: server relay ended with an exception", self->id);
+                       self->server_loop_done();
+                   });
+}
+
+bool client_session::release_if_done(const pool::server_ptr& server) {
+    // Back to the pool at the end of a transaction, once nothing the client sent is
+    // still unanswered (asked after the write: the client may have sent more).
+    auto& m = *relay_;
+    const auto verdict = m.release();
+    if (verdict == relay::machine::verdict::keep || !server->buffer.empty() || server_ != server)
+        return false;
+    server_ = nullptr;
+    linked_server_id = 0;
+    state = client_state::idle;
+    m.on_server_released();
+    server->buffer.shrink_if_empty();
+    // Nothing is in flight on either side once the client waits idle: the request
+    // storage goes back to the worker's free list, and the client is idle from now
+    // (client_idle_timeout), which await_request could not say while this server was
+    // still linked.
+    if (!relaying_client_) {
+        m.release_scratch();
+        idle_since_ns.store(now_ns(), std::memory_order_relaxed);
+    }
+    release_server(server, verdict == relay::machine::verdict::give_back);
+    return true;
+}
+
+asio::awaitable<void> client_session::server_loop(pool::server_ptr server, error_code failed,
+                                                  std::optional<relay::server_result> pending,
+                                                  std::size_t sent) {
+    // Entered with nothing pending (TLS), or where on_server_readable stopped: a read that
+    // failed (`failed`), or the core's verdict on bytes read (`pending`) of whose reply
+    // `sent` bytes already went out.
     auto& m = *relay_;
     auto& sbuf = server->buffer;
     auto& stats = pool_->stats;
     for (;;) {
-        sbuf.reserve_tail(4096);
-        auto [rec, n] = co_await server->socket.async_read_some(sbuf.writable(), use_nothrow);
-        if (rec) {
-            if (client_gone_ || fatal_) break;  // finish_server() decides what happens
-            spdlog::warn("server {} of {}/{} failed: {}", server->id, pool_->database(),
-                         pool_->user(), rec.message());
-            server->close_needed = true;
-            stats.errors_server++;
-            if (socket_.is_open())
-                co_await send_error("08006", "server connection closed unexpectedly");
-            error_code ignored;
-            socket_.close(ignored);  // client_loop ends; finish_server discards the server
-            break;
+        relay::server_result r;
+        if (pending) {
+            r = std::move(*pending);
+            pending.reset();
+        } else {
+            error_code rec = failed;
+            std::size_t n = 0;
+            failed = {};
+            if (!rec) {
+                sbuf.reserve_tail(4096);
+                std::tie(rec, n) =
+                    co_await server->socket.async_read_some(sbuf.writable(), use_nothrow);
+            }
+            if (rec) {
+                if (client_gone_ || fatal_) break;  // finish_server() decides what happens
+                spdlog::warn("server {} of {}/{} failed: {}", server->id, pool_->database(),
+                             pool_->user(), rec.message());
+                server->close_needed = true;
+                stats.errors_server++;
+                if (socket_.is_open())
+                    co_await send_error("08006", "server connection closed unexpectedly");
+                error_code ignored;
+                socket_.close(ignored);  // client_loop ends; finish_server discards the server
+                break;
+            }
+            sbuf.commit(n);
+            r = m.on_server_data({sbuf.readable(), sbuf.size()});
+            note_prepared_statements();
         }
-        sbuf.commit(n);
-        auto r = m.on_server_data({sbuf.readable(), sbuf.size()});
-        note_prepared_statements();
         const bool releasable = r.event == relay::server_event::need_more &&
                                 r.consumed == sbuf.size() &&
                                 m.release() == relay::machine::verdict::give_back;
@@ -359,24 +512,41 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
         if (releasable && m.take_parameter_refresh()) {
             // A SET/RESET may have changed parameters PostgreSQL does not report: read them
             // before the client gets its ReadyForQuery (it cannot send more until then).
-            for (auto& [p, len] : m.to_client().pieces())
-                copy.append(static_cast<const char*>(p), len);
+            std::size_t skip = sent;
+            for (auto& [p, len] : m.to_client().pieces()) {
+                if (skip >= len) {
+                    skip -= len;
+                    continue;
+                }
+                copy.append(static_cast<const char*>(p) + skip, len - skip);
+                skip = 0;
+            }
+            sent = 0;
             sbuf.consume(r.consumed);
             if (!co_await refresh_untracked_parameters(*server)) server->close_needed = true;
             if (!co_await write_client(copy)) break;
             stats.bytes_sent += copy.size();
         } else {
             const auto& batch = m.to_client();
-            if (batch.size() > 0) {
+            if (batch.size() > sent) {
                 buffer_list_lease pieces;  // (a warm lease allocates nothing)
-                for (auto& [p, len] : batch.pieces()) pieces->emplace_back(p, len);
-                bool sent = co_await write_client(*pieces);
-                if (!sent) {
+                std::size_t skip = sent;
+                for (auto& [p, len] : batch.pieces()) {
+                    if (skip >= len) {
+                        skip -= len;
+                        continue;
+                    }
+                    pieces->emplace_back(static_cast<const char*>(p) + skip, len - skip);
+                    skip = 0;
+                }
+                bool ok = co_await write_client(*pieces);
+                if (!ok) {
                     sbuf.consume(r.consumed);  // the client is gone: finish_server() decides
                     break;
                 }
-                stats.bytes_sent += batch.size();
             }
+            stats.bytes_sent += batch.size();
+            sent = 0;
             sbuf.consume(r.consumed);
         }
         if (r.event == relay::server_event::close) {
@@ -388,26 +558,7 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server) {
             socket_.close(ignored);
             break;
         }
-        // Back to the pool at the end of a transaction, once nothing the client sent is
-        // still unanswered (asked again after the write: the client may have sent more).
-        const auto verdict = m.release();
-        if (verdict != relay::machine::verdict::keep && sbuf.empty() && server_ == server) {
-            server_ = nullptr;
-            linked_server_id = 0;
-            state = client_state::idle;
-            m.on_server_released();
-            sbuf.shrink_if_empty();
-            // Nothing is in flight on either side once the client waits idle: the
-            // request storage goes back to the worker's free list, and the client is
-            // idle from now (client_idle_timeout), which await_request could not say
-            // while this server was still linked.
-            if (!relaying_client_) {
-                m.release_scratch();
-                idle_since_ns.store(now_ns(), std::memory_order_relaxed);
-            }
-            release_server(server, verdict == relay::machine::verdict::give_back);
-            co_return;
-        }
+        if (release_if_done(server)) co_return;
     }
     sbuf.shrink_if_empty();
 }

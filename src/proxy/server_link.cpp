@@ -11,14 +11,47 @@ namespace sluice::proxy {
 
 namespace proto = sluice::protocol;
 
-asio::awaitable<bool> client_session::link_server() {
+bool client_session::link_server_now(pool::server_ptr& taken, bool& round_trips_due) {
+    // The usual case needs no coroutine: an idle server is there, no one waits before this
+    // client, and the server already has this client's parameters. Otherwise what was
+    // taken goes to link_server() in `taken`.
+    auto q = pool_->try_acquire_now(executor(), worker_);
+    if (!q.server) return false;
+    if (q.round_trips_due || fatal_ || !socket_.is_open() ||
+        q.server->parameters.synced_to() != wanted_params_) {
+        taken = std::move(q.server);
+        round_trips_due = q.round_trips_due;
+        return false;
+    }
+    request_time = steady_clock::now();
+    pool_->stats.wait_latency.record(0);
+    server_ = std::move(q.server);
+    server_->link_client_id = id;
+    linked_server_id = server_->id;
+    start_server_side();
+    return true;
+}
+
+asio::awaitable<bool> client_session::link_server(pool::server_ptr taken, bool round_trips_due) {
     state = client_state::waiting;
     request_time = steady_clock::now();
-    // query_wait_notify's NOTICE, should the wait be long (lives in this frame only).
-    const std::function<asio::awaitable<void>()> queued_notice = [this] {
-        return send_queued_notice();
-    };
-    auto r = co_await pool_->acquire(executor(), worker_, &queued_notice);
+    if (taken && round_trips_due) {
+        bool usable = co_await pool_->check_out_round_trips(taken);
+        if (!usable) {  // dropped: its slot goes back, and this client waits like any other
+            pool_->release_slot();
+            taken = nullptr;
+        }
+    }
+    pool::acquire_result r;
+    if (taken) {
+        r.server = std::move(taken);
+    } else {
+        // query_wait_notify's NOTICE, should the wait be long (lives in this frame only).
+        const std::function<asio::awaitable<void>()> queued_notice = [this] {
+            return send_queued_notice();
+        };
+        r = co_await pool_->acquire(executor(), worker_, &queued_notice);
+    }
     auto waited_us = std::chrono::duration_cast<std::chrono::microseconds>(r.waited).count();
     pool_->stats.wait_time_us += waited_us;
     pool_->stats.wait_latency.record(waited_us);
@@ -45,16 +78,20 @@ asio::awaitable<bool> client_session::link_server() {
                                          s->last_error);
         co_return false;
     }
+    start_server_side();
+    co_return true;
+}
+
+void client_session::start_server_side() {
     relay_->on_server_linked(&server_->statements);
     pool_->active_clients++;
     server_loop_running_ = true;
-    asio::co_spawn(executor(), server_loop(server_),
-                   [self = shared_from_this()](std::exception_ptr e) {
-                       if (e) spdlog::error("client {}: server relay ended with an exception", self->id);
-                       self->server_loop_done();
-                   });
+    // (TLS servers are read by server_loop: OpenSSL decides what a read needs)
+    if (server_->socket.tls())
+        continue_server_loop(server_, {}, std::nullopt, 0);
+    else
+        await_server(server_);
     state = client_state::active;
-    co_return true;
 }
 
 asio::awaitable<void> client_session::send_queued_notice() {

@@ -41,6 +41,7 @@
 #include <array>
 #include <boost/asio/ssl.hpp>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "sluice/net/io.hpp"
@@ -85,6 +86,9 @@ public:
     // read_some would block the whole worker in poll() on a socket not set
     // non-blocking). would_block when there are none, eof when the peer closed.
     std::size_t read_now(asio::mutable_buffer b, error_code& ec);
+    // Plain only: sends what the socket takes now (one sendmsg, never waiting) and returns
+    // how much that was; would_block when it took nothing, the error when the peer is gone.
+    std::size_t write_now(std::span<const asio::const_buffer> pieces, error_code& ec);
 
     // Re-homes the connection onto another worker's executor. Only with no operation
     // pending. False if the socket could not be moved (it is then closed).

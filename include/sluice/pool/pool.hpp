@@ -99,6 +99,20 @@ public:
     asio::awaitable<acquire_result> acquire(
         asio::any_io_executor ex, int worker,
         const std::function<asio::awaitable<void>()>* queued_notice = nullptr);
+    // The checkout that needs no waiting, without a coroutine (the usual case): an idle
+    // server when one is there and no one waits before this client, its health checks
+    // passed and moved to `ex`. `round_trips_due`: it must still pass
+    // check_out_round_trips (server_check_delay, max_replica_lag) before use. No server:
+    // nothing changed, acquire() takes it from there.
+    struct quick_checkout {
+        server_ptr server;
+        bool round_trips_due = false;
+    };
+    quick_checkout try_acquire_now(asio::any_io_executor ex, int worker);
+    // The checks that need a round trip; false: the server was dropped and its slot is
+    // still held (release_slot() gives it back).
+    asio::awaitable<bool> check_out_round_trips(server_ptr s);
+    void release_slot();
     // Gives back a server that is idle and clean. Any thread.
     void release(server_ptr s);
     // Drops a server that must not be reused (dirty, broken, close_needed). Any thread.
@@ -243,6 +257,15 @@ private:
     // Health check and move to the client's worker; false if the server was dropped.
     asio::awaitable<bool> check_out(server_ptr s, asio::any_io_executor ex, int worker,
                                     const settings& cfg);
+    // check_out's steps that need no round trip (dropped: retired, its slot still held).
+    enum class check_verdict { usable, dropped, round_trips_due };
+    check_verdict check_out_now(const server_ptr& s, const asio::any_io_executor& ex, int worker,
+                                const settings& cfg);
+    asio::awaitable<bool> check_out_round_trips(server_ptr s, const settings& cfg);
+    static bool check_due(const server_connection& s, const settings& cfg,
+                          steady_clock::time_point now);
+    static bool lag_check_due(const server_connection& s, const settings& cfg,
+                              steady_clock::time_point now);
 
     pool_manager& manager_;
     std::string database_, user_;

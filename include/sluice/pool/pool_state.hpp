@@ -85,6 +85,9 @@ public:
         : shared_(shared), limits_(limits) {}
 
     checkout request(waiter_id w, int worker, clock_time now);
+    // request()'s first answer alone: an idle server when one is there and no one waits,
+    // else nothing, and then nothing changed (the caller may go on to request()).
+    std::optional<server_id> take_idle(int worker);
     // A waiter's timer fired. `since`: when it started waiting.
     checkout retry(waiter_id w, clock_time since, clock_time now);
     // The waiter gave up (query_wait_timeout, the client left). False if it was not

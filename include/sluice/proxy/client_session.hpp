@@ -142,11 +142,26 @@ private:
     // The end of the session: the server given back or closed, counters, the log line
     // (for a pooled client that logged in), the socket closed.
     asio::awaitable<void> finish(bool logged_in);
-    asio::awaitable<void> server_loop(pool::server_ptr server);
-    asio::awaitable<bool> write_server();  // what the relay put in to_server()
+    // The server side (client_session.cpp explains the flow).
+    void await_server(pool::server_ptr server);
+    void on_server_read(pool::server_ptr server, error_code ec, std::size_t n);
+    void continue_server_loop(pool::server_ptr server, error_code failed,
+                              std::optional<relay::server_result> pending, std::size_t sent);
+    asio::awaitable<void> server_loop(pool::server_ptr server, error_code failed = {},
+                                      std::optional<relay::server_result> pending = std::nullopt,
+                                      std::size_t sent = 0);
+    // At the end of a transaction: gives the server back. True if it did.
+    bool release_if_done(const pool::server_ptr& server);
+    // What the relay put in to_server(): write_server_now() sends it with one sendmsg
+    // when the socket takes all of it (`sent`: how much went), write_server() the rest.
+    bool write_server_now(std::size_t& sent);
+    asio::awaitable<bool> write_server(std::size_t sent);
     void note_client_gone(const error_code& ec);  // sets close_reason_ for an EOF or reset
     // server_link.cpp
-    asio::awaitable<bool> link_server();
+    bool link_server_now(pool::server_ptr& taken, bool& round_trips_due);
+    asio::awaitable<bool> link_server(pool::server_ptr taken = nullptr,
+                                      bool round_trips_due = false);
+    void start_server_side();  // the server just linked: its reads start
     asio::awaitable<bool> sync_parameters(pool::server_connection& s);
     asio::awaitable<bool> refresh_untracked_parameters(pool::server_connection& s);
     void server_loop_done();

@@ -139,6 +139,9 @@ public:
     // A SET/RESET/DISCARD ran: parameters PostgreSQL does not report must be read again
     // before the server goes back. Clears the flag.
     bool take_parameter_refresh();
+    bool parameter_refresh_due() const {
+        return refresh_parameters_ && settings_.mode != config::pool_mode::session;
+    }
     void on_server_released();  // the driver gave the server back (or lost it)
     // The client is idle (the driver waits for its next request): the request storage goes
     // back to this thread's free list, unless something is still in flight. Returns whether

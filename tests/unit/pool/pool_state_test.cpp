@@ -422,3 +422,49 @@ TEST(pool_state, slot_accounting_survives_random_event_orders) {
 }
 
 }  // namespace
+
+// take_idle: the checkout without a coroutine. It answers only "an idle server, now" and
+// changes nothing otherwise, so that the caller can go on to request() as if it had not
+// asked: no slot taken, no place in the queue.
+TEST(pool_state, take_idle_gives_an_idle_server_or_changes_nothing) {
+    counting_limits shared;
+    pool_state p(shared, sized(2));
+    EXPECT_FALSE(p.take_idle(0));  // room to connect is not an idle server
+    EXPECT_EQ(p.slots(), 0);
+    EXPECT_EQ(p.waiting(), 0u);
+    ASSERT_EQ(p.request(1, 0, t0).kind, checkout::connect);
+    ASSERT_EQ(p.request(2, 1, t0).kind, checkout::connect);
+    ASSERT_FALSE(p.released(100, 1, t0, t0 + 1s, true));
+    ASSERT_FALSE(p.released(200, 0, t0, t0 + 2s, true));
+    // This worker's own server first, though the other was released earlier.
+    EXPECT_EQ(p.take_idle(1), std::optional<server_id>(100));
+    EXPECT_EQ(p.take_idle(1), std::optional<server_id>(200));  // then any
+    EXPECT_FALSE(p.take_idle(1));
+    EXPECT_EQ(p.slots(), 2);
+}
+
+TEST(pool_state, take_idle_does_not_overtake_a_waiter_or_a_pause) {
+    counting_limits shared;
+    pool_state p(shared, sized(1));
+    ASSERT_EQ(p.request(1, 0, t0).kind, checkout::connect);
+    ASSERT_EQ(p.request(2, 0, t0).kind, checkout::wait);
+    // The server comes back while a waiter is queued: it is the waiter's.
+    auto g = p.released(100, 0, t0, t0 + 1s, true);
+    ASSERT_TRUE(g);
+    EXPECT_EQ(g->waiter, 2u);
+    // Idle with nobody waiting, but paused: nothing is handed out.
+    ASSERT_FALSE(p.released(100, 0, t0, t0 + 2s, true));
+    p.set_paused(true);
+    EXPECT_FALSE(p.take_idle(0));
+    EXPECT_EQ(p.idle_count(), 1u);
+    // A client queued during the pause keeps its turn after it: take_idle leaves the idle
+    // server for it.
+    ASSERT_EQ(p.request(3, 0, t0).kind, checkout::wait);
+    p.set_paused(false);
+    EXPECT_FALSE(p.take_idle(0));
+    EXPECT_EQ(p.idle_count(), 1u);
+    auto grants = p.match_idle();
+    ASSERT_EQ(grants.size(), 1u);
+    EXPECT_EQ(grants[0].waiter, 3u);
+    EXPECT_EQ(grants[0].server, 100u);
+}
