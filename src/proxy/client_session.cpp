@@ -97,21 +97,45 @@ asio::awaitable<void> client_session::run() {
     if (cfg->sluice.log_connections)
         spdlog::info("client {} login: db={} user={} addr={}:{} app={}", id, database, user,
                      addr, port, application_name);
-    // This frame (and the login's) ends here: the relay runs in short coroutines, one per
-    // burst of client bytes, and an idle client waits without any (await_request).
-    co_await relay_input();
+    // This frame (and the login's) ends here: the relay runs in await_request's handler
+    // (a coroutine only while a step must wait), and an idle client waits without any.
+    pending_ = std::make_unique<client_pending>();
+    co_await relay_input(client_step::start);
 }
 
 // Runs the relay on what in_ holds, then waits for more without a frame, or ends.
-asio::awaitable<void> client_session::relay_input() {
+// `step`: where drive_client() stopped, with pending_ saying where it goes on.
+// (pending_ is a member, not a parameter: gcc 12 destroyed a by-value parameter of this
+// type twice when it was moved through two coroutines.)
+asio::awaitable<void> client_session::relay_input(client_step step) {
     // (Not `if (co_await ...) { ...; co_return; }`: gcc 12 compiles that into a trap here.)
     relaying_client_ = true;
-    const bool idle = co_await client_loop();
+    const bool idle = co_await client_loop(step);
     relaying_client_ = false;
+    pending_.reset();
     if (idle)
         await_request();
     else
         co_await finish(true);
+}
+
+void client_session::on_client_bytes() {
+    // Bytes after an idle wait: the usual request is relayed right here (drive_client);
+    // a coroutine only if something must wait.
+    idle_since_ns.store(0, std::memory_order_relaxed);
+    idle_in_xact_since_ns.store(0, std::memory_order_relaxed);
+    client_pending p;
+    relaying_client_ = true;
+    const auto step = drive_client(p);
+    relaying_client_ = false;
+    if (step == client_step::idle) return await_request();
+    if (step != client_step::end) pending_ = std::make_unique<client_pending>(std::move(p));
+    asio::co_spawn(executor(), step == client_step::end ? finish(true) : relay_input(step),
+                   [self = shared_from_this()](std::exception_ptr e) {
+                       if (!e) return;
+                       spdlog::error("client {}: relay ended with an exception", self->id);
+                       self->leave_runtime();
+                   });
 }
 
 void client_session::await_request() {
@@ -133,21 +157,21 @@ void client_session::await_request() {
             try {
                 if (ec) {
                     self->note_client_gone(ec);
-                } else {
-                    self->in_.reserve_tail(std::max<std::size_t>(4096, n));
-                    std::memcpy(self->in_.writable().data(), self->first_bytes_.data(), n);
-                    self->in_.commit(n);
+                    auto& s = *self;
+                    asio::co_spawn(s.executor(), s.finish(true), [self](std::exception_ptr e) {
+                        if (!e) return;
+                        spdlog::error("client {}: relay ended with an exception", self->id);
+                        self->leave_runtime();
+                    });
+                    return;
                 }
-                auto& s = *self;
-                asio::co_spawn(s.executor(), ec ? s.finish(true) : s.relay_input(),
-                               [self](std::exception_ptr e) {
-                                   if (!e) return;
-                                   spdlog::error("client {}: relay ended with an exception",
-                                                 self->id);
-                                   self->leave_runtime();
-                               });
+                self->in_.reserve_tail(std::max<std::size_t>(4096, n));
+                std::memcpy(self->in_.writable().data(), self->first_bytes_.data(), n);
+                self->in_.commit(n);
+                self->on_client_bytes();
             } catch (const std::exception& e) {
                 spdlog::error("client {}: {}", self->id, e.what());
+                self->relaying_client_ = false;
                 self->leave_runtime();
             }
         }));
@@ -274,75 +298,136 @@ asio::awaitable<bool> client_session::write_server(std::size_t sent) {
     co_return true;
 }
 
-asio::awaitable<bool> client_session::client_loop() {
-    // Entered with client bytes in in_. Returns true once everything the client sent is
-    // handled and it is between messages (the caller then waits without a frame).
+// --- the client side -------------------------------------------------------------------
+//
+// One request's steps: the core reads in_ (on_client_data), the request goes to the
+// server, in_ is consumed, replies the core built go to the client (injections), then
+// what the core asked for: more bytes, a server, admission, the end.
+// drive_client() takes these steps as far as they go without waiting; a step that must
+// wait is returned, and `p` says where to go on afterwards. So the usual request (bytes
+// in, an idle server, one sendmsg) runs in await_request's handler with no coroutine at
+// all, and client_loop, the coroutine, performs only the waits, from where the handler
+// stopped.
+
+client_session::client_step client_session::drive_client(client_pending& p) {
     auto& m = *relay_;
-    idle_since_ns.store(0, std::memory_order_relaxed);
-    idle_in_xact_since_ns.store(0, std::memory_order_relaxed);
     for (;;) {
-        if (fatal_ || !socket_.is_open()) co_return false;
-        for (;;) {
-            auto r = m.on_client_data({in_.readable(), in_.size()});
+        switch (p.stage) {
+        case client_stage::fresh:
+            if (fatal_ || !socket_.is_open()) return client_step::end;
+            p.r = m.on_client_data({in_.readable(), in_.size()});
             note_prepared_statements();
-            std::size_t sent = 0;
-            bool written = write_server_now(sent);
-            if (!written) written = co_await write_server(sent);
-            if (!written) co_return false;
-            in_.consume(r.consumed);
-            if (!co_await flush_injections()) co_return false;
-            if (r.event == relay::client_event::need_more) break;
-            if (r.event == relay::client_event::terminate) {
+            if (!write_server_now(p.sent)) {
+                p.stage = client_stage::written;  // once write_server() sent the rest
+                return client_step::write_server;
+            }
+            [[fallthrough]];
+        case client_stage::written:
+            in_.consume(p.r.consumed);
+            p.stage = client_stage::event;
+            if (m.injections_due()) return client_step::flush_injections;
+            [[fallthrough]];
+        case client_stage::event:
+            p.stage = client_stage::fresh;
+            switch (p.r.event) {
+            case relay::client_event::need_more:
+                if (fatal_ || !socket_.is_open()) return client_step::end;
+                if (in_.empty() && !m.client_mid_message()) return client_step::idle;
+                return client_step::read_more;  // a message is here in part
+            case relay::client_event::terminate:
                 client_gone_ = true;
                 close_reason_ = "client close request";
-                co_return false;
-            }
-            if (r.event == relay::client_event::close) {
-                pool_->stats.errors_client++;
-                co_await send_error(r.sqlstate, r.message);
-                co_return false;
-            }
-            if (r.event == relay::client_event::need_server) {
+                return client_step::end;
+            case relay::client_event::close:
+                return client_step::refuse;
+            case relay::client_event::need_server:
                 if (m.transaction_status() == 'I') xact_start_ = steady_clock::now();
-                pool::server_ptr taken;
-                bool round_trips_due = false;
-                bool linked = link_server_now(taken, round_trips_due);
-                if (!linked) linked = co_await link_server(std::move(taken), round_trips_due);
-                if (!linked) co_return false;
-                continue;
+                if (link_server_now(p.taken, p.round_trips_due)) continue;
+                return client_step::link_server;
+            case relay::client_event::need_admission: {
+                // The fast path takes tokens from the local lease.
+                const bool xact_ok = !p.r.new_transaction ||
+                                     tenant_->try_take(ratelimit::kind::transaction);
+                if (xact_ok && tenant_->try_take(ratelimit::kind::query)) {
+                    const ratelimit::verdict v;
+                    m.on_admission(v.allowed, v.retry_after, tenant_->name());
+                    continue;
+                }
+                p.need_transaction = !xact_ok;
+                return client_step::admission;
             }
-            // need_admission: the fast path takes tokens from the local lease.
-            bool xact_ok = !r.new_transaction || tenant_->try_take(ratelimit::kind::transaction);
-            ratelimit::verdict v;
-            if (!xact_ok || !tenant_->try_take(ratelimit::kind::query))
-                v = co_await admit_request(!xact_ok);
-            m.on_admission(v.allowed, v.retry_after, tenant_->name());
+            }
+            return client_step::end;
         }
-        if (fatal_ || !socket_.is_open()) co_return false;
-        if (in_.empty() && !m.client_mid_message()) co_return true;
+    }
+}
 
-        // A message is here in part (or its body is still streaming): read the rest.
-        error_code rec;
-        std::size_t n = 0;
-        in_.reserve_tail(4096);
-        if (socket_.tls()) {
-            // OpenSSL decides how many socket bytes make a record: let it read.
-            std::tie(rec, n) = co_await socket_.async_read_some(in_.writable(), use_nothrow);
-        } else {
-            for (;;) {
-                n = socket_.read_now(in_.writable(), rec);
-                if (rec != asio::error::would_block) break;
-                auto [wec] = co_await socket_.lowest_layer().async_wait(
-                    asio::socket_base::wait_read, use_nothrow);
-                if (wec) co_return false;
-            }
-        }
-        if (rec) {  // EOF or reset: the client is gone
-            note_client_gone(rec);
+asio::awaitable<bool> client_session::client_loop(client_step step) {
+    // Performs the wait drive_client() stopped at, then drives on. True once everything
+    // the client sent is handled and it is between messages (the caller then waits
+    // without a frame).
+    auto& m = *relay_;
+    auto& p = *pending_;
+    for (;;) {
+        switch (step) {
+        case client_step::start:  // (bytes that came with the login)
+            break;
+        case client_step::idle:
+            co_return true;
+        case client_step::end:
             co_return false;
+        case client_step::write_server: {
+            bool ok = co_await write_server(p.sent);
+            if (!ok) co_return false;
+            break;
         }
-        in_.commit(n);
-        idle_in_xact_since_ns.store(0, std::memory_order_relaxed);  // it is still sending
+        case client_step::flush_injections: {
+            bool ok = co_await flush_injections();
+            if (!ok) co_return false;
+            break;
+        }
+        case client_step::refuse:
+            pool_->stats.errors_client++;
+            co_await send_error(p.r.sqlstate, p.r.message);
+            co_return false;
+        case client_step::link_server: {
+            bool ok = co_await link_server(std::move(p.taken), p.round_trips_due);
+            p.taken = nullptr;
+            if (!ok) co_return false;
+            break;
+        }
+        case client_step::admission: {
+            auto v = co_await admit_request(p.need_transaction);
+            m.on_admission(v.allowed, v.retry_after, tenant_->name());
+            break;
+        }
+        case client_step::read_more: {
+            // A message is here in part (or its body is still streaming): read the rest.
+            error_code rec;
+            std::size_t n = 0;
+            in_.reserve_tail(4096);
+            if (socket_.tls()) {
+                // OpenSSL decides how many socket bytes make a record: let it read.
+                std::tie(rec, n) = co_await socket_.async_read_some(in_.writable(), use_nothrow);
+            } else {
+                for (;;) {
+                    n = socket_.read_now(in_.writable(), rec);
+                    if (rec != asio::error::would_block) break;
+                    auto [wec] = co_await socket_.lowest_layer().async_wait(
+                        asio::socket_base::wait_read, use_nothrow);
+                    if (wec) co_return false;
+                }
+            }
+            if (rec) {  // EOF or reset: the client is gone
+                note_client_gone(rec);
+                co_return false;
+            }
+            in_.commit(n);
+            idle_in_xact_since_ns.store(0, std::memory_order_relaxed);  // it is still sending
+            break;
+        }
+        }
+        step = drive_client(p);
     }
 }
 

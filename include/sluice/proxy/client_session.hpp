@@ -12,17 +12,21 @@
 //   server_link.cpp linking a server (pool checkout, parameter sync) and giving it back
 //   timeouts.cpp    query/idle/transaction timeouts and KILL
 //
-// The relay has two loops on the session's worker thread: client_loop reads the client,
-// server_loop (while a server is linked) reads the server. Both only move bytes and
-// call the core; the core is not thread-safe and needs none: both loops run on one strand.
+// The relay has two sides on the session's worker thread: the client side reads the
+// client, the server side (while a server is linked) reads the server. Both only move
+// bytes and call the core; the core is not thread-safe and needs none: both sides run on
+// one thread.
 //
-// Lifetime: run() is the login. After it, client_loop runs only while the client has
-// sent something (relay_input, a short coroutine per burst of bytes); between messages
-// the client waits in await_request(): one read into first_bytes_ with a plain handler
-// that holds the session. So an idle client holds no coroutine frame, no relay scratch
-// (given back by whichever loop finishes last, never while the other may still write a
-// batch that lives in it; in session mode the linked server keeps it) and no buffer.
-// finish() ends the session, leave_runtime() once.
+// Lifetime: run() is the login. After it, the client waits in await_request(): one read
+// into first_bytes_ with a plain handler that holds the session. Its bytes are relayed
+// in that handler (drive_client), and on the server side in a read handler too
+// (on_server_read): the usual transaction runs without any coroutine. A step that must
+// wait (a server to wait for, a full socket, a rate limit, TLS) goes on in a coroutine
+// (client_loop in relay_input, server_loop) from where the handler stopped. So an idle
+// client holds no coroutine frame, no relay scratch (given back by whichever side
+// finishes last, never while the other may still write a batch that lives in it; in
+// session mode the linked server keeps it) and no buffer. finish() ends the session,
+// leave_runtime() once.
 #include <array>
 #include <functional>
 #include <map>
@@ -136,9 +140,27 @@ private:
     // relay driver
     // Relays what the client sent; true when all of it is handled and the client is idle
     // (between messages), false when the session ends.
-    asio::awaitable<bool> client_loop();
-    asio::awaitable<void> relay_input();  // client_loop, then await_request() or finish()
-    void await_request();                 // the idle wait: a read with a plain handler
+    // The client side's steps (client_session.cpp explains the flow): where drive_client
+    // goes on, and the wait it stopped at.
+    enum class client_stage : std::uint8_t { fresh, written, event };
+    enum class client_step : std::uint8_t {
+        start, idle, end, write_server, flush_injections, refuse, link_server, admission,
+        read_more
+    };
+    struct client_pending {
+        client_stage stage = client_stage::fresh;
+        relay::client_result r;          // the core's answer to the request in hand
+        std::size_t sent = 0;            // bytes of its to_server() already written
+        pool::server_ptr taken;          // link_server: a server already checked out
+        bool round_trips_due = false;    // ... that must still pass its round trips
+        bool need_transaction = false;   // admission: the transaction token is missing
+    };
+    client_step drive_client(client_pending& p);
+    asio::awaitable<bool> client_loop(client_step step);
+    // client_loop, then await_request() or finish()
+    asio::awaitable<void> relay_input(client_step step);
+    void on_client_bytes();  // in_ has new bytes after an idle wait
+    void await_request();    // the idle wait: a read with a plain handler
     // The end of the session: the server given back or closed, counters, the log line
     // (for a pooled client that logged in), the socket closed.
     asio::awaitable<void> finish(bool logged_in);
@@ -222,7 +244,9 @@ private:
     steady_clock::time_point query_start_{}, xact_start_{};
     bool reset_query_always_ = false;
     bool left_runtime_ = false;
-    bool relaying_client_ = false;  // a client_loop is running (it may use the scratch)
+    bool relaying_client_ = false;  // the client side is running (it may use the scratch)
+    // Where client_loop goes on: only while it runs (the usual request needs none).
+    std::unique_ptr<client_pending> pending_;
     bool login_over_ = false;       // client_login_timeout's watchdog has nothing to do
 
     bool writing_client_ = false;
