@@ -145,7 +145,7 @@ asio::awaitable<acquire_result> pool::acquire(
             s = find_locked(c.server);
             s->state = server_state::active;
         } else if (c.kind == checkout::wait) {
-            w = std::make_shared<waiter>(ex, id);
+            w = std::allocate_shared<waiter>(exact_allocator<waiter>(), ex, id);
             waiting_[id] = w;
         }
     }
@@ -218,7 +218,9 @@ asio::awaitable<acquire_result> pool::acquire(
     }
     if (s) {
         // (the result is stored first: gcc 12 mishandles co_await inside conditions)
-        bool usable = co_await check_out(s, ex, worker, cfg);
+        const auto verdict = check_out_now(s, ex, worker, cfg);
+        bool usable = verdict == check_verdict::usable;
+        if (verdict == check_verdict::round_trips_due) usable = co_await check_out_round_trips(s, cfg);
         if (usable) co_return acquire_result{s, {}, {}, steady_clock::now() - start};
         // It was broken: connect in the slot it held.
     }
@@ -259,15 +261,6 @@ void pool::release_slot() {
     std::lock_guard lk(mutex_);
     sync_pause_locked();
     if (auto g = state_.slot_freed()) grant_locked(*g);
-}
-
-asio::awaitable<bool> pool::check_out(server_ptr s, asio::any_io_executor ex, int worker,
-                                       const settings& cfg) {
-    const auto verdict = check_out_now(s, ex, worker, cfg);
-    if (verdict == check_verdict::dropped) co_return false;
-    if (verdict == check_verdict::usable) co_return true;
-    bool usable = co_await check_out_round_trips(s, cfg);
-    co_return usable;
 }
 
 pool::check_verdict pool::check_out_now(const server_ptr& s, const asio::any_io_executor& ex,

@@ -254,10 +254,8 @@ private:
     // prefer-standby with max_replica_lag: whether this standby's replay lags more.
     asio::awaitable<bool> lags(server_connection& s, steady_clock::duration max_lag,
                                std::size_t max_packet, bool& failed);
-    // Health check and move to the client's worker; false if the server was dropped.
-    asio::awaitable<bool> check_out(server_ptr s, asio::any_io_executor ex, int worker,
-                                    const settings& cfg);
-    // check_out's steps that need no round trip (dropped: retired, its slot still held).
+    // Health check and move to the client's worker, first the steps that need no round
+    // trip (dropped: retired, its slot still held), then, when due, those that do.
     enum class check_verdict { usable, dropped, round_trips_due };
     check_verdict check_out_now(const server_ptr& s, const asio::any_io_executor& ex, int worker,
                                 const settings& cfg);
@@ -275,7 +273,11 @@ private:
     shared shared_;
     pool_state state_;                      // slots, idle list, waiters: the decisions
     std::vector<server_ptr> all_;           // every open or connecting server
-    std::unordered_map<waiter_id, std::shared_ptr<waiter>> waiting_;
+    // (from the worker's free lists: a wait costs no malloc, see exact_allocator)
+    std::unordered_map<waiter_id, std::shared_ptr<waiter>, std::hash<waiter_id>,
+                       std::equal_to<waiter_id>,
+                       exact_allocator<std::pair<const waiter_id, std::shared_ptr<waiter>>>>
+        waiting_;
     waiter_id next_waiter_ = 0;
     std::map<std::string, std::string> welcome_;
     std::vector<std::weak_ptr<const param_set>> interned_;
