@@ -239,6 +239,7 @@ std::size_t stream::read_now(asio::mutable_buffer b, error_code& ec) {
 }
 
 std::size_t stream::write_now(std::span<const asio::const_buffer> pieces, error_code& ec) {
+    if (tls_) return tls_write_now(pieces, ec);
     std::array<iovec, 64> iov;
     std::size_t count = 0;
     for (auto& b : pieces) {
@@ -264,6 +265,42 @@ std::size_t stream::write_now(std::span<const asio::const_buffer> pieces, error_
                  ? error_code(asio::error::would_block)
                  : error_code(errno, asio::error::get_system_category());
         return 0;
+    }
+}
+
+std::size_t stream::tls_write_now(std::span<const asio::const_buffer> pieces, error_code& ec) {
+    // Record by record, each gathered exactly as tls_write_op gathers it from the same
+    // byte on: after WANT_WRITE, OpenSSL must be offered the same bytes again, and the
+    // caller's async_write of the rest (from the returned count) does just that.
+    std::size_t total = 0;
+    for (;;) {
+        std::array<asio::const_buffer, 16> view;
+        std::size_t count = 0, skip = total;
+        for (auto& b : pieces) {
+            if (b.size() <= skip) {
+                skip -= b.size();
+                continue;
+            }
+            if (count == view.size()) break;
+            view[count++] = asio::const_buffer(static_cast<const char*>(b.data()) + skip,
+                                               b.size() - skip);
+            skip = 0;
+        }
+        if (count == 0) {
+            ec = {};
+            return total;
+        }
+        std::size_t n = 0;
+        error_code e;
+        if (tls_write(view.data(), count, n, e) != tls_step::done) {
+            ec = asio::error::would_block;
+            return total;
+        }
+        if (e) {
+            ec = e;
+            return total;
+        }
+        total += n;
     }
 }
 

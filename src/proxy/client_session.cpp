@@ -263,7 +263,6 @@ bool client_session::write_server_now(std::size_t& sent) {
     if (batch.size() == 0 || !server_) return true;  // (nothing reaches a server the core did not ask for)
     request_time = steady_clock::now();
     state = client_state::active;
-    if (server_->socket.tls()) return false;
     buffer_list_lease pieces;
     for (auto& [p, len] : batch.pieces()) pieces->emplace_back(p, len);
     error_code ec;
@@ -450,8 +449,8 @@ void client_session::note_client_gone(const error_code& ec) {
 //         -> end of the transaction: the server goes back (release_if_done), done
 //         -> more to come: await_server again
 //         -> anything else: server_loop (a coroutine) takes over from that very point
-// TLS servers go to server_loop from the start (OpenSSL decides what a read needs).
-// So the usual transaction costs no coroutine on the server side. (A wait followed by a
+// The same over TLS (the stream's read and write_now go through OpenSSL). So the usual
+// transaction costs no coroutine on the server side. (A wait followed by a
 // non-blocking read would save the recv that finds nothing when the read starts, but
 // Asio's epoll reactor re-arms the descriptor with epoll_ctl for every wait: no gain.)
 // Invariant: while a server is linked, exactly one of await_server's read or server_loop
@@ -484,8 +483,8 @@ void client_session::on_server_read(pool::server_ptr server, error_code ec, std:
         // Only the plain case goes on here; the rest is server_loop's (same steps). The
         // client's socket is written here only when no one else writes or waits to.
         if (r.event != relay::server_event::need_more || m.parameter_refresh_due() ||
-            writing_client_ || !write_waiters_.empty() || socket_.tls() || client_gone_ ||
-            fatal_ || server_ != server) {
+            writing_client_ || !write_waiters_.empty() || client_gone_ || fatal_ ||
+            server_ != server) {
             continue_server_loop(std::move(server), {}, std::move(r), 0);
             return;
         }

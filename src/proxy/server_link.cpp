@@ -86,11 +86,7 @@ void client_session::start_server_side() {
     relay_->on_server_linked(&server_->statements);
     pool_->active_clients++;
     server_loop_running_ = true;
-    // (TLS servers are read by server_loop: OpenSSL decides what a read needs)
-    if (server_->socket.tls())
-        continue_server_loop(server_, {}, std::nullopt, 0);
-    else
-        await_server(server_);
+    await_server(server_);
     state = client_state::active;
 }
 

@@ -885,6 +885,46 @@ def m_describe_portal(portal: str = "") -> bytes:
 SYNC = message(b"S")
 
 
+def full_client_gets_every_row(c: "RawPg", su, n: int = 1000000) -> None:
+    """Sends a query of `n` numbered rows (50 MB for a million: more than every socket
+    buffer on the way holds) and reads nothing until PostgreSQL itself waits to write
+    (wait_event ClientWrite: Sluice's send to the client stopped part way); then reads
+    everything and asserts every row came, in order, intact. `su`: a superuser
+    connection to PostgreSQL directly."""
+    marker = "full_client_" + str(os.getpid())
+    sql = f"SELECT /* {marker} */ i, md5(i::text) FROM generate_series(1, {n}) i"
+    c.send(message(b"Q", sql.encode() + b"\0"))
+    find = ("SELECT pid, wait_event FROM pg_stat_activity WHERE query LIKE %s "
+            "AND pid <> pg_backend_pid()")
+    seen: List = []
+
+    def blocked():
+        seen[:] = su.execute(find, (f"%{marker}%",)).fetchall()
+        return len(seen) == 1 and seen[0][1] == "ClientWrite"
+
+    assert wait_for(blocked, 60, 0.1), f"the server never waited on Sluice: {seen}"
+    msgs = []
+    c.sock.settimeout(120)
+    while True:
+        m = c.read_msg()
+        assert m is not None, f"EOF after {len(msgs)} messages"
+        msgs.append(m)
+        if m[0] == b"Z":
+            break
+    kinds = [k for k, _ in msgs]
+    assert kinds[0] == b"T" and kinds[-2:] == [b"C", b"Z"], kinds[:3] + kinds[-3:]
+    rows = [p for k, p in msgs if k == b"D"]
+    assert len(rows) == n
+    for expect, payload in enumerate(rows, start=1):
+        ncols, l1 = struct.unpack_from("!hi", payload, 0)
+        v1 = payload[6:6 + l1]
+        (l2,) = struct.unpack_from("!i", payload, 6 + l1)
+        v2 = payload[10 + l1:10 + l1 + l2]
+        assert (ncols, v1, v2) == (2, str(expect).encode(),
+                                   hashlib.md5(str(expect).encode()).hexdigest().encode()), \
+            f"row {expect}: {payload!r}"
+
+
 class RawPg:
     """Blocking v3 client over a plain socket; every read is bounded by `timeout`."""
 

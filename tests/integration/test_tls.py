@@ -974,3 +974,26 @@ def test_cert_auth_over_unix_socket_fails(make_sluice, certs):
     r = run_psql(ci(host=str(s.dir), port=s.port, user="app", dbname="app"),
                  "SELECT current_user", APP_PW)
     assert r.returncode != 0 and r.stdout.strip() == "", (r.stdout, r.stderr)
+
+
+@pytest.mark.timeout(240)
+def test_tls_client_that_does_not_read_gets_every_byte_in_order(make_sluice, certs, pg):
+    """Over TLS, Sluice's send to a full client socket stops inside OpenSSL (WANT_WRITE)
+    and the rest is written later: OpenSSL must be offered the same bytes from the same
+    byte on (other bytes would break the record stream). Every row arrives, in order,
+    once the client reads."""
+    s = make_sluice(pool_mode="transaction", default_pool_size=1, workers=1,
+                    **tls_server(certs))
+    c = RawPg("127.0.0.1", s.port, timeout=10)
+    c.send(SSL_REQUEST_BYTES)
+    assert c.sock.recv(1) == b"S"
+    c.sock = ssl.create_default_context(cafile=str(certs.ca)).wrap_socket(
+        c.sock, server_hostname="localhost")
+    c.login("app", APP_PW, "app")
+    su = psycopg.connect(host=str(pg.sockdir), port=pg.port, user="postgres", dbname="app",
+                         autocommit=True, connect_timeout=10)
+    try:
+        harness.full_client_gets_every_row(c, su)
+    finally:
+        su.close()
+        c.sock.close()

@@ -86,8 +86,10 @@ public:
     // read_some would block the whole worker in poll() on a socket not set
     // non-blocking). would_block when there are none, eof when the peer closed.
     std::size_t read_now(asio::mutable_buffer b, error_code& ec);
-    // Plain only: sends what the socket takes now (one sendmsg, never waiting) and returns
-    // how much that was; would_block when it took nothing, the error when the peer is gone.
+    // Sends what the socket takes now, never waiting, and returns how much that was
+    // (plain: one sendmsg; TLS: record by record until the socket is full); would_block
+    // when it stopped short, the error when the peer is gone. The rest goes with
+    // async_write from the returned count, the pieces unchanged.
     std::size_t write_now(std::span<const asio::const_buffer> pieces, error_code& ec);
 
     // Re-homes the connection onto another worker's executor. Only with no operation
@@ -135,6 +137,8 @@ public:
     int bio_write(const char* in, int len);
 
 private:
+    std::size_t tls_write_now(std::span<const asio::const_buffer> pieces, error_code& ec);
+
     template <class Buffers>
     struct tls_read_op {
         stream* s;
