@@ -369,7 +369,9 @@ asio::awaitable<bool> pool::check_out_round_trips(server_ptr s) {
         std::lock_guard lk(mutex_);
         snapshot = snapshot_;
     }
-    bool usable = co_await check_out_round_trips(std::move(s), *snapshot);
+    // (`s` copied, not moved: a parameter moved through two coroutines is what gcc 12
+    // got wrong elsewhere)
+    bool usable = co_await check_out_round_trips(s, *snapshot);
     co_return usable;
 }
 

@@ -16,6 +16,23 @@ namespace sluice::proxy {
 namespace proto = sluice::protocol;
 using namespace std::chrono_literals;
 
+namespace {
+
+// A batch's byte ranges from byte `skip` on (the bytes before it went out already, when
+// a write that stopped short is finished by a coroutine).
+void gather(const batch_builder& batch, std::size_t skip, std::vector<asio::const_buffer>& out) {
+    for (auto& [p, len] : batch.pieces()) {
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        out.emplace_back(static_cast<const char*>(p) + skip, len - skip);
+        skip = 0;
+    }
+}
+
+}  // namespace
+
 client_session::client_session(runtime& rt, stream_socket socket, int worker, std::uint64_t id_)
     : id(id_),
       rt_(rt),
@@ -129,13 +146,20 @@ void client_session::on_client_bytes() {
     const auto step = drive_client(p);
     relaying_client_ = false;
     if (step == client_step::idle) return await_request();
-    if (step != client_step::end) pending_ = std::make_unique<client_pending>(std::move(p));
-    asio::co_spawn(executor(), step == client_step::end ? finish(true) : relay_input(step),
-                   [self = shared_from_this()](std::exception_ptr e) {
-                       if (!e) return;
-                       spdlog::error("client {}: relay ended with an exception", self->id);
-                       self->leave_runtime();
-                   });
+    try {
+        if (step != client_step::end) pending_ = std::make_unique<client_pending>(std::move(p));
+        asio::co_spawn(executor(), step == client_step::end ? finish(true) : relay_input(step),
+                       [self = shared_from_this()](std::exception_ptr e) {
+                           if (!e) return;
+                           spdlog::error("client {}: relay ended with an exception", self->id);
+                           self->leave_runtime();
+                       });
+    } catch (...) {
+        // (no memory for the hand-over: a server already checked out goes back)
+        auto& taken = pending_ ? pending_->taken : p.taken;
+        if (taken) pool_->discard(std::move(taken));
+        throw;
+    }
 }
 
 void client_session::await_request() {
@@ -264,7 +288,7 @@ bool client_session::write_server_now(std::size_t& sent) {
     request_time = steady_clock::now();
     state = client_state::active;
     buffer_list_lease pieces;
-    for (auto& [p, len] : batch.pieces()) pieces->emplace_back(p, len);
+    gather(batch, 0, *pieces);
     error_code ec;
     sent = server_->socket.write_now(*pieces, ec);  // (an error: write_server() sees it too)
     if (sent < batch.size()) return false;
@@ -276,15 +300,7 @@ asio::awaitable<bool> client_session::write_server(std::size_t sent) {
     const auto& batch = relay_->to_server();
     if (batch.size() == 0 || !server_) co_return true;
     buffer_list_lease pieces;
-    std::size_t skip = sent;
-    for (auto& [p, len] : batch.pieces()) {
-        if (skip >= len) {
-            skip -= len;
-            continue;
-        }
-        pieces->emplace_back(static_cast<const char*>(p) + skip, len - skip);
-        skip = 0;
-    }
+    gather(batch, sent, *pieces);
     // (a span, not the vector: async_write would copy a vector, a malloc per request)
     auto [ec, n] = co_await asio::async_write(
         server_->socket, std::span<const asio::const_buffer>(*pieces), use_nothrow);
@@ -470,6 +486,8 @@ void client_session::await_server(pool::server_ptr server) {
 
 void client_session::on_server_read(pool::server_ptr server, error_code ec, std::size_t n) {
     // A plain handler: an exception must end this session only (see await_request).
+    // (`server` may have been moved on when something throws: the catch keeps its own.)
+    const pool::server_ptr held = server;
     try {
         if (ec) {
             continue_server_loop(std::move(server), ec, std::nullopt, 0);
@@ -492,7 +510,7 @@ void client_session::on_server_read(pool::server_ptr server, error_code ec, std:
         std::size_t sent = 0;
         if (batch.size() > 0) {
             buffer_list_lease pieces;
-            for (auto& [p, len] : batch.pieces()) pieces->emplace_back(p, len);
+            gather(batch, 0, *pieces);
             error_code wec;
             sent = socket_.write_now(*pieces, wec);
             if (sent < batch.size()) {  // the client's socket is full (or it is gone)
@@ -511,7 +529,7 @@ void client_session::on_server_read(pool::server_ptr server, error_code ec, std:
         spdlog::error("client {}: server relay failed: {}", id, e.what());
         error_code ignored;
         socket_.close(ignored);  // the client side ends the session
-        server->close_needed = true;
+        held->close_needed = true;
         server_loop_done();
     }
 }
@@ -521,7 +539,10 @@ void client_session::continue_server_loop(pool::server_ptr server, error_code fa
                                           std::size_t sent) {
     asio::co_spawn(executor(), server_loop(std::move(server), failed, std::move(pending), sent),
                    [self = shared_from_this()](std::exception_ptr e) {
-                       if (e) spdlog::error("client {}: server relay ended with an exception", self->id);
+                       // (server_loop says it is done itself, at once: this handler may run
+                       // after the client linked its next server)
+                       if (!e) return;
+                       spdlog::error("client {}: server relay ended with an exception", self->id);
                        self->server_loop_done();
                    });
 }
@@ -596,14 +617,10 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server, error
         if (releasable && m.take_parameter_refresh()) {
             // A SET/RESET may have changed parameters PostgreSQL does not report: read them
             // before the client gets its ReadyForQuery (it cannot send more until then).
-            std::size_t skip = sent;
-            for (auto& [p, len] : m.to_client().pieces()) {
-                if (skip >= len) {
-                    skip -= len;
-                    continue;
-                }
-                copy.append(static_cast<const char*>(p) + skip, len - skip);
-                skip = 0;
+            {
+                buffer_list_lease pieces;
+                gather(m.to_client(), sent, *pieces);
+                for (auto& b : *pieces) copy.append(static_cast<const char*>(b.data()), b.size());
             }
             sent = 0;
             sbuf.consume(r.consumed);
@@ -614,15 +631,7 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server, error
             const auto& batch = m.to_client();
             if (batch.size() > sent) {
                 buffer_list_lease pieces;  // (a warm lease allocates nothing)
-                std::size_t skip = sent;
-                for (auto& [p, len] : batch.pieces()) {
-                    if (skip >= len) {
-                        skip -= len;
-                        continue;
-                    }
-                    pieces->emplace_back(static_cast<const char*>(p) + skip, len - skip);
-                    skip = 0;
-                }
+                gather(batch, sent, *pieces);
                 bool ok = co_await write_client(*pieces);
                 if (!ok) {
                     sbuf.consume(r.consumed);  // the client is gone: finish_server() decides
@@ -642,9 +651,13 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server, error
             socket_.close(ignored);
             break;
         }
-        if (release_if_done(server)) co_return;
+        if (release_if_done(server)) {
+            server_loop_done();
+            co_return;
+        }
     }
     sbuf.shrink_if_empty();
+    server_loop_done();
 }
 
 // --- relay::observer: stats and timeouts ---------------------------------------------

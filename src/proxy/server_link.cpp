@@ -34,7 +34,8 @@ bool client_session::link_server_now(pool::server_ptr& taken, bool& round_trips_
 
 asio::awaitable<bool> client_session::link_server(pool::server_ptr taken, bool round_trips_due) {
     state = client_state::waiting;
-    request_time = steady_clock::now();
+    const auto started = steady_clock::now();
+    request_time = started;
     if (taken && round_trips_due) {
         bool usable = co_await pool_->check_out_round_trips(taken);
         if (!usable) {  // dropped: its slot goes back, and this client waits like any other
@@ -52,6 +53,9 @@ asio::awaitable<bool> client_session::link_server(pool::server_ptr taken, bool r
         };
         r = co_await pool_->acquire(executor(), worker_, &queued_notice);
     }
+    // From the start: a server_check_query on a server taken before, and a wait after it
+    // failed, both count.
+    r.waited = steady_clock::now() - started;
     auto waited_us = std::chrono::duration_cast<std::chrono::microseconds>(r.waited).count();
     pool_->stats.wait_time_us += waited_us;
     pool_->stats.wait_latency.record(waited_us);
@@ -84,9 +88,16 @@ asio::awaitable<bool> client_session::link_server(pool::server_ptr taken, bool r
 
 void client_session::start_server_side() {
     relay_->on_server_linked(&server_->statements);
+    try {
+        await_server(server_);
+    } catch (...) {  // (no memory for the read: the server goes, the session ends)
+        relay_->on_server_released();
+        linked_server_id = 0;
+        pool_->discard(std::move(server_));
+        throw;
+    }
     pool_->active_clients++;
     server_loop_running_ = true;
-    await_server(server_);
     state = client_state::active;
 }
 
