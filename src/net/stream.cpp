@@ -219,6 +219,17 @@ asio::awaitable<error_code> stream::handshake(asio::ssl::stream_base::handshake_
     }
 }
 
+namespace {
+
+// A failed non-blocking recv/send: would_block when the socket had nothing (or no room).
+error_code errno_code() {
+    return errno == EAGAIN || errno == EWOULDBLOCK
+               ? error_code(asio::error::would_block)
+               : error_code(errno, asio::error::get_system_category());
+}
+
+}  // namespace
+
 std::size_t stream::read_now(asio::mutable_buffer b, error_code& ec) {
     for (;;) {
         ssize_t n = ::recv(socket_.native_handle(), b.data(), b.size(), MSG_DONTWAIT);
@@ -231,9 +242,7 @@ std::size_t stream::read_now(asio::mutable_buffer b, error_code& ec) {
             return 0;
         }
         if (errno == EINTR) continue;
-        ec = (errno == EAGAIN || errno == EWOULDBLOCK)
-                 ? error_code(asio::error::would_block)
-                 : error_code(errno, asio::error::get_system_category());
+        ec = errno_code();
         return 0;
     }
 }
@@ -261,9 +270,7 @@ std::size_t stream::write_now(std::span<const asio::const_buffer> pieces, error_
             return std::size_t(n);
         }
         if (errno == EINTR) continue;
-        ec = (errno == EAGAIN || errno == EWOULDBLOCK)
-                 ? error_code(asio::error::would_block)
-                 : error_code(errno, asio::error::get_system_category());
+        ec = errno_code();
         return 0;
     }
 }

@@ -809,7 +809,7 @@ bool machine::at_boundary() const {
 }
 
 bool machine::take_parameter_refresh() {
-    bool r = refresh_parameters_ && settings_.mode != config::pool_mode::session;
+    const bool r = parameter_refresh_due();
     refresh_parameters_ = false;
     return r;
 }
