@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
@@ -31,7 +33,8 @@ from harness import Postgres  # noqa: E402
 USER, PASSWORD, DB = "app", "app_pw", "app"
 
 
-def measure(binary: Path, pg: Postgres, base: Path, clients: int, transactions: int) -> dict:
+def measure(binary: Path, pg: Postgres, base: Path, clients: int, transactions: int,
+            keep: Optional[Path] = None) -> dict:
     d = base / f"cg-{binary.parent.parent.name}-{time.monotonic_ns()}"
     d.mkdir(parents=True)
     (d / "userlist.txt").write_text(harness.userlist_text({USER: PASSWORD}))
@@ -76,6 +79,9 @@ databases:
         total = next(int(line.split()[1]) for line in dump.read_text().splitlines()
                      if line.startswith("summary:"))
         failed = [line for line in r.stdout.splitlines() if "failed transactions" in line]
+        if keep:  # for callgrind_annotate --inclusive=yes
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(dump, keep / f"callgrind.{binary.parent.parent.name}.{clients}.out")
     finally:
         harness._kill(proc, 15, grace=10)
     n = clients * transactions
@@ -89,6 +95,8 @@ def main() -> int:
                     help="a Sluice binary (repeatable; default build/sluice)")
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--transactions", type=int, default=300, help="pgbench -t, per client")
+    ap.add_argument("--keep", type=Path,
+                    help="copy each callgrind dump into this directory (callgrind_annotate)")
     a = ap.parse_args()
     bins = [b.resolve() for b in (a.bin or [REPO / "build" / "sluice"])]
     base = harness.make_tempdir("sluice-cg-")
@@ -99,7 +107,7 @@ def main() -> int:
         pg.create_database(DB, owner=USER)
         pg.pgbench_init(DB, USER, scale=1)
         for b in bins:
-            r = measure(b, pg, base, a.clients, a.transactions)
+            r = measure(b, pg, base, a.clients, a.transactions, a.keep)
             print(f"{r['bin']}: {r['per_transaction']:.0f} instructions per transaction "
                   f"({r['instructions']} over {r['transactions']}, pgbench -S -c {a.clients} "
                   f"-t {a.transactions}; {'; '.join(r['pgbench'])})", flush=True)

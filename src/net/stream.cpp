@@ -332,13 +332,14 @@ std::string stream::tls_description() const {
 }
 
 bool stream::migrate(asio::any_io_executor ex) {
-    if (socket_.get_executor() == ex) return true;
+    const io_executor to = to_io_executor(ex);
+    if (socket_.get_executor() == to) return true;
     // The descriptor moves to the new executor's reactor under the same number, so the
     // TLS session (whose BIO sends to socket_'s descriptor) carries on as it is.
     error_code ec;
     auto protocol = socket_.local_endpoint(ec).protocol();
     int fd = ec ? -1 : socket_.release(ec);
-    socket_ = stream_socket(ex);
+    socket_ = stream_socket(to);
     if (fd >= 0) socket_.assign(protocol, fd, ec);
     if (fd < 0 || ec) {
         if (fd >= 0) ::close(fd);

@@ -39,7 +39,7 @@ asio::awaitable<void> client_session::forward_cancel(std::shared_ptr<client_sess
         ~done_guard() { s->cancels_in_flight--; }
     } guard{s};
     auto key = s->backend_key;
-    stream_socket sock(self->executor());
+    stream_socket sock(to_io_executor(self->executor()));
     std::string error;
     auto timeout = self->rt_.cfg()->sluice.cancel_wait_timeout;
     asio::steady_timer watchdog(self->executor(), timeout.count() > 0 ? timeout : 10s);

@@ -52,7 +52,7 @@ class stream {
 public:
     using executor_type = stream_socket::executor_type;
 
-    explicit stream(asio::any_io_executor ex) : socket_(std::move(ex)) {}
+    explicit stream(const asio::any_io_executor& ex) : socket_(to_io_executor(ex)) {}
     explicit stream(stream_socket s) : socket_(std::move(s)) {}
     stream(const stream&) = delete;
     stream& operator=(const stream&) = delete;
