@@ -292,14 +292,21 @@ table show_servers(proxy::runtime& rt) {
     table t;
     add_connection_columns(t);
     t.column("role");  // Sluice's own: primary or standby, as the server said at login
+    // The linked clients, found in one pass over the sessions.
+    std::vector<std::uint64_t> linked;
+    for (auto& p : rt.pools.all())
+        for (auto& s : p->take_snapshot().servers)
+            if (auto id = s->link_client_id.load()) linked.push_back(id);
+    std::unordered_map<std::uint64_t, std::string> link_text;
+    for (auto& c : rt.sessions.find_by_ids(std::move(linked))) link_text[c->id] = ptr_text(c.get());
     for (auto& p : rt.pools.all()) {
         auto snap = p->take_snapshot();
         std::sort(snap.servers.begin(), snap.servers.end(),
                   [](auto& a, auto& b) { return a->id < b->id; });
         for (auto& s : snap.servers) {
             cell link;
-            if (s->link_client_id)
-                if (auto c = rt.sessions.find_by_id(s->link_client_id)) link = ptr_text(c.get());
+            if (auto id = s->link_client_id.load())
+                if (auto it = link_text.find(id); it != link_text.end()) link = it->second;
             t.rows.push_back({"S", p->user(), p->database(), "none", server_state_name(s->state.load()),
                               s->host(), num(s->port.load()), std::nullopt, "0", format_time(s->connect_time),
                               format_time(s->request_time.time_since_epoch().count() ? s->request_time : s->connect_time),

@@ -270,10 +270,12 @@ asio::awaitable<void> server::janitor_loop() {
         // Client timeouts: each session keeps timestamps; act only on expired ones.
         auto now = proxy::client_session::now_ns();
         for (auto& s : rt_.sessions.all()) s->check_timeouts(now);
-        if (rt_.cfg()->sluice.server_fast_close)
+        if (rt_.cfg()->sluice.server_fast_close) {
+            std::vector<std::uint64_t> clients;
             for (auto& p : rt_.pools.all())
-                for (auto client : p->clients_of_close_needed_servers())
-                    if (auto s = rt_.sessions.find_by_id(client)) s->fast_close_if_idle();
+                for (auto client : p->clients_of_close_needed_servers()) clients.push_back(client);
+            for (auto& s : rt_.sessions.find_by_ids(std::move(clients))) s->fast_close_if_idle();
+        }
         check_shutdown();
     }
 }

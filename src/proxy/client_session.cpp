@@ -69,7 +69,8 @@ client_session::~client_session() = default;
 
 asio::awaitable<void> client_session::run() {
     auto self = shared_from_this();
-    rt_.sessions.add(self);
+    while (!rt_.sessions.add(self))  // (a cancel key already taken: 2^-64 per pair)
+        auth::random_bytes(reinterpret_cast<std::uint8_t*>(&cancel_key), sizeof cancel_key);
     auto cfg = rt_.cfg();
     max_packet_ = std::size_t(cfg->sluice.max_packet_size);
 

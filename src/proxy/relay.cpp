@@ -398,13 +398,13 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
         }
         // Bind: a client statement is renamed; the parameters that follow are streamed.
         std::string statement(as_view(msg + first + 1, second - first - 1));
-        auto it = statement.empty() ? statements_.end() : statements_.find(statement);
+        client_statement* st = statement.empty() ? nullptr : statements_.find(statement);
         if (!linked_) return client_result{client_event::need_server, pos};
         obs_.on_client_bind();
-        if (it != statements_.end()) {
+        if (st) {
             out_server().skip(pos, second + 1);
-            ensure_prepared(it->second, pos);
-            const auto& server_name = it->second.server_name;
+            ensure_prepared(*st, pos);
+            const auto& server_name = st->server_name;
             std::string head =
                 header_bytes(type, body_length - statement.size() + server_name.size());
             head.append(as_view(msg + 5, first + 1 - 5));  // portal and its NUL
@@ -431,15 +431,15 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
         return malformed();
     }
     std::string name(d->name);
-    auto it = d->kind == 'S' && !name.empty() ? statements_.find(name) : statements_.end();
-    if (type == proto::msg::close && it != statements_.end()) {
+    client_statement* st = d->kind == 'S' && !name.empty() ? statements_.find(name) : nullptr;
+    if (type == proto::msg::close && st) {
         // The server copy is shared and LRU-managed: only the client's name goes.
         reply r;
         r.request = 'C';
         r.action = reply::inject;
         r.client_name = name;
-        r.restore = std::move(it->second);
-        statements_.erase(it);
+        r.restore = std::move(*st);
+        statements_.erase(name);
         proto::writer(r.bytes).close_complete();
         queue().push_back(std::move(r));
         out_server().skip(pos, total);
@@ -449,14 +449,14 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
         return {};
     }
     if (!linked_) return client_result{client_event::need_server, pos};
-    if (type == proto::msg::describe && it != statements_.end()) {
+    if (type == proto::msg::describe && st) {
         out_server().skip(pos, total);
-        ensure_prepared(it->second, pos);
+        ensure_prepared(*st, pos);
         std::string m;
         proto::writer w(m);
         w.header(proto::msg::describe);
         w.u8('S');
-        w.cstring(it->second.server_name);
+        w.cstring(st->server_name);
         w.finish();
         out_server().insert(pos, std::move(m));
         pos += total;

@@ -13,16 +13,24 @@
 
 namespace sluice::proxy {
 
-void session_registry::add(const std::shared_ptr<client_session>& s) {
+bool session_registry::add(const std::shared_ptr<client_session>& s) {
     std::lock_guard lk(mutex_);
-    by_key_[key_of(s->cancel_key.process_id, s->cancel_key.secret_key)] = s;
-    by_id_[s->id] = s;
+    auto& slot = by_key_[key_of(s->cancel_key.process_id, s->cancel_key.secret_key)];
+    if (!slot.expired()) return false;
+    slot = s;
+    return true;
 }
 
 void session_registry::remove(const client_session& s) {
+    // Only this session's entry: one that ends before it was added must not take another's.
+    // (`held` outlives the lock: should it be the last reference, the session it names is
+    // destroyed after the registry's mutex is released.)
+    std::shared_ptr<client_session> held;
     std::lock_guard lk(mutex_);
-    by_key_.erase(key_of(s.cancel_key.process_id, s.cancel_key.secret_key));
-    by_id_.erase(s.id);
+    auto it = by_key_.find(key_of(s.cancel_key.process_id, s.cancel_key.secret_key));
+    if (it == by_key_.end()) return;
+    held = it->second.lock();
+    if (!held || held.get() == &s) by_key_.erase(it);
 }
 
 std::shared_ptr<client_session> session_registry::find_by_key(std::uint32_t pid,
@@ -33,23 +41,34 @@ std::shared_ptr<client_session> session_registry::find_by_key(std::uint32_t pid,
 }
 
 std::shared_ptr<client_session> session_registry::find_by_id(std::uint64_t id) const {
+    auto found = find_by_ids({id});
+    return found.empty() ? nullptr : std::move(found.front());
+}
+
+std::vector<std::shared_ptr<client_session>> session_registry::find_by_ids(
+    std::vector<std::uint64_t> ids) const {
+    std::vector<std::shared_ptr<client_session>> out;
+    if (ids.empty()) return out;
+    std::sort(ids.begin(), ids.end());
     std::lock_guard lk(mutex_);
-    auto it = by_id_.find(id);
-    return it == by_id_.end() ? nullptr : it->second.lock();
+    for (auto& [key, w] : by_key_)
+        if (auto s = w.lock(); s && std::binary_search(ids.begin(), ids.end(), s->id))
+            out.push_back(std::move(s));
+    return out;
 }
 
 std::vector<std::shared_ptr<client_session>> session_registry::all() const {
     std::lock_guard lk(mutex_);
     std::vector<std::shared_ptr<client_session>> out;
-    out.reserve(by_id_.size());
-    for (auto& [id, w] : by_id_)
+    out.reserve(by_key_.size());
+    for (auto& [key, w] : by_key_)
         if (auto s = w.lock()) out.push_back(std::move(s));
     return out;
 }
 
 std::size_t session_registry::size() const {
     std::lock_guard lk(mutex_);
-    return by_id_.size();
+    return by_key_.size();
 }
 
 namespace {

@@ -37,12 +37,13 @@ inline constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
 // An allocator for an operation that may stay pending for hours (an idle client's read),
 // bound with asio::bind_allocator. Asio's default recycles per-thread blocks sized for
 // coroutine frames, which would hold several times the operation's size for as long as it
-// waits; this one takes the operation's size, rounded up to 64 bytes, and keeps freed
-// blocks on a small per-thread list per size class, so that a wait per request costs no
-// malloc on the steady path.
+// waits; this one takes the operation's size, rounded up to 16 bytes (malloc's own granule:
+// coarser classes cost an idle client up to the difference), and keeps freed blocks on a
+// small per-thread list per size class, so that a wait per request costs no malloc on the
+// steady path.
 namespace detail {
 struct op_block_cache {
-    static constexpr std::size_t granule = 64, classes = 8, max_blocks = 256;
+    static constexpr std::size_t granule = 16, classes = 32, max_blocks = 256;
     std::vector<void*> free[classes];
     ~op_block_cache() {
         for (auto& list : free)

@@ -75,14 +75,13 @@ public:
     protocol::cancel_request cancel_key{};  // the key Sluice handed to the client
     std::string user, database, application_name;
     std::string addr;
-    int port = 0;
     std::string local_addr;
-    int local_port = 0;
+    int port = 0, local_port = 0;
     std::string tls_info;  // "TLSv1.3/<cipher>" once TLS is up; set before login ends
     steady_clock::time_point connect_time = steady_clock::now();
     std::atomic<steady_clock::time_point> request_time{steady_clock::now()};
-    std::atomic<client_state> state{client_state::login};
     std::atomic<std::uint64_t> linked_server_id{0};
+    std::atomic<client_state> state{client_state::login};
     // The client's prepared statements that Sluice tracks (transaction/statement mode),
     // for SHOW CLIENTS; kept by the session's own thread after each relay step.
     std::atomic<std::uint32_t> prepared_statements{0};
@@ -220,6 +219,7 @@ private:
     runtime& rt_;
     net::stream socket_;
     int worker_;
+    config::pool_mode mode_ = config::pool_mode::session;
     byte_buffer in_;  // client bytes not yet forwarded
     std::array<std::uint8_t, 128> first_bytes_;  // an idle client's next request starts here
     std::size_t max_packet_ = 0;
@@ -228,28 +228,27 @@ private:
     // (immutable and usually shared with the pool's other clients: pool::intern_parameters;
     // a change makes a new set)
     pool::shared_params wanted_params_;
-    config::pool_mode mode_ = config::pool_mode::session;
 
     // relay state
     std::optional<relay::machine> relay_;  // from the end of login
     pool::server_ptr server_;              // linked server, if any
-    bool server_loop_running_ = false;
     // finish_server() waits here for server_loop to end (its own timer, only then).
     asio::steady_timer* server_loop_done_ = nullptr;
-    bool client_gone_ = false;
-    bool fatal_ = false;                   // the session is being torn down
     // Why the session ended, for the log_disconnections line in PgBouncer's words
     // ("closing because: client close request"); set where the end is decided.
     std::string close_reason_;  // empty: "client unexpected eof" (no string per client)
     steady_clock::time_point query_start_{}, xact_start_{};
+    // Where client_loop goes on: only while it runs (the usual request needs none).
+    std::unique_ptr<client_pending> pending_;
+    // (The flags sit together: every idle client holds them, padding included.)
+    bool server_loop_running_ = false;
+    bool client_gone_ = false;
+    bool fatal_ = false;            // the session is being torn down
     bool reset_query_always_ = false;
     bool left_runtime_ = false;
     bool relaying_client_ = false;  // the client side is running (it may use the scratch)
-    // Where client_loop goes on: only while it runs (the usual request needs none).
-    std::unique_ptr<client_pending> pending_;
     bool login_over_ = false;       // client_login_timeout's watchdog has nothing to do
-
-    bool writing_client_ = false;
+    bool writing_client_ = false;   // one writer at a time (write_client)
     // At most the other loop waits here; a vector, unlike a deque, allocates nothing
     // while empty (a libstdc++ deque takes about 600 bytes per idle client).
     std::vector<asio::steady_timer*> write_waiters_;

@@ -14,7 +14,9 @@
 #include <cstdint>
 #include <deque>
 #include <vector>
+#include <memory>
 #include <string>
+#include <unordered_map>
 #include <string_view>
 
 namespace sluice::proxy {
@@ -26,6 +28,32 @@ std::string server_statement_name(std::string_view parse_rest);
 struct client_statement {
     std::string server_name;
     std::string parse_rest;
+};
+
+// A client's prepared-statement names. Most clients never prepare one, so the map exists
+// only from the first: every idle client holds a pointer, not an empty unordered_map (56
+// bytes).
+class client_statements {
+public:
+    std::size_t size() const { return map_ ? map_->size() : 0; }
+    std::size_t count(const std::string& name) const { return map_ ? map_->count(name) : 0; }
+    client_statement* find(const std::string& name) {
+        if (!map_) return nullptr;
+        auto it = map_->find(name);
+        return it == map_->end() ? nullptr : &it->second;
+    }
+    client_statement& operator[](const std::string& name) {
+        if (!map_) map_ = std::make_unique<map>();
+        return (*map_)[name];
+    }
+    void erase(const std::string& name) {
+        if (map_) map_->erase(name);
+    }
+    void clear() { map_.reset(); }
+
+private:
+    using map = std::unordered_map<std::string, client_statement>;
+    std::unique_ptr<map> map_;
 };
 
 // True for the extended-protocol messages that PostgreSQL skips after an error until

@@ -56,10 +56,10 @@ namespace sluice::proxy::relay {
 struct settings {
     config::pool_mode mode = config::pool_mode::session;
     bool track_prepared = false;          // transaction/statement mode, max_prepared_statements > 0
+    bool rate_limited = false;            // ask for admission at the start of each request
     std::size_t max_prepared = 200;       // per server connection
     std::size_t max_packet = 1u << 30;    // max_packet_size
     std::size_t max_held = 16u << 20;     // max_held_message_size: a message held whole
-    bool rate_limited = false;            // ask for admission at the start of each request
 };
 
 // Bookkeeping the driver does for the core's events (stats, timeouts, parameters). No
@@ -209,7 +209,7 @@ private:
     settings settings_;
     observer& obs_;
     std::unique_ptr<scratch> scratch_;  // only while the client has work
-    std::unordered_map<std::string, client_statement> statements_;  // the client's names
+    client_statements statements_;  // the client's names
     pool::server_statements* server_statements_ = nullptr;
 
     // client side
@@ -219,9 +219,9 @@ private:
     bool batch_forwarded_ = false;    // ... and some of them reached the server
     bool unsynced_ = false;           // extended messages forwarded since the last Sync
     skip skip_ = skip::none;          // dropping the rest of an extended batch
-    bool admitted_ = false;           // the request at the front of the input was admitted
     std::string rejection_;           // the ErrorResponse for a rejected request
     std::uint32_t copy_ends_sent_ = 0;
+    bool admitted_ = false;           // the request at the front of the input was admitted
     bool linked_ = false;
 
     // server side

@@ -28,14 +28,20 @@ namespace sluice::proxy {
 
 class client_session;
 
-// Sessions by the cancel key Sluice handed out, and by id. A hash map: cancel lookup is
-// O(1) whatever the number of clients (PgBouncer scans a list).
+// Sessions by the cancel key Sluice handed out. A hash map: cancel lookup is O(1)
+// whatever the number of clients (PgBouncer scans a list). Lookups by id are rare (admin
+// commands, the janitor) and scan: a second map would cost every idle client a node and a
+// bucket (about 56 bytes).
 class session_registry {
 public:
-    void add(const std::shared_ptr<client_session>& s);
+    // False (and nothing added) if another live session holds the same cancel key: the
+    // caller draws a new one (it has not been handed to the client yet).
+    bool add(const std::shared_ptr<client_session>& s);
     void remove(const client_session& s);
     std::shared_ptr<client_session> find_by_key(std::uint32_t pid, std::uint32_t key) const;
     std::shared_ptr<client_session> find_by_id(std::uint64_t id) const;
+    // Several at once, in one scan: those found, in no particular order.
+    std::vector<std::shared_ptr<client_session>> find_by_ids(std::vector<std::uint64_t> ids) const;
     std::vector<std::shared_ptr<client_session>> all() const;
     std::size_t size() const;
 
@@ -45,7 +51,6 @@ private:
     }
     mutable std::mutex mutex_;
     std::unordered_map<std::uint64_t, std::weak_ptr<client_session>> by_key_;
-    std::unordered_map<std::uint64_t, std::weak_ptr<client_session>> by_id_;
 };
 
 // auth_hba_file and auth_ident_file, parsed; replaced as a whole on RELOAD.
