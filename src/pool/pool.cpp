@@ -6,6 +6,12 @@
 
 namespace sluice::pool {
 
+namespace {
+const char* const wait_timeout_message =
+    "query_wait_timeout: no server connection became free in time";
+}  // namespace
+
+
 // Slots also count against max_db_connections / max_user_connections, shared with the
 // other pools of the same database or user.
 bool pool::shared::try_take() {
@@ -120,6 +126,15 @@ void pool::grant_locked(const grant& g) {
         w->may_connect = true;
     }
     w->done = true;
+    if (w->wake) {  // parked: its end runs on its worker (never under this mutex)
+        try {
+            asio::post(w->executor, [this, w] {
+                if (!w->delivered) end_parked(w);  // (delivered: `this` may be gone)
+            });
+        } catch (...) {  // (no memory: its timer finds `done` within a second)
+        }
+        return;
+    }
     // The waiter's coroutine runs on its own worker; the timer is touched only there.
     // Released on that very worker (the usual case, worker affinity): wake it now rather
     // than through a posted handler.
@@ -155,23 +170,10 @@ asio::awaitable<acquire_result> pool::acquire(
     // shared limits, query_wait_timeout.
     const settings& cfg = *snapshot;
     const auto deadline = start + cfg.query_wait_timeout;
-    const auto reserve_at = start + cfg.reserve_pool_timeout;
     const auto notify_at = start + cfg.query_wait_notify;
     bool notify = queued_notice && *queued_notice && cfg.query_wait_notify.count() > 0;
     while (w) {
-        auto wake = deadline;
-        if (cfg.reserve_pool_size > 0 && reserve_at < wake && steady_clock::now() < reserve_at)
-            wake = reserve_at;
-        if (notify && notify_at < wake) wake = notify_at;
-        // Limits shared with other pools (max_db_connections, max_user_connections) free
-        // up without telling us; look again now and then. Otherwise look again every
-        // second anyway: a missed wake-up then costs a second, never query_wait_timeout.
-        if (manager_.any_shared_limit() &&
-            (manager_.db_limit(database_) > 0 || manager_.user_limit(user_) > 0))
-            wake = std::min(wake, steady_clock::now() + std::chrono::milliseconds(100));
-        else
-            wake = std::min(wake, steady_clock::now() + std::chrono::seconds(1));
-        w->timer.expires_at(wake);
+        w->timer.expires_at(next_wake(cfg, start, notify));
         co_await w->timer.async_wait(use_nothrow);
         if (notify && steady_clock::now() >= notify_at) {
             notify = false;
@@ -185,36 +187,11 @@ asio::awaitable<acquire_result> pool::acquire(
         }
 
         std::lock_guard lk(mutex_);
-        if (w->done) {
-            s = std::move(w->server);  // or none: w->may_connect
-            break;
-        }
-        sync_pause_locked();
-        auto now = steady_clock::now();
-        auto c = state_.retry(w->id, start, now);
-        if (c.kind == checkout::idle_server) {
-            waiting_.erase(w->id);
-            s = find_locked(c.server);
-            s->state = server_state::active;
-            break;
-        }
-        if (c.kind == checkout::connect) {
-            waiting_.erase(w->id);
-            if (c.from_reserve)
-                spdlog::info("{}/{}: taking connection from reserve_pool (waited {} ms)",
-                             database_, user_,
-                             std::chrono::duration_cast<std::chrono::milliseconds>(now - start)
-                                 .count());
-            break;
-        }
-        if (now >= deadline) {
-            state_.cancel(w->id);
-            waiting_.erase(w->id);
-            stats.errors_wait_timeout++;
-            co_return acquire_result{nullptr, "53300",
-                                     "query_wait_timeout: no server connection became free in time",
-                                     now - start};
-        }
+        const auto step = look_again_locked(*w, cfg, start, s);
+        if (step == wait_step::timed_out)
+            co_return acquire_result{nullptr, "53300", wait_timeout_message,
+                                     steady_clock::now() - start};
+        if (step != wait_step::wait) break;
     }
     if (s) {
         // (the result is stored first: gcc 12 mishandles co_await inside conditions)
@@ -226,6 +203,275 @@ asio::awaitable<acquire_result> pool::acquire(
     }
     auto r = co_await open_server(ex, worker, deadline);
     r.waited = steady_clock::now() - start;
+    co_return r;
+}
+
+steady_clock::time_point pool::next_wake(const settings& cfg, steady_clock::time_point start,
+                                         bool notify) const {
+    const auto now = steady_clock::now();
+    auto wake = start + cfg.query_wait_timeout;
+    const auto reserve_at = start + cfg.reserve_pool_timeout;
+    if (cfg.reserve_pool_size > 0 && reserve_at < wake && now < reserve_at) wake = reserve_at;
+    if (notify && start + cfg.query_wait_notify < wake) wake = start + cfg.query_wait_notify;
+    // Limits shared with other pools (max_db_connections, max_user_connections) free up
+    // without telling us; look again now and then. Otherwise look again every second
+    // anyway: a missed wake-up then costs a second, never query_wait_timeout.
+    if (manager_.any_shared_limit() &&
+        (manager_.db_limit(database_) > 0 || manager_.user_limit(user_) > 0))
+        return std::min(wake, now + std::chrono::milliseconds(100));
+    return std::min(wake, now + std::chrono::seconds(1));
+}
+
+pool::wait_step pool::look_again_locked(waiter& w, const settings& cfg,
+                                        steady_clock::time_point start, server_ptr& s) {
+    if (w.done) {
+        s = std::move(w.server);  // or none: w.may_connect
+        return s ? wait_step::server : wait_step::connect;
+    }
+    sync_pause_locked();
+    auto now = steady_clock::now();
+    auto c = state_.retry(w.id, start, now);
+    if (c.kind == checkout::idle_server) {
+        waiting_.erase(w.id);
+        s = find_locked(c.server);
+        s->state = server_state::active;
+        return wait_step::server;
+    }
+    if (c.kind == checkout::connect) {
+        waiting_.erase(w.id);
+        if (c.from_reserve)
+            spdlog::info(
+                "{}/{}: taking connection from reserve_pool (waited {} ms)", database_, user_,
+                std::chrono::duration_cast<std::chrono::milliseconds>(now - start).count());
+        return wait_step::connect;
+    }
+    if (now >= start + cfg.query_wait_timeout) {
+        state_.cancel(w.id);
+        waiting_.erase(w.id);
+        stats.errors_wait_timeout++;
+        return wait_step::timed_out;
+    }
+    return wait_step::wait;
+}
+
+// --- parked waits: acquire() as plain handlers ------------------------------------------
+//
+// park -> request(): an idle server (checked out here) | a free slot | queued:
+//   the waiter's timer (next_wake) -> on_parked_timer -> look_again_locked:
+//       server / slot / timed out -> wake(ctx, outcome); still waiting -> timer again
+//       (query_wait_notify passed: wake(ctx, {notify}) first, still queued)
+//   a grant (release, a freed slot, RESUME) -> grant_locked posts end_parked -> wake
+//       (the timer, should that post have failed, finds `done` and ends the wait too)
+// Invariants: the outcome of the wait reaches `wake` exactly once (`delivered`), on the
+// waiter's executor, never under mutex_; the timer is touched only on that executor. An
+// exception in these handlers (no memory) ends the wait with an error and gives back what
+// the wait held (its queue place, a server, a slot): it must not reach the worker's run
+// loop, which would end the process.
+
+std::optional<pool::park_outcome> pool::park(asio::any_io_executor ex, int worker,
+                                             park_wake wake, std::shared_ptr<void> ctx) {
+    const auto start = steady_clock::now();
+    // Made before the queue is touched: a failure here changes nothing.
+    auto w = std::allocate_shared<waiter>(exact_allocator<waiter>(), ex, 0);
+    w->since = start;
+    w->wake = wake;
+    w->worker = worker;
+    std::shared_ptr<const settings> snapshot;
+    server_ptr s;
+    bool queued = false;
+    {
+        std::lock_guard lk(mutex_);
+        snapshot = snapshot_;
+        sync_pause_locked();
+        w->id = ++next_waiter_;
+        auto [it, inserted] = waiting_.try_emplace(w->id, w);  // (before the core hears of it)
+        checkout c;
+        try {
+            c = state_.request(w->id, worker, start);
+        } catch (...) {
+            waiting_.erase(it);
+            throw;
+        }
+        if (c.kind == checkout::wait) {
+            queued = true;
+        } else {
+            waiting_.erase(it);
+            if (c.kind == checkout::idle_server) {
+                s = find_locked(c.server);
+                s->state = server_state::active;
+            }
+        }
+    }
+    if (queued) {
+        w->ctx = std::move(ctx);
+        w->snapshot = std::move(snapshot);
+        w->notify_due = w->snapshot->query_wait_notify.count() > 0;
+        // (A grant that comes from now on posts end_parked to this executor: it runs after
+        // this handler, so after the timer is armed.)
+        try {
+            arm_parked(w);
+        } catch (const std::exception& e) {
+            fail_parked(w, e);  // (the error goes to wake, posted: park itself says queued)
+        }
+        return std::nullopt;
+    }
+    park_outcome out;
+    if (!s) {
+        out.slot_held = true;
+        return out;
+    }
+    try {
+        hand_out(s, ex, worker, *snapshot, out);
+    } catch (...) {
+        if (s) discard(std::move(s));
+        throw;
+    }
+    return out;
+}
+
+void pool::hand_out(server_ptr& s, const asio::any_io_executor& ex, int worker,
+                    const settings& cfg, park_outcome& out) {
+    switch (check_out_now(s, ex, worker, cfg)) {
+    case check_verdict::usable:
+        out.server = std::move(s);
+        break;
+    case check_verdict::round_trips_due:
+        out.server = std::move(s);
+        out.round_trips_due = true;
+        break;
+    case check_verdict::dropped:  // broken (and gone): connect in the slot it held
+        s = nullptr;
+        out.slot_held = true;
+        break;
+    }
+}
+
+void pool::arm_parked(const std::shared_ptr<waiter>& w) {
+    w->timer.expires_at(next_wake(*w->snapshot, w->since, w->notify_due));
+    w->timer.async_wait(asio::bind_allocator(exact_allocator<void>(), [this, w](error_code ec) {
+        // (cancelled, or ended meanwhile: end_parked has run or will; `this` may be gone)
+        if (!ec && !w->delivered) on_parked_timer(w);
+    }));
+}
+
+void pool::on_parked_timer(const std::shared_ptr<waiter>& w) {
+    server_ptr s;  // taken by look_again_locked: given back should anything below fail
+    try {
+        const settings& cfg = *w->snapshot;
+        if (w->notify_due && steady_clock::now() >= w->since + cfg.query_wait_notify) {
+            w->notify_due = false;
+            bool granted;
+            {
+                std::lock_guard lk(mutex_);
+                granted = w->done;
+            }
+            if (!granted) {
+                park_outcome n;
+                n.notify = true;
+                w->wake(w->ctx, std::move(n));
+            }
+        }
+        wait_step step = wait_step::wait;
+        bool granted;
+        {
+            std::lock_guard lk(mutex_);
+            granted = w->done;
+            if (!granted) step = look_again_locked(*w, cfg, w->since, s);
+        }
+        if (granted) return end_parked(w);  // (its posted end_parked then does nothing)
+        if (step == wait_step::wait) return arm_parked(w);
+        park_outcome out;
+        if (step == wait_step::server) {
+            hand_out(s, w->executor, w->worker, cfg, out);
+        } else if (step == wait_step::connect) {
+            out.slot_held = true;
+        } else {
+            out.sqlstate = "53300";
+            out.message = wait_timeout_message;
+        }
+        deliver_parked(w, std::move(out));
+    } catch (const std::exception& e) {
+        try {
+            if (s) discard(std::move(s));
+        } catch (...) {
+        }
+        fail_parked(w, e);
+    }
+}
+
+void pool::end_parked(const std::shared_ptr<waiter>& w) {
+    if (w->delivered) return;
+    server_ptr s;
+    try {
+        w->timer.cancel();
+        {
+            std::lock_guard lk(mutex_);
+            s = std::move(w->server);  // granted (done): a server, or a slot
+        }
+        park_outcome out;
+        if (s) hand_out(s, w->executor, w->worker, *w->snapshot, out);
+        else out.slot_held = true;
+        deliver_parked(w, std::move(out));
+    } catch (const std::exception& e) {
+        if (s) {  // the server it was granted goes back here; a slot, in fail_parked
+            try {
+                discard(std::move(s));
+            } catch (...) {
+            }
+            std::lock_guard lk(mutex_);
+            w->done = false;
+        }
+        fail_parked(w, e);
+    }
+}
+
+void pool::deliver_parked(const std::shared_ptr<waiter>& w, park_outcome out) {
+    w->delivered = true;
+    auto ctx = std::move(w->ctx);
+    w->wake(ctx, std::move(out));  // (on_park_wake catches what it could throw)
+}
+
+void pool::fail_parked(const std::shared_ptr<waiter>& w, const std::exception& e) noexcept {
+    // Leaves the queue if still in it; a grant that came meanwhile is given back.
+    server_ptr granted;
+    bool slot = false;
+    {
+        std::lock_guard lk(mutex_);
+        if (state_.cancel(w->id)) {
+            waiting_.erase(w->id);
+        } else if (w->done) {
+            granted = std::move(w->server);
+            slot = !granted;
+            w->done = false;
+        }
+    }
+    try {
+        if (granted) discard(std::move(granted));
+        else if (slot) release_slot();
+        spdlog::error("{}/{}: a queued client's wait failed: {}", database_, user_, e.what());
+    } catch (...) {
+    }
+    if (w->delivered) return;
+    w->delivered = true;
+    auto ctx = std::move(w->ctx);
+    try {
+        park_outcome out;
+        out.sqlstate = "53200";  // out_of_memory (short strings: no allocation)
+        out.message = "out of memory";
+        w->wake(ctx, std::move(out));
+    } catch (...) {
+    }
+}
+
+asio::awaitable<acquire_result> pool::connect_in_slot(asio::any_io_executor ex, int worker,
+                                                      steady_clock::time_point since) {
+    std::shared_ptr<const settings> snapshot;
+    {
+        std::lock_guard lk(mutex_);
+        snapshot = snapshot_;
+    }
+    auto r = co_await open_server(ex, worker, since + snapshot->query_wait_timeout);
+    r.waited = steady_clock::now() - since;
     co_return r;
 }
 

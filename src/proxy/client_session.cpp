@@ -145,10 +145,32 @@ void client_session::on_client_bytes() {
     client_pending p;
     relaying_client_ = true;
     const auto step = drive_client(p);
-    relaying_client_ = false;
-    if (step == client_step::idle) return await_request();
+    if (step == client_step::idle) {
+        relaying_client_ = false;
+        return await_request();
+    }
+    if (step != client_step::end) {
+        try {
+            pending_ = std::make_unique<client_pending>(std::move(p));
+        } catch (...) {  // (no memory for the hand-over: a server already checked out goes back)
+            relaying_client_ = false;
+            if (p.taken) pool_->discard(std::move(p.taken));
+            throw;
+        }
+    }
+    after_drive(step);
+}
+
+void client_session::after_drive(client_step step) {
+    if (step == client_step::idle) {
+        pending_.reset();
+        relaying_client_ = false;
+        return await_request();
+    }
+    if (step == client_step::link_server && !pending_->taken && !pending_->parked_wait_ended())
+        return park_for_server();
+    relaying_client_ = false;  // (relay_input sets it again)
     try {
-        if (step != client_step::end) pending_ = std::make_unique<client_pending>(std::move(p));
         asio::co_spawn(executor(), step == client_step::end ? finish(true) : relay_input(step),
                        [self = shared_from_this()](std::exception_ptr e) {
                            if (!e) return;
@@ -156,11 +178,95 @@ void client_session::on_client_bytes() {
                            self->leave_runtime();
                        });
     } catch (...) {
-        // (no memory for the hand-over: a server already checked out goes back)
-        auto& taken = pending_ ? pending_->taken : p.taken;
-        if (taken) pool_->discard(std::move(taken));
+        // (no memory for the hand-over: a server already checked out, or a slot won, goes
+        // back)
+        if (pending_ && pending_->taken) {
+            pool_->discard(std::move(pending_->taken));
+        } else if (pending_ && pending_->slot_held) {
+            pending_->slot_held = false;
+            pool_->release_slot();
+        }
         throw;
     }
+}
+
+// --- a request parked for a server ---------------------------------------------------
+//
+// drive_client -> link_server (no idle server) -> park_for_server -> pool::park:
+//   outcome at once, or later in on_park_wake (on this worker):
+//     a server, checked out, with this client's parameters -> linked here, drive on
+//     anything else (round trips due, parameters to set, a slot to connect in, the wait
+//     failed, the client gone) -> client_loop's link_server step, a coroutine, as before
+//   `notify` (query_wait_notify passed, still queued) -> the NOTICE, in a coroutine
+// So a request that waits for a server costs no coroutine either. While parked the
+// client side counts as running (relaying_client_): its request is in hand.
+
+void client_session::park_for_server() {
+    auto& p = *pending_;
+    state = client_state::waiting;
+    p.wait_start = steady_clock::now();
+    request_time = p.wait_start;
+    auto out = pool_->park(executor(), worker_, &client_session::on_park_wake, shared_from_this());
+    if (!out) return;  // queued: on_park_wake goes on
+    try {
+        resume_parked(*out);
+    } catch (...) {
+        give_back(*out);
+        throw;
+    }
+}
+
+void client_session::give_back(pool::pool::park_outcome& out) {
+    if (out.server) {
+        pool_->discard(std::move(out.server));
+    } else if (out.slot_held) {
+        out.slot_held = false;
+        pool_->release_slot();
+    }
+}
+
+void client_session::on_park_wake(const std::shared_ptr<void>& ctx,
+                                  pool::pool::park_outcome out) {
+    auto self = std::static_pointer_cast<client_session>(ctx);
+    // A plain handler: an exception (no memory) would escape into the worker's run loop.
+    try {
+        if (out.notify) {
+            asio::co_spawn(self->executor(), self->send_queued_notice(),
+                           [self](std::exception_ptr e) {
+                               if (e) spdlog::error("client {}: queued notice failed", self->id);
+                           });
+            return;
+        }
+        self->resume_parked(out);
+    } catch (const std::exception& e) {
+        try {
+            self->give_back(out);
+            spdlog::error("client {}: {}", self->id, e.what());
+        } catch (...) {
+        }
+        self->relaying_client_ = false;
+        self->leave_runtime();
+    }
+}
+
+void client_session::resume_parked(pool::pool::park_outcome& out) {
+    auto& p = *pending_;
+    if (out.server && !out.round_trips_due && !fatal_ && socket_.is_open() &&
+        out.server->parameters.synced_to() == wanted_params_) {
+        note_wait(p.wait_start);
+        p.wait_start = {};
+        server_ = std::move(out.server);
+        server_->link_client_id = id;
+        linked_server_id = server_->id;
+        start_server_side();
+        return after_drive(drive_client(p));
+    }
+    p.taken = std::move(out.server);
+    p.round_trips_due = out.round_trips_due;
+    p.slot_held = std::exchange(out.slot_held, false);
+    p.wait_sqlstate = std::move(out.sqlstate);
+    p.wait_message = std::move(out.message);
+    after_drive(client_step::link_server);
 }
 
 void client_session::await_request() {
@@ -407,8 +513,7 @@ asio::awaitable<bool> client_session::client_loop(client_step step) {
             co_await send_error(p.r.sqlstate, p.r.message);
             co_return false;
         case client_step::link_server: {
-            bool ok = co_await link_server(std::move(p.taken), p.round_trips_due);
-            p.taken = nullptr;
+            bool ok = co_await link_server(p);
             if (!ok) co_return false;
             break;
         }

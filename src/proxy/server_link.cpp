@@ -32,20 +32,51 @@ bool client_session::link_server_now(pool::server_ptr& taken, bool& round_trips_
     return true;
 }
 
-asio::awaitable<bool> client_session::link_server(pool::server_ptr taken, bool round_trips_due) {
+void client_session::note_wait(steady_clock::time_point started) {
+    auto waited_us =
+        std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - started)
+            .count();
+    pool_->stats.wait_time_us += waited_us;
+    pool_->stats.wait_latency.record(waited_us);
+}
+
+asio::awaitable<bool> client_session::link_server(client_pending& p) {
     state = client_state::waiting;
-    const auto started = steady_clock::now();
+    // From the start of a parked wait, if there was one: a server_check_query on a server
+    // taken before, and a wait after it failed, all count.
+    const auto started =
+        p.wait_start != steady_clock::time_point{} ? p.wait_start : steady_clock::now();
     request_time = started;
+    // (what p holds is taken out: p outlives this step)
+    pool::server_ptr taken = std::move(p.taken);
+    const bool round_trips_due = p.round_trips_due;
+    const bool parked = p.wait_start != steady_clock::time_point{};
+    bool slot_held = p.slot_held;
+    std::string wait_sqlstate = std::move(p.wait_sqlstate), wait_message = std::move(p.wait_message);
+    p.taken = nullptr;
+    p.round_trips_due = p.slot_held = false;
+    p.wait_sqlstate.clear();
+    p.wait_message.clear();
+    p.wait_start = {};
     if (taken && round_trips_due) {
         bool usable = co_await pool_->check_out_round_trips(taken);
-        if (!usable) {  // dropped: its slot goes back, and this client waits like any other
-            pool_->release_slot();
+        if (!usable) {
             taken = nullptr;
+            // Dropped. After a wait (parked), as acquire() does: connect in its slot, the
+            // client keeps its turn. Otherwise the slot goes back, and this client waits
+            // like any other.
+            if (parked) slot_held = true;
+            else pool_->release_slot();
         }
     }
     pool::acquire_result r;
     if (taken) {
         r.server = std::move(taken);
+    } else if (!wait_sqlstate.empty()) {
+        r.sqlstate = std::move(wait_sqlstate);
+        r.message = std::move(wait_message);
+    } else if (slot_held) {
+        r = co_await pool_->connect_in_slot(executor(), worker_, started);
     } else {
         // query_wait_notify's NOTICE, should the wait be long (lives in this frame only).
         const std::function<asio::awaitable<void>()> queued_notice = [this] {
@@ -53,12 +84,7 @@ asio::awaitable<bool> client_session::link_server(pool::server_ptr taken, bool r
         };
         r = co_await pool_->acquire(executor(), worker_, &queued_notice);
     }
-    // From the start: a server_check_query on a server taken before, and a wait after it
-    // failed, both count.
-    r.waited = steady_clock::now() - started;
-    auto waited_us = std::chrono::duration_cast<std::chrono::microseconds>(r.waited).count();
-    pool_->stats.wait_time_us += waited_us;
-    pool_->stats.wait_latency.record(waited_us);
+    note_wait(started);
     if (!r.server) {
         // (no conditional expression inside co_await: gcc 12 mishandles its temporaries)
         std::string sqlstate = r.sqlstate;

@@ -863,6 +863,107 @@ def test_reserve_pool_after_timeout(make_sluice, su):
     assert app_servers(su) <= 3
 
 
+def _pools_row(s) -> Dict[str, int]:
+    with console(s) as con:
+        cur = con.execute("SHOW POOLS")
+        cols = [d.name for d in cur.description]
+        return next(dict(zip(cols, r)) for r in cur.fetchall() if r[0] == "app")
+
+
+def _queue_raw_query(s, sql: str) -> RawPg:
+    """A raw client whose query waits in the queue (seen in SHOW POOLS, not assumed)."""
+    q = raw_login(s)
+    q.send(message(b"Q", sql.encode() + b"\0"))
+    assert wait_for(lambda: cl_waiting(s) == 1, DEADLINE), "the query did not queue"
+    return q
+
+
+def test_client_that_leaves_while_queued_gives_its_server_back(make_sluice, su):
+    """A request queued for a server (parked in the pool's queue) whose client then goes
+    away: the server handed to it when the holder commits goes back clean, the next
+    client gets it, and the pool still has exactly one server, idle at the end."""
+    s = make_sluice(pool_mode=TXN, default_pool_size=1)
+    held = _hold_transactions(s, 1)
+    try:
+        q = _queue_raw_query(s, "SELECT 7")
+        q.close()
+        held[0].execute("COMMIT")
+        assert wait_for(lambda: cl_waiting(s) == 0, DEADLINE), _pools_row(s)
+        with connect(s) as c:
+            assert one(c, "SELECT 8") == 8
+        assert app_servers(su) == 1
+        assert wait_for(lambda: _pools_row(s)["sv_idle"] == 1, DEADLINE), _pools_row(s)
+    finally:
+        for c in held:
+            c.close()
+    assert s.alive(), s.log_tail()
+
+
+def test_kill_client_while_queued(make_sluice, su):
+    """KILL_CLIENT on a client whose request waits for a server: the client is
+    disconnected at once, the server it is handed later goes back, and the pool serves
+    the next client."""
+    s = make_sluice(pool_mode=TXN, default_pool_size=1)
+    held = _hold_transactions(s, 1)
+    try:
+        q = _queue_raw_query(s, "SELECT 7")
+        with console(s) as con:
+            cur = con.execute("SHOW CLIENTS")
+            cols = [d.name for d in cur.description]
+            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+            waiting = [r for r in rows if r["database"] == "app" and r["state"] == "waiting"]
+            assert len(waiting) == 1, rows
+            con.execute(f"KILL_CLIENT {waiting[0]['id']}")
+        msgs = q.read_until_close(timeout=DEADLINE)
+        assert not any(t == b"T" or t == b"D" for t, _ in msgs), msgs  # never served
+        q.close()
+        held[0].execute("COMMIT")
+        assert wait_for(lambda: cl_waiting(s) == 0, DEADLINE), _pools_row(s)
+        assert_usable(s)
+        assert app_servers(su) == 1
+    finally:
+        for c in held:
+            c.close()
+
+
+def test_queued_requests_are_served_in_order_of_arrival(make_sluice, su):
+    """Five requests queued behind one server: each is served once the server frees up,
+    first come first served, with the right answer, and the wait shows in SHOW STATS.
+    (One worker: with several, a released server may go to a waiter on its own worker
+    a bounded number of times ahead of its turn.)"""
+    s = make_sluice(pool_mode=TXN, default_pool_size=1, workers=1)
+    held = _hold_transactions(s, 1)
+    clients = []
+    try:
+        for i in range(5):
+            c = raw_login(s)
+            c.send(message(b"Q", f"SELECT {i}, clock_timestamp()".encode() + b"\0"))
+            clients.append(c)
+            assert wait_for(lambda: cl_waiting(s) == i + 1, DEADLINE), _pools_row(s)
+        held[0].execute("COMMIT")
+        served = []
+        for i, c in enumerate(clients):
+            msgs = read_until_ready(c)
+            rows = [p for t, p in msgs if t == b"D"]
+            assert len(rows) == 1, msgs
+            (n,) = struct.unpack("!h", rows[0][:2])
+            assert n == 2
+            (l0,) = struct.unpack("!i", rows[0][2:6])
+            value = int(rows[0][6:6 + l0])
+            (l1,) = struct.unpack("!i", rows[0][6 + l0:10 + l0])
+            served.append((rows[0][10 + l0:10 + l0 + l1].decode(), value))
+        assert [v for _, v in served] == list(range(5))
+        assert [t for t, _ in served] == sorted(t for t, _ in served), served
+        with console(s) as con:
+            cur = con.execute("SHOW STATS")
+            cols = [d.name for d in cur.description]
+            st = next(dict(zip(cols, r)) for r in cur.fetchall() if r[0] == "app")
+        assert st["total_wait_time"] > 0, st
+    finally:
+        for c in clients + held:
+            c.close()
+
+
 # ---------------------------------------------------------------------------------------
 # Timeouts
 

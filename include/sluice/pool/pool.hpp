@@ -9,6 +9,8 @@
 //   else room under pool_size / max_db_connections / max_user_connections -> connect
 //   else wait in FIFO order until a release hands a server over, a slot frees up, or
 //   query_wait_timeout expires (reserve_pool_size adds room after reserve_pool_timeout).
+// park() is the same wait as plain handlers (pool.cpp: "parked waits"), for a client's
+// request; acquire() is the coroutine form, for the login and the other waits.
 #include <atomic>
 #include <deque>
 #include <functional>
@@ -99,6 +101,26 @@ public:
     asio::awaitable<acquire_result> acquire(
         asio::any_io_executor ex, int worker,
         const std::function<asio::awaitable<void>()>* queued_notice = nullptr);
+    // The same wait without a coroutine (a client's request parks here while it needs a
+    // server; the coroutine chain cost more than the rest of the transaction). The outcome
+    // is returned at once when there is no wait (an idle server, a free slot); otherwise
+    // the client is queued (nullopt) and `wake(ctx, outcome)` runs later on `ex`: once with
+    // `notify` while still queued when query_wait_notify passes, and once with the end of
+    // the wait. The queue, the grants, the timers and the reserve pool are acquire()'s.
+    struct park_outcome {
+        server_ptr server;              // checked out (moved to `ex`), or none:
+        bool round_trips_due = false;   // ... it must still pass check_out_round_trips
+        bool slot_held = false;         // connect in the slot the wait won: connect_in_slot()
+        bool notify = false;            // still queued: query_wait_notify passed
+        std::string sqlstate, message;  // the wait failed (query_wait_timeout)
+    };
+    using park_wake = void (*)(const std::shared_ptr<void>& ctx, park_outcome outcome);
+    std::optional<park_outcome> park(asio::any_io_executor ex, int worker, park_wake wake,
+                                     std::shared_ptr<void> ctx);
+    // Opens a server in the slot a parked wait won (slot_held), riding out passing
+    // failures until `since` + query_wait_timeout, as acquire() does.
+    asio::awaitable<acquire_result> connect_in_slot(asio::any_io_executor ex, int worker,
+                                                    steady_clock::time_point since);
     // The checkout that needs no waiting, without a coroutine (the usual case): an idle
     // server when one is there and no one waits before this client, its health checks
     // passed and moved to `ex`. `round_trips_due`: it must still pass
@@ -218,7 +240,33 @@ private:
         server_ptr server;         // granted: a server handed over
         bool may_connect = false;  // granted: a slot to open a new connection in
         bool done = false;
+        // Parked (pool::park): no coroutine waits on the timer; its handlers deliver the
+        // outcome to `wake` on `executor`.
+        park_wake wake = nullptr;
+        std::shared_ptr<void> ctx;
+        std::shared_ptr<const settings> snapshot;
+        int worker = 0;
+        bool notify_due = false;   // query_wait_notify still to come
+        bool delivered = false;    // the end of the wait went to `wake`
     };
+    // When a waiter looks again: the first of query_wait_timeout, reserve_pool_timeout,
+    // query_wait_notify (if `notify`), and a periodic look.
+    steady_clock::time_point next_wake(const settings& cfg, steady_clock::time_point start,
+                                       bool notify) const;
+    // A waiter looks again (its timer fired): under mutex_. `s`: the server it got.
+    enum class wait_step { server, connect, timed_out, wait };
+    wait_step look_again_locked(waiter& w, const settings& cfg, steady_clock::time_point start,
+                                server_ptr& s);
+    // Parked waiters: arm the timer, its handler, the end of the wait (on w's executor).
+    void arm_parked(const std::shared_ptr<waiter>& w);
+    void on_parked_timer(const std::shared_ptr<waiter>& w);
+    void end_parked(const std::shared_ptr<waiter>& w);
+    void deliver_parked(const std::shared_ptr<waiter>& w, park_outcome out);
+    void fail_parked(const std::shared_ptr<waiter>& w, const std::exception& e) noexcept;
+    // check_out_now for a server a wait got: into `out` (moved from `s`), or dropped (then
+    // `out` says connect in its slot). `s` keeps the server should this throw.
+    void hand_out(server_ptr& s, const asio::any_io_executor& ex, int worker,
+                  const settings& cfg, park_outcome& out);
     // max_db_connections / max_user_connections, as the core sees them.
     struct shared : shared_limits {
         explicit shared(pool& p) : owner(p) {}

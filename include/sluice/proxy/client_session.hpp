@@ -20,9 +20,11 @@
 // Lifetime: run() is the login. After it, the client waits in await_request(): one read
 // into first_bytes_ with a plain handler that holds the session. Its bytes are relayed
 // in that handler (drive_client), and on the server side in a read handler too
-// (on_server_read): the usual transaction runs without any coroutine. A step that must
-// wait (a server to wait for, a full socket, a rate limit, TLS) goes on in a coroutine
-// (client_loop in relay_input, server_loop) from where the handler stopped. So an idle
+// (on_server_read): the usual transaction runs without any coroutine. A request that
+// must wait for a server parks in the pool's queue (pool::park) and goes on in a plain
+// handler too. A step that must wait otherwise (a full socket, a rate limit, TLS, a
+// server to test or to connect) goes on in a coroutine (client_loop in relay_input,
+// server_loop) from where the handler stopped. So an idle
 // client holds no coroutine frame, no relay scratch (given back by whichever side
 // finishes last, never while the other may still write a batch that lives in it; in
 // session mode the linked server keeps it) and no buffer. finish() ends the session,
@@ -153,8 +155,24 @@ private:
         pool::server_ptr taken;          // link_server: a server already checked out
         bool round_trips_due = false;    // ... that must still pass its round trips
         bool need_transaction = false;   // admission: the transaction token is missing
+        // A parked wait for a server (park_for_server) and how it ended, for link_server:
+        steady_clock::time_point wait_start{};  // when it began (wait statistics)
+        bool slot_held = false;                  // it won a slot: connect in it
+        std::string wait_sqlstate, wait_message; // it failed (query_wait_timeout)
+        bool parked_wait_ended() const { return slot_held || !wait_sqlstate.empty(); }
     };
     client_step drive_client(client_pending& p);
+    // Where the client side goes once drive_client stopped at `step` (pending_ holds the
+    // rest): wait for the next request, park for a server, or a coroutine for the wait.
+    void after_drive(client_step step);
+    // The request needs a server and none is idle: it waits in the pool's queue without a
+    // coroutine (pool::park); on_park_wake goes on from there.
+    void park_for_server();
+    static void on_park_wake(const std::shared_ptr<void>& ctx, pool::pool::park_outcome out);
+    // Takes what `out` holds as it goes: should it throw, what is left in `out` is given
+    // back by the caller (give_back).
+    void resume_parked(pool::pool::park_outcome& out);
+    void give_back(pool::pool::park_outcome& out);
     asio::awaitable<bool> client_loop(client_step step);
     // client_loop, then await_request() or finish()
     asio::awaitable<void> relay_input(client_step step);
@@ -180,8 +198,10 @@ private:
     void note_client_gone(const error_code& ec);  // sets close_reason_ for an EOF or reset
     // server_link.cpp
     bool link_server_now(pool::server_ptr& taken, bool& round_trips_due);
-    asio::awaitable<bool> link_server(pool::server_ptr taken = nullptr,
-                                      bool round_trips_due = false);
+    // client_loop's link_server step: what `p` holds (a server taken, a slot won, a failed
+    // parked wait), else a wait in acquire().
+    asio::awaitable<bool> link_server(client_pending& p);
+    void note_wait(steady_clock::time_point started);  // wait_time, wait_latency
     void start_server_side();  // the server just linked: its reads start
     asio::awaitable<bool> sync_parameters(pool::server_connection& s);
     asio::awaitable<bool> refresh_untracked_parameters(pool::server_connection& s);
@@ -238,7 +258,8 @@ private:
     // ("closing because: client close request"); set where the end is decided.
     std::string close_reason_;  // empty: "client unexpected eof" (no string per client)
     steady_clock::time_point query_start_{}, xact_start_{};
-    // Where client_loop goes on: only while it runs (the usual request needs none).
+    // Where client_loop goes on: only while it runs or the request is parked for a server
+    // (the usual request needs none).
     std::unique_ptr<client_pending> pending_;
     // (The flags sit together: every idle client holds them, padding included.)
     bool server_loop_running_ = false;
