@@ -311,7 +311,7 @@ std::optional<pool::park_outcome> pool::park(asio::any_io_executor ex, int worke
         try {
             arm_parked(w);
         } catch (const std::exception& e) {
-            fail_parked(w, e);  // (the error goes to wake, posted: park itself says queued)
+            fail_parked(w, e);  // (the error reaches wake now; nothing more comes)
         }
         return std::nullopt;
     }
