@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "sluice/admin/console.hpp"
 #include "sluice/auth/scram.hpp"
@@ -154,7 +155,7 @@ void client_session::on_client_bytes() {
             pending_ = std::make_unique<client_pending>(std::move(p));
         } catch (...) {  // (no memory for the hand-over: a server already checked out goes back)
             relaying_client_ = false;
-            if (p.taken) pool_->discard(std::move(p.taken));
+            give_back(p.taken, p.slot_held);
             throw;
         }
     }
@@ -180,12 +181,7 @@ void client_session::after_drive(client_step step) {
     } catch (...) {
         // (no memory for the hand-over: a server already checked out, or a slot won, goes
         // back)
-        if (pending_ && pending_->taken) {
-            pool_->discard(std::move(pending_->taken));
-        } else if (pending_ && pending_->slot_held) {
-            pending_->slot_held = false;
-            pool_->release_slot();
-        }
+        if (pending_) give_back(pending_->taken, pending_->slot_held);
         throw;
     }
 }
@@ -211,16 +207,16 @@ void client_session::park_for_server() {
     try {
         resume_parked(*out);
     } catch (...) {
-        give_back(*out);
+        give_back(out->server, out->slot_held);
         throw;
     }
 }
 
-void client_session::give_back(pool::pool::park_outcome& out) {
-    if (out.server) {
-        pool_->discard(std::move(out.server));
-    } else if (out.slot_held) {
-        out.slot_held = false;
+void client_session::give_back(pool::server_ptr& server, bool& slot_held) {
+    if (server) {
+        pool_->discard(std::move(server));
+    } else if (slot_held) {
+        slot_held = false;
         pool_->release_slot();
     }
 }
@@ -240,7 +236,7 @@ void client_session::on_park_wake(const std::shared_ptr<void>& ctx,
         self->resume_parked(out);
     } catch (const std::exception& e) {
         try {
-            self->give_back(out);
+            self->give_back(out.server, out.slot_held);
             spdlog::error("client {}: {}", self->id, e.what());
         } catch (...) {
         }
@@ -253,11 +249,8 @@ void client_session::resume_parked(pool::pool::park_outcome& out) {
     auto& p = *pending_;
     if (out.server && !out.round_trips_due && !fatal_ && socket_.is_open() &&
         out.server->parameters.synced_to() == wanted_params_) {
-        note_wait(p.wait_start);
-        p.wait_start = {};
-        server_ = std::move(out.server);
-        server_->link_client_id = id;
-        linked_server_id = server_->id;
+        note_wait(std::exchange(p.wait_start, {}));
+        attach_server(std::move(out.server));
         start_server_side();
         return after_drive(drive_client(p));
     }

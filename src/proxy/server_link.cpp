@@ -4,6 +4,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <utility>
+
 #include "sluice/proxy/parameters.hpp"
 #include "sluice/proxy/runtime.hpp"
 
@@ -25,11 +27,15 @@ bool client_session::link_server_now(pool::server_ptr& taken, bool& round_trips_
     }
     request_time = steady_clock::now();
     pool_->stats.wait_latency.record(0);
-    server_ = std::move(q.server);
-    server_->link_client_id = id;
-    linked_server_id = server_->id;
+    attach_server(std::move(q.server));
     start_server_side();
     return true;
+}
+
+void client_session::attach_server(pool::server_ptr s) {
+    server_ = std::move(s);
+    server_->link_client_id = id;
+    linked_server_id = server_->id;
 }
 
 void client_session::note_wait(steady_clock::time_point started) {
@@ -44,20 +50,16 @@ asio::awaitable<bool> client_session::link_server(client_pending& p) {
     state = client_state::waiting;
     // From the start of a parked wait, if there was one: a server_check_query on a server
     // taken before, and a wait after it failed, all count.
-    const auto started =
-        p.wait_start != steady_clock::time_point{} ? p.wait_start : steady_clock::now();
-    request_time = started;
     // (what p holds is taken out: p outlives this step)
-    pool::server_ptr taken = std::move(p.taken);
-    const bool round_trips_due = p.round_trips_due;
-    const bool parked = p.wait_start != steady_clock::time_point{};
-    bool slot_held = p.slot_held;
-    std::string wait_sqlstate = std::move(p.wait_sqlstate), wait_message = std::move(p.wait_message);
-    p.taken = nullptr;
-    p.round_trips_due = p.slot_held = false;
-    p.wait_sqlstate.clear();
-    p.wait_message.clear();
-    p.wait_start = {};
+    const auto wait_start = std::exchange(p.wait_start, {});
+    const bool parked = wait_start != steady_clock::time_point{};
+    const auto started = parked ? wait_start : steady_clock::now();
+    request_time = started;
+    pool::server_ptr taken = std::exchange(p.taken, nullptr);
+    const bool round_trips_due = std::exchange(p.round_trips_due, false);
+    bool slot_held = std::exchange(p.slot_held, false);
+    std::string wait_sqlstate = std::exchange(p.wait_sqlstate, {});
+    std::string wait_message = std::exchange(p.wait_message, {});
     if (taken && round_trips_due) {
         bool usable = co_await pool_->check_out_round_trips(taken);
         if (!usable) {
@@ -97,9 +99,7 @@ asio::awaitable<bool> client_session::link_server(client_pending& p) {
         release_server(std::move(r.server), true);
         co_return false;
     }
-    server_ = std::move(r.server);
-    server_->link_client_id = id;
-    linked_server_id = server_->id;
+    attach_server(std::move(r.server));
     if (!co_await sync_parameters(*server_)) {
         auto s = std::move(server_);
         linked_server_id = 0;

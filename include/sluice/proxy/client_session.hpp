@@ -172,7 +172,9 @@ private:
     // Takes what `out` holds as it goes: should it throw, what is left in `out` is given
     // back by the caller (give_back).
     void resume_parked(pool::pool::park_outcome& out);
-    void give_back(pool::pool::park_outcome& out);
+    // A server checked out for this client, or a slot won for it, that it will not use
+    // (no memory to go on): back to the pool.
+    void give_back(pool::server_ptr& server, bool& slot_held);
     asio::awaitable<bool> client_loop(client_step step);
     // client_loop, then await_request() or finish()
     asio::awaitable<void> relay_input(client_step step);
@@ -202,6 +204,7 @@ private:
     // parked wait), else a wait in acquire().
     asio::awaitable<bool> link_server(client_pending& p);
     void note_wait(steady_clock::time_point started);  // wait_time, wait_latency
+    void attach_server(pool::server_ptr s);  // server_ and the ids that name the link
     void start_server_side();  // the server just linked: its reads start
     asio::awaitable<bool> sync_parameters(pool::server_connection& s);
     asio::awaitable<bool> refresh_untracked_parameters(pool::server_connection& s);
