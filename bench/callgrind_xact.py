@@ -4,6 +4,7 @@
     /usr/bin/python3 bench/callgrind_xact.py                       # build/sluice
     /usr/bin/python3 bench/callgrind_xact.py --bin OLD/build/sluice --bin build/sluice
     /usr/bin/python3 bench/callgrind_xact.py --clients 100 --transactions 200
+    /usr/bin/python3 bench/callgrind_xact.py --tls      # clients with sslmode=require
 
 A figure a noisy, shared machine cannot move (no PMU in these VMs, so no `perf stat -e
 instructions`): Sluice runs under valgrind --tool=callgrind with `workers: 1` in front of
@@ -26,15 +27,17 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO / "bench"))
 
 import harness  # noqa: E402
 from harness import Postgres  # noqa: E402
+from pgbench_compare import make_certs  # noqa: E402
 
 USER, PASSWORD, DB = "app", "app_pw", "app"
 
 
 def measure(binary: Path, pg: Postgres, base: Path, clients: int, transactions: int,
-            keep: Optional[Path] = None) -> dict:
+            keep: Optional[Path] = None, tls: Optional[dict] = None) -> dict:
     d = base / f"cg-{binary.parent.parent.name}-{time.monotonic_ns()}"
     d.mkdir(parents=True)
     (d / "userlist.txt").write_text(harness.userlist_text({USER: PASSWORD}))
@@ -49,7 +52,10 @@ def measure(binary: Path, pg: Postgres, base: Path, clients: int, transactions: 
   auth_type: scram-sha-256
   auth_file: {d / 'userlist.txt'}
   workers: 1
-databases:
+""" + (f"""  client_tls_sslmode: require
+  client_tls_cert_file: {tls['cert']}
+  client_tls_key_file: {tls['key']}
+""" if tls else "") + f"""databases:
   {DB}:
     host: 127.0.0.1
     port: {pg.port}
@@ -61,7 +67,7 @@ databases:
     try:
         if not harness.wait_port(port, timeout=120, proc=proc):
             raise RuntimeError(f"sluice did not start under valgrind: {harness.tail(d / 'valgrind.log')}")
-        env = dict(os.environ, PGPASSWORD=PASSWORD)
+        env = dict(os.environ, PGPASSWORD=PASSWORD, PGSSLMODE="require" if tls else "disable")
         pgbench = ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", USER, "-n", "-S",
                    "-c", str(clients), "-j", "2"]
         subprocess.run(pgbench + ["-t", "50", DB], env=env, capture_output=True, timeout=600,
@@ -81,7 +87,8 @@ databases:
         failed = [line for line in r.stdout.splitlines() if "failed transactions" in line]
         if keep:  # for callgrind_annotate --inclusive=yes
             keep.mkdir(parents=True, exist_ok=True)
-            shutil.copy(dump, keep / f"callgrind.{binary.parent.parent.name}.{clients}.out")
+            shutil.copy(dump, keep / f"callgrind.{binary.parent.parent.name}.{clients}"
+                                    f"{'.tls' if tls else ''}.out")
     finally:
         harness._kill(proc, 15, grace=10)
     n = clients * transactions
@@ -97,6 +104,8 @@ def main() -> int:
     ap.add_argument("--transactions", type=int, default=300, help="pgbench -t, per client")
     ap.add_argument("--keep", type=Path,
                     help="copy each callgrind dump into this directory (callgrind_annotate)")
+    ap.add_argument("--tls", action="store_true",
+                    help="clients connect with sslmode=require (client_tls_sslmode: require)")
     a = ap.parse_args()
     bins = [b.resolve() for b in (a.bin or [REPO / "build" / "sluice"])]
     base = harness.make_tempdir("sluice-cg-")
@@ -106,11 +115,12 @@ def main() -> int:
         pg.create_role(USER, PASSWORD)
         pg.create_database(DB, owner=USER)
         pg.pgbench_init(DB, USER, scale=1)
+        tls = make_certs(base / "certs") if a.tls else None
         for b in bins:
-            r = measure(b, pg, base, a.clients, a.transactions, a.keep)
+            r = measure(b, pg, base, a.clients, a.transactions, a.keep, tls)
             print(f"{r['bin']}: {r['per_transaction']:.0f} instructions per transaction "
                   f"({r['instructions']} over {r['transactions']}, pgbench -S -c {a.clients} "
-                  f"-t {a.transactions}; {'; '.join(r['pgbench'])})", flush=True)
+                  f"-t {a.transactions}{' sslmode=require' if tls else ''}; {'; '.join(r['pgbench'])})", flush=True)
     finally:
         pg.stop()
     return 0

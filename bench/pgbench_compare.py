@@ -167,7 +167,7 @@ def spawn_affinity(cpus: Optional[Set[int]]):
 
 class PgBouncer:
     def __init__(self, base: Path, pg: Postgres, pool_size: int, max_client_conn: int,
-                 tls: Optional[Dict[str, str]] = None):
+                 tls: Optional[Dict[str, str]] = None, server_tls_sslmode: str = "prefer"):
         self.dir = base / "pgbouncer"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = harness.free_port()
@@ -196,6 +196,7 @@ pidfile = {self.dir / 'pgbouncer.pid'}
 log_connections = 0
 log_disconnections = 0
 stats_period = 600
+server_tls_sslmode = {server_tls_sslmode}
 """ + (f"""client_tls_sslmode = require
 client_tls_cert_file = {tls['cert']}
 client_tls_key_file = {tls['key']}
@@ -522,6 +523,12 @@ def main() -> int:
     ap.add_argument("--tls", action="store_true",
                     help="clients use sslmode=require (PostgreSQL ssl=on, Sluice and PgBouncer "
                          "client_tls_sslmode=require with the same certificate)")
+    ap.add_argument("--server-tls-sslmode", default="prefer",
+                    choices=["disable", "allow", "prefer", "require"],
+                    help="server_tls_sslmode of both poolers, set explicitly: the default, "
+                         "prefer, is Sluice's and PgBouncer's since 1.21, but PgBouncer 1.18's "
+                         "default is disable; with --tls (PostgreSQL ssl=on) prefer makes both "
+                         "poolers talk TLS to PostgreSQL too, disable only to their clients")
     ap.add_argument("--matrix", action="store_true",
                     help="one run over every (mode, clients) cell of --matrix-modes x "
                          "--matrix-clients instead of the single --mode/--clients cell")
@@ -695,6 +702,7 @@ def main() -> int:
         def make_sluice(rate_limits: Optional[Dict[str, Any]]) -> Sluice:
             cfg = default_config(pg, pool_mode="transaction", default_pool_size=a.pool_size,
                                  max_client_conn=max_client_conn, workers=a.workers)
+            cfg["sluice"]["server_tls_sslmode"] = a.server_tls_sslmode
             if tls:
                 cfg["sluice"].update(client_tls_sslmode="require", client_tls_cert_file=tls["cert"],
                                      client_tls_key_file=tls["key"])
@@ -736,7 +744,7 @@ def main() -> int:
             result["sluice_limiter_config"] = s2.config_path.read_text()
             result["_redis"] = r
         if "pgbouncer" in started_names:
-            b = PgBouncer(base, pg, a.pool_size, max_client_conn, tls)
+            b = PgBouncer(base, pg, a.pool_size, max_client_conn, tls, a.server_tls_sslmode)
             started.append(b)
             with spawn_affinity(pool_cpus):
                 b.start()
