@@ -4,7 +4,7 @@
     /usr/bin/python3 bench/callgrind_xact.py                       # build/sluice
     /usr/bin/python3 bench/callgrind_xact.py --bin OLD/build/sluice --bin build/sluice
     /usr/bin/python3 bench/callgrind_xact.py --clients 100 --transactions 200
-    /usr/bin/python3 bench/callgrind_xact.py --tls      # clients with sslmode=require
+    /usr/bin/python3 bench/callgrind_xact.py --tls      # TLS to clients and to PostgreSQL
 
 A figure a noisy, shared machine cannot move (no PMU in these VMs, so no `perf stat -e
 instructions`): Sluice runs under valgrind --tool=callgrind with `workers: 1` in front of
@@ -105,17 +105,21 @@ def main() -> int:
     ap.add_argument("--keep", type=Path,
                     help="copy each callgrind dump into this directory (callgrind_annotate)")
     ap.add_argument("--tls", action="store_true",
-                    help="clients connect with sslmode=require (client_tls_sslmode: require)")
+                    help="clients connect with sslmode=require (client_tls_sslmode: require), and "
+                         "PostgreSQL runs with ssl=on (server_tls_sslmode: prefer, the default)")
     a = ap.parse_args()
     bins = [b.resolve() for b in (a.bin or [REPO / "build" / "sluice"])]
     base = harness.make_tempdir("sluice-cg-")
-    pg = Postgres(base=base)
+    # --tls: PostgreSQL with ssl=on as well, so that Sluice's server_tls_sslmode (prefer,
+    # its default) makes the server leg TLS too, as in pgbench_compare.py --tls.
+    tls = make_certs(base / "certs") if a.tls else None
+    pg = Postgres(base=base, extra_conf={"ssl": "on", "ssl_cert_file": f"'{tls['cert']}'",
+                                         "ssl_key_file": f"'{tls['key']}'"} if tls else None)
     try:
         pg.start()
         pg.create_role(USER, PASSWORD)
         pg.create_database(DB, owner=USER)
         pg.pgbench_init(DB, USER, scale=1)
-        tls = make_certs(base / "certs") if a.tls else None
         for b in bins:
             r = measure(b, pg, base, a.clients, a.transactions, a.keep, tls)
             print(f"{r['bin']}: {r['per_transaction']:.0f} instructions per transaction "

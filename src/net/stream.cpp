@@ -201,8 +201,15 @@ void stream::start_tls(std::shared_ptr<asio::ssl::context> ctx) {
 asio::awaitable<error_code> stream::handshake(asio::ssl::stream_base::handshake_type type,
                                               std::string already_read) {
     if (!tls_) co_return asio::error::operation_not_supported;
-    if (type == asio::ssl::stream_base::client) SSL_set_connect_state(tls_->ssl);
-    else SSL_set_accept_state(tls_->ssl);
+    if (type == asio::ssl::stream_base::client) {
+        SSL_set_connect_state(tls_->ssl);
+        // Sluice's end of a server connection: one of a pool's few, busy ones. OpenSSL's
+        // record buffers stay (released, they cost a malloc and free of 16 KiB or more per
+        // record); a client's are released, so that an idle TLS client holds none.
+        SSL_clear_mode(tls_->ssl, SSL_MODE_RELEASE_BUFFERS);
+    } else {
+        SSL_set_accept_state(tls_->ssl);
+    }
     if (!already_read.empty()) {
         tls_->bulk.reserve_tail(already_read.size());
         std::memcpy(tls_->bulk.writable().data(), already_read.data(), already_read.size());
