@@ -14,6 +14,7 @@
 #include "sluice/admin/console.hpp"
 #include "sluice/auth/md5.hpp"
 #include "sluice/auth/scram.hpp"
+#include "sluice/net/interned.hpp"
 #include "sluice/proxy/parameters.hpp"
 
 namespace sluice::proxy {
@@ -78,7 +79,7 @@ asio::awaitable<bool> client_session::start_tls(std::string already_read) {
                      net::verify_failure_reason(socket_.ssl(), ec));
         co_return false;
     }
-    tls_info = socket_.tls_description();
+    tls_info = &net::interned(socket_.tls_description());
     co_return true;
 }
 
@@ -179,7 +180,7 @@ asio::awaitable<bool> client_session::startup() {
     database = db_param && !db_param->empty() ? *db_param : user;
     if (g.log_connections)
         spdlog::info("client {} login attempt: db={} user={} tls={}", id, database, user,
-                     tls_info.empty() ? "no" : tls_info);
+                     tls_info.load()->empty() ? "no" : *tls_info.load());
     // client_tls_sslmode require and stronger: TCP clients must use TLS (a Unix socket is
     // local and never encrypted, as in PostgreSQL and PgBouncer).
     if (tls->client_mode >= net::sslmode::require && !unix_socket() && !socket_.tls()) {

@@ -55,7 +55,7 @@ void client_session::kill(std::string sqlstate, std::string message) {
 void client_session::kill_now(const std::string& sqlstate, const std::string& message) {
     if (fatal_) return;
     fatal_ = true;
-    close_reason_ = message;
+    set_close_reason(message);
     if (!writing_client_ && socket_.is_open() && !socket_.tls()) {
         // Best effort: a FATAL the client can show, without waiting on a slow reader.
         std::string out;

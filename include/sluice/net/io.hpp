@@ -186,6 +186,11 @@ public:
 
 private:
     using block = std::unique_ptr<std::uint8_t[]>;
+    // Free blocks kept per thread (1 MiB). In steady traffic blocks are taken and given back
+    // at the same rate, so a few suffice; a login storm (each login holds a block for its
+    // messages) would otherwise leave up to the cap behind for good, malloc never reusing
+    // it for sessions: at 256 that was 4 MiB, 0.2 KiB per client at 19,000 idle clients.
+    static constexpr std::size_t max_cached_blocks = 64;
     static std::vector<block>& cache() {
         static thread_local std::vector<block> blocks;
         return blocks;
@@ -203,7 +208,7 @@ private:
     }
     void release() {
         if (data_) stats::held_add(stats::held::iobuf_used_bytes, -std::int64_t(capacity_));
-        if (data_ && capacity_ == standard_size && cache().size() < 256) {
+        if (data_ && capacity_ == standard_size && cache().size() < max_cached_blocks) {
             cache().push_back(std::move(data_));
             stats::held_add(stats::held::iobuf_free_blocks, 1);
         }

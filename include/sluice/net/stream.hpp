@@ -79,6 +79,9 @@ public:
     // Decrypted or undecrypted bytes held inside OpenSSL or this stream (not visible to
     // poll()). Used to tell whether an idle server said something.
     bool has_buffered() const;
+    // TLS only: where an idle connection's next bytes are decrypted to, while it waits
+    // (a plaintext connection waits for readability and needs none).
+    asio::mutable_buffer idle_space() { return asio::buffer(tls_->idle); }
     // "TLSv1.3/TLS_AES_256_GCM_SHA384" (PgBouncer's `tls=` wording), "" when plain.
     std::string tls_description() const;
 
@@ -231,6 +234,7 @@ private:
         bool last_read_full = false;  // the last socket read filled its buffer: more is coming
         bool cipher_eof = false;
         byte_buffer bulk;
+        std::array<std::uint8_t, 128> idle;  // see idle_space()
         tls_state() = default;
         tls_state(const tls_state&) = delete;
         ~tls_state() {

@@ -17,9 +17,10 @@
 // bytes and call the core; the core is not thread-safe and needs none: both sides run on
 // one thread.
 //
-// Lifetime: run() is the login. After it, the client waits in await_request(): one read
-// into first_bytes_ with a plain handler that holds the session. Its bytes are relayed
-// in that handler (drive_client), and on the server side in a read handler too
+// Lifetime: run() is the login. After it, the client waits in await_request(): a wait for
+// readability (TLS: a small read) with a plain handler that holds the session. The bytes
+// are read and relayed in that handler (drive_client), and on the server side in a read
+// handler too
 // (on_server_read): the usual transaction runs without any coroutine. A request that
 // must wait for a server parks in the pool's queue (pool::park) and goes on in a plain
 // handler too. A step that must wait otherwise (a full socket, a rate limit, TLS, a
@@ -77,9 +78,13 @@ public:
     protocol::cancel_request cancel_key{};  // the key Sluice handed to the client
     std::string user, database, application_name;
     std::string addr;
-    std::string local_addr;
+    // Shared texts (net::interned): every client of one listener has the same local
+    // address, and a TLS description is one of a few. local_addr is set by the
+    // constructor; tls_info ("" until TLS is up) during login, while the console may read
+    // it: atomic.
+    const std::string* local_addr = &empty_text;
+    std::atomic<const std::string*> tls_info{&empty_text};
     int port = 0, local_port = 0;
-    std::string tls_info;  // "TLSv1.3/<cipher>" once TLS is up; set before login ends
     steady_clock::time_point connect_time = steady_clock::now();
     std::atomic<steady_clock::time_point> request_time{steady_clock::now()};
     std::atomic<std::uint64_t> linked_server_id{0};
@@ -108,6 +113,7 @@ public:
         return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
     }
     static std::int64_t now_ns() { return to_ns(steady_clock::now()); }
+    static const std::string empty_text;
     std::shared_ptr<ratelimit::tenant> tenant_;
     admin::console_role console_role_ = admin::console_role::none;
     bool tenant_connection_open_ = false;
@@ -179,7 +185,8 @@ private:
     // client_loop, then await_request() or finish()
     asio::awaitable<void> relay_input(client_step step);
     void on_client_bytes();  // in_ has new bytes after an idle wait
-    void await_request();    // the idle wait: a read with a plain handler
+    void await_request();    // the idle wait: a wait (TLS: a small read), a plain handler
+    void on_client_readable(error_code ec, std::size_t n);  // its handler
     // The end of the session: the server given back or closed, counters, the log line
     // (for a pooled client that logged in), the socket closed.
     asio::awaitable<void> finish(bool logged_in);
@@ -244,7 +251,6 @@ private:
     int worker_;
     config::pool_mode mode_ = config::pool_mode::session;
     byte_buffer in_;  // client bytes not yet forwarded
-    std::array<std::uint8_t, 128> first_bytes_;  // an idle client's next request starts here
     std::size_t max_packet_ = 0;
 
     // tracked parameters: what this client believes its session has
@@ -259,7 +265,11 @@ private:
     asio::steady_timer* server_loop_done_ = nullptr;
     // Why the session ended, for the log_disconnections line in PgBouncer's words
     // ("closing because: client close request"); set where the end is decided.
-    std::string close_reason_;  // empty: "client unexpected eof" (no string per client)
+    // (null: "client unexpected eof"; a pointer, not a string, while the session lives)
+    std::unique_ptr<std::string> close_reason_;
+    void set_close_reason(std::string reason) {
+        close_reason_ = std::make_unique<std::string>(std::move(reason));
+    }
     steady_clock::time_point query_start_{}, xact_start_{};
     // Where client_loop goes on: only while it runs or the request is parked for a server
     // (the usual request needs none).
