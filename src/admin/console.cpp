@@ -274,12 +274,12 @@ table show_clients(proxy::runtime& rt) {
             auto it = idx.by_id.find(sid);
             if (it != idx.by_id.end()) link = ptr_text(it->second.first.get());
         }
+        const std::string& tls = *s->tls_info.load();
         t.rows.push_back({"C", s->user, s->database, "none", client_state_name(st), s->addr,
                           num(s->port), *s->local_addr, num(s->local_port), format_time(s->connect_time),
                           format_time(request), num(wait_us / 1000000), num(wait_us % 1000000), "0",
                           ptr_text(s.get()), link, "0",
-                          s->tls_info.load()->empty() ? cell() : cell(*s->tls_info.load()),
-                          s->application_name,
+                          tls.empty() ? cell() : cell(tls), s->application_name,
                           num(s->prepared_statements.load(std::memory_order_relaxed)), unum(s->id)});
     }
     return t;

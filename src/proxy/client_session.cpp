@@ -281,6 +281,10 @@ void client_session::await_request() {
     if (!server_) relay_->release_scratch();
     in_.shrink_if_empty();
     if (!server_) idle_since_ns.store(now_ns(), std::memory_order_relaxed);
+    arm_idle_wait();
+}
+
+void client_session::arm_idle_wait() {
     auto alloc = exact_allocator<void>();
     if (socket_.tls()) {
         socket_.async_read_some(
@@ -301,13 +305,17 @@ void client_session::on_client_readable(error_code ec, std::size_t n) {
     // A plain handler: an exception (no memory) would escape into the worker's run loop
     // and end the process, where a coroutine's only ends its session.
     try {
+        // (Closed after the wait completed, without a reason of its own: as if the wait
+        // had been cancelled, not a read on a closed descriptor.)
+        if (!ec && !socket_.is_open()) ec = asio::error::operation_aborted;
         if (!ec) {
             in_.reserve_tail(std::max<std::size_t>(4096, n));
             if (socket_.tls()) {  // (n bytes in the stream's idle space)
                 std::memcpy(in_.writable().data(), socket_.idle_space().data(), n);
             } else {
                 n = socket_.read_now(in_.writable(), ec);
-                if (ec == asio::error::would_block) return await_request();  // (spurious)
+                // Nothing after all: wait again, still idle since the same moment.
+                if (ec == asio::error::would_block) return arm_idle_wait();
             }
         }
         if (ec) {
@@ -335,7 +343,8 @@ asio::awaitable<void> client_session::finish(bool logged_in) {
         co_await finish_server();
         if (rt_.cfg()->sluice.log_disconnections)
             spdlog::info("client {} closing because: {} (age={}s): db={} user={} addr={}:{}", id,
-                         close_reason_ ? *close_reason_ : std::string("client unexpected eof"),
+                         close_reason_ && !close_reason_->empty() ? *close_reason_
+                                                                   : std::string("client unexpected eof"),
                          std::chrono::duration_cast<std::chrono::seconds>(steady_clock::now() -
                                                                           connect_time)
                              .count(),
@@ -612,7 +621,7 @@ void client_session::await_server(pool::server_ptr server) {
 }
 
 void client_session::on_server_read(pool::server_ptr server, error_code ec, std::size_t n) {
-    // A plain handler: an exception must end this session only (see await_request).
+    // A plain handler: an exception must end this session only (see on_client_readable).
     // (`server` may have been moved on when something throws: the catch keeps its own.)
     const pool::server_ptr held = server;
     try {

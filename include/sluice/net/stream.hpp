@@ -11,7 +11,10 @@
 //     buffer in the stream's TLS state when a read starts (an idle client's next
 //     request, a typical response fit), or, after that filled up, into a pooled 16 KiB
 //     byte_buffer (bulk transfers); the BIO hands those bytes to OpenSSL, which decrypts into the caller's
-//     buffer. Nothing is held while idle but the SSL object itself.
+//     buffer. An idle client holds nothing but the SSL object and this state (OpenSSL
+//     releases its record buffers between records); Sluice's end of a server connection
+//     keeps OpenSSL's (about 34 KiB: a pool has few servers, each busy, and releasing
+//     them cost a malloc and a free per record).
 // (Asio's ssl::stream copies every record twice through a BIO pair, keeps two 17 KiB
 // buffers per connection for its lifetime, and turns each buffer of a gathered write
 // into its own record.)
@@ -39,6 +42,7 @@
 #include <openssl/ssl.h>
 
 #include <array>
+#include <cassert>
 #include <boost/asio/ssl.hpp>
 #include <memory>
 #include <span>
@@ -81,7 +85,10 @@ public:
     bool has_buffered() const;
     // TLS only: where an idle connection's next bytes are decrypted to, while it waits
     // (a plaintext connection waits for readability and needs none).
-    asio::mutable_buffer idle_space() { return asio::buffer(tls_->idle); }
+    asio::mutable_buffer idle_space() {
+        assert(tls_);
+        return asio::buffer(tls_->idle);
+    }
     // "TLSv1.3/TLS_AES_256_GCM_SHA384" (PgBouncer's `tls=` wording), "" when plain.
     std::string tls_description() const;
 

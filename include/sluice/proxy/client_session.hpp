@@ -186,6 +186,7 @@ private:
     asio::awaitable<void> relay_input(client_step step);
     void on_client_bytes();  // in_ has new bytes after an idle wait
     void await_request();    // the idle wait: a wait (TLS: a small read), a plain handler
+    void arm_idle_wait();    // the wait itself (again after a spurious wake-up)
     void on_client_readable(error_code ec, std::size_t n);  // its handler
     // The end of the session: the server given back or closed, counters, the log line
     // (for a pooled client that logged in), the socket closed.
