@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <malloc.h>
 #include <ctime>
 #include <map>
 #include <mutex>
@@ -156,7 +157,7 @@ table show_pools(proxy::runtime& rt) {
     // The console itself, as PgBouncer lists its own pool.
     int console_clients = 0;
     for (auto& s : rt.sessions.all())
-        if (s->state.load() != proxy::client_state::login && is_console_db(s->database)) ++console_clients;
+        if (s->state.load() != proxy::client_state::login && is_console_db(s->database())) ++console_clients;
     t.rows.push_back({"pgbouncer", "pgbouncer", num(console_clients), "0", "0", "0", "0", "0", "0",
                       "0", "0", "0", "0", "0", "0", "statement", std::nullopt});
     for (auto& p : rt.pools.all()) {
@@ -275,11 +276,11 @@ table show_clients(proxy::runtime& rt) {
             if (it != idx.by_id.end()) link = ptr_text(it->second.first.get());
         }
         const std::string& tls = *s->tls_info.load();
-        t.rows.push_back({"C", s->user, s->database, "none", client_state_name(st), s->addr,
+        t.rows.push_back({"C", s->user(), s->database(), "none", client_state_name(st), s->addr,
                           num(s->port), *s->local_addr, num(s->local_port), format_time(s->connect_time),
                           format_time(request), num(wait_us / 1000000), num(wait_us % 1000000), "0",
                           ptr_text(s.get()), link, "0",
-                          tls.empty() ? cell() : cell(tls), s->application_name,
+                          tls.empty() ? cell() : cell(tls), s->application_name(),
                           num(s->prepared_statements.load(std::memory_order_relaxed)), unum(s->id)});
     }
     return t;
@@ -373,7 +374,7 @@ table show_databases(proxy::runtime& rt) {
     for (auto& p : rt.pools.all()) clients_by_db[p->database()] += p->clients.load();
     int console_clients = 0;
     for (auto& s : rt.sessions.all())
-        if (s->state.load() != proxy::client_state::login && is_console_db(s->database)) ++console_clients;
+        if (s->state.load() != proxy::client_state::login && is_console_db(s->database())) ++console_clients;
 
     std::set<std::string> names;
     for (auto& [name, db] : cfg->databases)
@@ -423,8 +424,8 @@ table show_users(proxy::runtime& rt) {
     std::map<std::string, int> clients_by_user;
     for (auto& s : rt.sessions.all()) {
         if (s->state.load() == proxy::client_state::login) continue;
-        names.insert(s->user);
-        clients_by_user[s->user]++;
+        names.insert(s->user());
+        clients_by_user[s->user()]++;
     }
     for (auto& name : names) {
         const config::user* u = cfg->find_user(name);
@@ -545,6 +546,12 @@ table show_mem(proxy::runtime& rt) {
         io_bytes + io_free * byte_buffer::standard_size);
     row("relay_scratch", proxy::relay::machine::scratch_bytes(),
         counted(stats::held::scratch_used), counted(stats::held::scratch_free));
+    // The allocator's own account (glibc's mallinfo2, every arena): bytes handed out, and
+    // bytes free inside its heaps (freed memory it keeps: fragmentation, per-thread
+    // caches). Sizes in bytes, so size is 1. The rows above are what Sluice holds; the
+    // process's RSS is about heap used + free, plus code and stacks.
+    const struct mallinfo2 mi = mallinfo2();
+    row("heap", 1, mi.uordblks + mi.hblkhd, mi.fordblks);
     return t;
 }
 
@@ -617,7 +624,7 @@ std::optional<std::pair<std::string, std::string>> driver_parameter(const std::s
         {"intervalstyle", {"IntervalStyle", "postgres"}},
         {"search_path", {"search_path", ""}},
     };
-    if (key == "application_name") return std::make_pair(std::string("application_name"), s.application_name);
+    if (key == "application_name") return std::make_pair(std::string("application_name"), s.application_name());
     auto it = fixed.find(key);
     if (it == fixed.end()) return std::nullopt;
     return it->second;
@@ -835,7 +842,7 @@ asio::awaitable<outcome> run_set(exec_context& cx, const command& c) {
         spdlog::set_level(v >= 2 ? spdlog::level::trace : v == 1 ? spdlog::level::debug
                                                                 : spdlog::level::info);
     }
-    spdlog::info("console: {} set {} = {}", cx.session.user, c.set_key, s->get(cx.rt.cfg()->sluice));
+    spdlog::info("console: {} set {} = {}", cx.session.user(), c.set_key, s->get(cx.rt.cfg()->sluice));
     proto::writer(cx.out).command_complete("SET");
     co_return outcome::ok;
 }
@@ -855,7 +862,7 @@ asio::awaitable<outcome> run_control(exec_context& cx, const command& c) {
     if (c.arg && v != "KILL_CLIENT" && v != "SHUTDOWN" && !database_known(rt, *c.arg))
         co_return no_such_db();
     const std::string db_text = c.arg ? *c.arg : std::string("all databases");
-    spdlog::info("console: {} ran {}{}", cx.session.user, v, c.arg ? " " + *c.arg : std::string());
+    spdlog::info("console: {} ran {}{}", cx.session.user(), v, c.arg ? " " + *c.arg : std::string());
 
     if (v == "PAUSE" || v == "SUSPEND") {
         std::optional<std::string> db = v == "PAUSE" ? c.arg : std::nullopt;
@@ -898,8 +905,8 @@ asio::awaitable<outcome> run_control(exec_context& cx, const command& c) {
         int killed = 0;
         for (auto& s : rt.sessions.all()) {
             if (s.get() == &cx.session || s->state.load() == proxy::client_state::login) continue;
-            if (is_console_db(s->database)) continue;
-            if (c.arg && s->database != *c.arg) continue;
+            if (is_console_db(s->database())) continue;
+            if (c.arg && s->database() != *c.arg) continue;
             s->kill("57P01", "terminating connection due to administrator command (KILL)");
             ++killed;
         }
@@ -1011,7 +1018,7 @@ asio::awaitable<void> serve(proxy::runtime& rt, proxy::client_session& session,
         w.parameter_status("integer_datetimes", "on");
         w.parameter_status("standard_conforming_strings", "on");
         w.parameter_status("TimeZone", "UTC");
-        w.parameter_status("application_name", session.application_name);
+        w.parameter_status("application_name", session.application_name());
         w.parameter_status("is_superuser", role == console_role::admin ? "on" : "off");
         w.backend_key_data(session.cancel_key.process_id, session.cancel_key.secret_key);
         w.ready_for_query('I');

@@ -80,12 +80,12 @@ std::map<std::string, std::string> pool::welcome_parameters() const {
 
 shared_params pool::intern_parameters(param_set p) {
     std::lock_guard lk(mutex_);
-    std::erase_if(interned_, [](auto& w) { return w.expired(); });
-    for (auto& w : interned_)
-        if (auto s = w.lock(); s && *s == p) return s;
-    auto s = std::make_shared<const param_set>(std::move(p));
-    if (interned_.size() < max_interned) interned_.push_back(s);
-    return s;
+    return interned_.get(std::move(p));
+}
+
+shared_identity pool::intern_identity(client_identity id) {
+    std::lock_guard lk(mutex_);
+    return identities_.get(std::move(id));
 }
 
 void pool::learn_scram_keys(std::vector<std::uint8_t> client_key,

@@ -18,23 +18,23 @@ asio::awaitable<bool> client_session::admit_login(const config::config& cfg,
     const config::database* db = &dbcfg;
     {
         int db_max = db->max_db_client_connections.value_or(g.max_db_client_connections);
-        const config::user* u = cfg.find_user(user);
+        const config::user* u = cfg.find_user(user());
         int user_max = u && u->max_user_client_connections ? *u->max_user_client_connections
                                                            : g.max_user_client_connections;
         if (db_max > 0 || user_max > 0) {
             int db_clients = 0, user_clients = 0;
             for (auto& s : rt_.sessions.all()) {
                 if (s.get() == this || s->state.load() == client_state::login) continue;
-                db_clients += s->database == database;
-                user_clients += s->user == user;
+                db_clients += s->database() == database();
+                user_clients += s->user() == user();
             }
             if (db_max > 0 && db_clients >= db_max) {
                 co_await send_error("53300", "too many client connections for database \"" +
-                                                 database + "\" (max_db_client_connections)");
+                                                 database() + "\" (max_db_client_connections)");
                 co_return false;
             }
             if (user_max > 0 && user_clients >= user_max) {
-                co_await send_error("53300", "too many client connections for user \"" + user +
+                co_await send_error("53300", "too many client connections for user \"" + user() +
                                                  "\" (max_user_client_connections)");
                 co_return false;
             }
@@ -44,7 +44,7 @@ asio::awaitable<bool> client_session::admit_login(const config::config& cfg,
         // Rate limits at login: connection attempts per second, then concurrent
         // connections of this tenant.
         tenant_ = lim->tenant_for(
-            lim->tenant_name(user, database, application_name, startup_msg.parameters));
+            lim->tenant_name(user(), database(), application_name(), startup_msg.parameters));
         ratelimit::verdict v;
         if (!tenant_->try_take(ratelimit::kind::connection))
             v = co_await lim->take(tenant_, ratelimit::kind::connection, worker_);

@@ -33,10 +33,17 @@ void gather(const batch_builder& batch, std::size_t skip, std::vector<asio::cons
     }
 }
 
+// Who a client is before its startup packet says it: nobody (one shared empty identity).
+const pool::shared_identity& nobody() {
+    static const auto none = std::make_shared<const pool::client_identity>();
+    return none;
+}
+
 }  // namespace
 
 client_session::client_session(runtime& rt, stream_socket socket, int worker, std::uint64_t id_)
     : id(id_),
+      who_(nobody()),
       rt_(rt),
       socket_(std::move(socket)),
       worker_(worker) {
@@ -64,19 +71,30 @@ client_session::client_session(runtime& rt, stream_socket socket, int worker, st
     }
 }
 
-client_session::~client_session() = default;
+client_session::~client_session() {
+    // (Normally gone from the registry already, in leave_runtime(); the registry does not
+    // own its sessions, so none may outlive its entry.)
+    rt_.sessions.remove(*this);
+}
 
 const std::string client_session::empty_text;
+
+std::size_t client_session::max_packet() const {
+    return relay_ ? relay_->max_packet() : std::size_t(rt_.cfg()->sluice.max_packet_size);
+}
+
+void client_session::set_identity(pool::client_identity who) {
+    who_ = std::make_shared<const pool::client_identity>(std::move(who));
+}
 
 // ---------------------------------------------------------------------------------------
 // Lifecycle
 
-asio::awaitable<void> client_session::run() {
+asio::awaitable<void> client_session::run(const refusal* refuse) {
     auto self = shared_from_this();
     while (!rt_.sessions.add(self))  // (a cancel key already taken: 2^-64 per pair)
         auth::random_bytes(reinterpret_cast<std::uint8_t*>(&cancel_key), sizeof cancel_key);
     auto cfg = rt_.cfg();
-    max_packet_ = std::size_t(cfg->sluice.max_packet_size);
 
     // client_login_timeout: one watchdog for the whole login.
     // (The flag is the session's, not this frame's: the handler may run after run() ended,
@@ -101,7 +119,7 @@ asio::awaitable<void> client_session::run() {
             socket_.close(ignored);
         });
     }
-    bool ok = co_await startup();
+    bool ok = co_await startup(refuse);
     login_over_ = true;
     login_watchdog.cancel();
     if (ok && console_role_ != admin::console_role::none) {
@@ -117,8 +135,8 @@ asio::awaitable<void> client_session::run() {
     }
     state = client_state::idle;
     if (cfg->sluice.log_connections)
-        spdlog::info("client {} login: db={} user={} addr={}:{} app={}", id, database, user,
-                     addr, port, application_name);
+        spdlog::info("client {} login: db={} user={} addr={}:{} app={}", id, database(), user(),
+                     addr, port, application_name());
     // This frame (and the login's) ends here: the relay runs in await_request's handler
     // (a coroutine only while a step must wait), and an idle client waits without any.
     pending_ = std::make_unique<client_pending>();
@@ -348,7 +366,7 @@ asio::awaitable<void> client_session::finish(bool logged_in) {
                          std::chrono::duration_cast<std::chrono::seconds>(steady_clock::now() -
                                                                           connect_time)
                              .count(),
-                         database, user, addr, port);
+                         database(), user(), addr, port);
     }
     leave_runtime();
 }
@@ -372,16 +390,18 @@ asio::awaitable<bool> client_session::write_client(std::span<const asio::const_b
     // server_loop and client_loop run on the same thread but may both have something to
     // say; one async_write at a time.
     while (writing_client_) {
-        asio::steady_timer turn(executor(), steady_clock::time_point::max());
-        write_waiters_.push_back(&turn);
-        co_await turn.async_wait(use_nothrow);
+        write_turn turn{asio::steady_timer(executor(), steady_clock::time_point::max())};
+        write_turn** last = &write_waiters_;  // (first come, first served)
+        while (*last) last = &(*last)->next;
+        *last = &turn;
+        co_await turn.timer.async_wait(use_nothrow);
     }
     writing_client_ = true;
     auto [ec, n] = co_await asio::async_write(socket_, buffers, use_nothrow);
     writing_client_ = false;
-    if (!write_waiters_.empty()) {
-        write_waiters_.front()->cancel();
-        write_waiters_.erase(write_waiters_.begin());
+    if (write_turn* next = write_waiters_) {
+        write_waiters_ = next->next;
+        next->timer.cancel();
     }
     co_return !ec;
 }
@@ -637,7 +657,7 @@ void client_session::on_server_read(pool::server_ptr server, error_code ec, std:
         // Only the plain case goes on here; the rest is server_loop's (same steps). The
         // client's socket is written here only when no one else writes or waits to.
         if (r.event != relay::server_event::need_more || m.parameter_refresh_due() ||
-            writing_client_ || !write_waiters_.empty() || client_gone_ || fatal_ ||
+            writing_client_ || write_waiters_ || client_gone_ || fatal_ ||
             server_ != server) {
             continue_server_loop(std::move(server), {}, std::move(r), 0);
             return;

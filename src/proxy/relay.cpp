@@ -207,9 +207,9 @@ void machine::on_admission(bool allowed, std::chrono::milliseconds retry_after,
     // Nothing of a rejected request reaches PostgreSQL. In the extended protocol the whole
     // batch up to Sync is answered, as PostgreSQL does after an error.
     skip_ = skip::rejected;
-    rejection_.clear();
+    rejection_ = std::make_unique<std::string>();
     auto ms = retry_after.count();
-    proto::writer(rejection_).error_response(
+    proto::writer(*rejection_).error_response(
         "53400", "rate limit exceeded for tenant \"" + tenant + "\"",
         "retry after " + std::to_string(ms > 0 ? ms : 1) + " ms");
 }
@@ -353,7 +353,7 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
             if (avail >= total) {
                 return malformed();
             }
-            if (avail >= std::min(total, settings_.max_held)) return too_large("a message head");
+            if (avail >= std::min<std::size_t>(total, settings_.max_held)) return too_large("a message head");
             return need_more();
         }
         if (type == proto::msg::parse) {
@@ -537,7 +537,8 @@ client_result machine::scan_client(std::span<const std::uint8_t> in) {
                 reply r;
                 r.request = 'S';
                 r.action = reply::inject;
-                r.bytes = std::move(rejection_);
+                r.bytes = std::move(*rejection_);
+                rejection_.reset();
                 queue().push_back(std::move(r));
                 skip_ = skip::none;
                 in_batch_ = false;

@@ -15,29 +15,22 @@ namespace sluice::proxy {
 
 bool session_registry::add(const std::shared_ptr<client_session>& s) {
     std::lock_guard lk(mutex_);
-    auto& slot = by_key_[key_of(s->cancel_key.process_id, s->cancel_key.secret_key)];
-    if (!slot.expired()) return false;
-    slot = s;
-    return true;
+    return by_key_.try_emplace(key_of(s->cancel_key.process_id, s->cancel_key.secret_key), s.get())
+        .second;
 }
 
 void session_registry::remove(const client_session& s) {
     // Only this session's entry: one that ends before it was added must not take another's.
-    // (`held` outlives the lock: should it be the last reference, the session it names is
-    // destroyed after the registry's mutex is released.)
-    std::shared_ptr<client_session> held;
     std::lock_guard lk(mutex_);
     auto it = by_key_.find(key_of(s.cancel_key.process_id, s.cancel_key.secret_key));
-    if (it == by_key_.end()) return;
-    held = it->second.lock();
-    if (!held || held.get() == &s) by_key_.erase(it);
+    if (it != by_key_.end() && it->second == &s) by_key_.erase(it);
 }
 
 std::shared_ptr<client_session> session_registry::find_by_key(std::uint32_t pid,
                                                               std::uint32_t key) const {
     std::lock_guard lk(mutex_);
     auto it = by_key_.find(key_of(pid, key));
-    return it == by_key_.end() ? nullptr : it->second.lock();
+    return it == by_key_.end() ? nullptr : it->second->weak_from_this().lock();
 }
 
 std::shared_ptr<client_session> session_registry::find_by_id(std::uint64_t id) const {
@@ -51,9 +44,9 @@ std::vector<std::shared_ptr<client_session>> session_registry::find_by_ids(
     if (ids.empty()) return out;
     std::sort(ids.begin(), ids.end());
     std::lock_guard lk(mutex_);
-    for (auto& [key, w] : by_key_)
-        if (auto s = w.lock(); s && std::binary_search(ids.begin(), ids.end(), s->id))
-            out.push_back(std::move(s));
+    for (auto& [key, p] : by_key_)
+        if (std::binary_search(ids.begin(), ids.end(), p->id))
+            if (auto s = p->weak_from_this().lock()) out.push_back(std::move(s));
     return out;
 }
 
@@ -61,8 +54,8 @@ std::vector<std::shared_ptr<client_session>> session_registry::all() const {
     std::lock_guard lk(mutex_);
     std::vector<std::shared_ptr<client_session>> out;
     out.reserve(by_key_.size());
-    for (auto& [key, w] : by_key_)
-        if (auto s = w.lock()) out.push_back(std::move(s));
+    for (auto& [key, p] : by_key_)
+        if (auto s = p->weak_from_this().lock()) out.push_back(std::move(s));
     return out;
 }
 

@@ -150,7 +150,7 @@ asio::awaitable<bool> client_session::sync_parameters(pool::server_connection& s
                quote_literal(k) + ", " + quote_literal(v) + ", false)";
     }
     if (!sql.empty()) {
-        bool ok = co_await s.run_internal_query(std::move(sql), max_packet_);
+        bool ok = co_await s.run_internal_query(std::move(sql), max_packet());
         if (!ok) co_return false;
         // Parameters PostgreSQL does not report (search_path before 18, ...) are recorded
         // by hand.
@@ -169,7 +169,7 @@ asio::awaitable<bool> client_session::refresh_untracked_parameters(pool::server_
     for (std::size_t i = 0; i < names.size(); ++i)
         sql += (i ? ", " : "") + std::string("current_setting(") + quote_literal(names[i]) + ", true)";
     std::vector<std::optional<std::string>> row;
-    bool ok = co_await s.run_internal_query(std::move(sql), max_packet_, &row);
+    bool ok = co_await s.run_internal_query(std::move(sql), max_packet(), &row);
     if (!ok || row.size() != names.size()) co_return false;
     // The server was linked (synced) for this client; after this both have the same
     // values again, for the new set.
@@ -269,7 +269,7 @@ void client_session::release_server(pool::server_ptr s, bool clean) {
     }
     auto ex = s->socket.get_executor();
     asio::co_spawn(ex,
-                   reset_and_release(s, query, max_packet_,
+                   reset_and_release(s, query, max_packet(),
                                      steady_clock::duration(cfg->sluice.cancel_wait_timeout)),
                    [s](std::exception_ptr e) {
                        if (e) {

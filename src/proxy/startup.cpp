@@ -21,6 +21,10 @@ namespace sluice::proxy {
 
 namespace proto = sluice::protocol;
 
+// What a login reads into: its messages (startup packet, password, SASL) are small; a
+// larger one grows the buffer (doubling), up to the protocol's limits.
+constexpr std::size_t login_buffer_size = 1024;
+
 asio::awaitable<bool> client_session::read_startup_packet(proto::startup_packet& out) {
     for (;;) {
         std::size_t consumed = 0;
@@ -38,7 +42,7 @@ asio::awaitable<bool> client_session::read_startup_packet(proto::startup_packet&
                 co_await send_error("08P01", "invalid startup packet: " + ec.message());
             co_return false;
         }
-        in_.reserve_tail(512);
+        in_.reserve_tail(512, login_buffer_size);
         auto [rec, n] = co_await socket_.async_read_some(in_.writable(), use_nothrow);
         if (rec) co_return false;
         in_.commit(n);
@@ -62,7 +66,7 @@ asio::awaitable<bool> client_session::read_client_message(proto::message_view& o
             co_return false;
         }
         if (in_.empty()) in_.begin = in_.end = 0;
-        in_.reserve_tail(1024);
+        in_.reserve_tail(1024, login_buffer_size);
         auto [rec, n] = co_await socket_.async_read_some(in_.writable(), use_nothrow);
         if (rec) co_return false;
         in_.commit(n);
@@ -94,14 +98,14 @@ asio::awaitable<bool> client_session::start_tls(std::string already_read) {
 //                   "postgresql", as PostgreSQL requires.
 //   GSSENCRequest   'N': the client falls back to TLS or plaintext.
 // After TLS is up, a second SSLRequest or a GSSENCRequest is a protocol violation.
-asio::awaitable<bool> client_session::startup() {
+asio::awaitable<bool> client_session::startup(const refusal* refuse) {
     proto::startup_packet packet;
     proto::startup_message startup_msg;
     auto tls = rt_.tls();
     const bool tls_offered = tls->client_side && !unix_socket();
     for (;;) {
         if (!socket_.tls() && in_.empty()) {
-            in_.reserve_tail(512);
+            in_.reserve_tail(512, login_buffer_size);
             auto [rec, n] = co_await socket_.async_read_some(in_.writable(), use_nothrow);
             if (rec) co_return false;
             in_.commit(n);
@@ -153,8 +157,8 @@ asio::awaitable<bool> client_session::startup() {
         break;
     }
 
-    if (refuse_sqlstate) {
-        co_await send_error(refuse_sqlstate, refuse_message);
+    if (refuse) {
+        co_await send_error(refuse->sqlstate, refuse->message);
         co_return false;
     }
     auto cfg = rt_.cfg();
@@ -175,11 +179,10 @@ asio::awaitable<bool> client_session::startup() {
         co_await send_error("28000", "no PostgreSQL user name specified in startup packet");
         co_return false;
     }
-    user = *user_param;
     const std::string* db_param = startup_msg.find("database");
-    database = db_param && !db_param->empty() ? *db_param : user;
+    set_identity({*user_param, db_param && !db_param->empty() ? *db_param : *user_param, {}});
     if (g.log_connections)
-        spdlog::info("client {} login attempt: db={} user={} tls={}", id, database, user,
+        spdlog::info("client {} login attempt: db={} user={} tls={}", id, database(), user(),
                      tls_info.load()->empty() ? "no" : *tls_info.load());
     // client_tls_sslmode require and stronger: TCP clients must use TLS (a Unix socket is
     // local and never encrypted, as in PostgreSQL and PgBouncer).
@@ -251,17 +254,17 @@ asio::awaitable<bool> client_session::startup() {
         app = (app.empty() ? std::string() : app + " - ") + addr + ":" + std::to_string(port);
     }
     if (auto it = startup_values.find("application_name"); it != startup_values.end())
-        application_name = it->second;
+        set_identity({user(), database(), it->second});
 
     // Admin console: the virtual database `sluice` (and `pgbouncer` for existing tools).
-    bool console = database == "sluice" || database == "pgbouncer";
-    const config::database* db = console ? nullptr : cfg->find_database(database);
+    bool console = database() == "sluice" || database() == "pgbouncer";
+    const config::database* db = console ? nullptr : cfg->find_database(database());
     auto users = rt_.users();
-    auto secret = users->find(user);
+    auto secret = users->find(user());
 
     // As PgBouncer: the user pgbouncer (or sluice) may enter the console over the unix
     // socket without a password when it runs as the same OS user as Sluice.
-    if (console && (user == "pgbouncer" || user == "sluice") && addr == "unix") {
+    if (console && (user() == "pgbouncer" || user() == "sluice") && addr == "unix") {
         ucred peer{};
         socklen_t len = sizeof peer;
         if (::getsockopt(socket_.native_handle(), SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0 &&
@@ -289,12 +292,12 @@ asio::awaitable<bool> client_session::startup() {
             req.unix_socket = unix_socket();
             req.tls = socket_.tls();
             if (!req.unix_socket) req.address = addr;
-            req.database = database;
-            req.user = user;
+            req.database = database();
+            req.user = user();
             const auth::hba_rule* rule = rules->hba ? rules->hba->match(req) : nullptr;
             // PostgreSQL's wording, which operators search for.
             const std::string where = "host \"" + (req.unix_socket ? std::string("[local]") : addr) +
-                                      "\", user \"" + user + "\", database \"" + database +
+                                      "\", user \"" + user() + "\", database \"" + database() +
                                       "\", " + (req.tls ? "SSL encryption" : "no encryption");
             if (!rule) {
                 spdlog::info("client {} closing because: no pg_hba.conf entry for {}", id, where);
@@ -330,9 +333,9 @@ asio::awaitable<bool> client_session::startup() {
                               method == auth::hba_method::scram_sha_256;
     if (!secret && !console && db && needs_secret &&
         !(db->auth_user.empty() ? g.auth_user : db->auth_user).empty()) {
-        auto found = co_await rt_.auth_queries.lookup(rt_, database, user, executor());
+        auto found = co_await rt_.auth_queries.lookup(rt_, database(), user(), executor());
         if (!found.ok) {
-            spdlog::warn("client {} closing because: auth_query failed for user {}: {}", id, user,
+            spdlog::warn("client {} closing because: auth_query failed for user {}: {}", id, user(),
                          found.error);
             co_await send_error("28000", "authentication failed: the user lookup (auth_query) "
                                          "did not run; see Sluice's log");
@@ -342,15 +345,15 @@ asio::awaitable<bool> client_session::startup() {
         // An md5 or plaintext secret is what this user's pool logs in with; for a SCRAM
         // verifier the client's own proof is (authenticate() hands its keys over).
         if (secret && !auth::is_scram_secret(*secret) &&
-            (db->user.empty() || db->user == user))
-            rt_.pools.get(database, user).learn_secret(*secret);
+            (db->user.empty() || db->user == user()))
+            rt_.pools.get(database(), user()).learn_secret(*secret);
     }
 
     // auth_type trust asks for no password, but the user must be listed in auth_file, as in
     // PgBouncer (`any` takes any name; the console's users are checked as they are).
     if (g.auth_type_ == config::auth_type::trust && !secret && !console) {
-        spdlog::info("client {} closing because: no such user: {}", id, user);
-        co_await send_error("08P01", "no such user: " + user);
+        spdlog::info("client {} closing because: no such user: {}", id, user());
+        co_await send_error("08P01", "no such user: " + user());
         co_return false;
     }
     bool known = secret.has_value() || method == auth::hba_method::trust;
@@ -361,14 +364,14 @@ asio::awaitable<bool> client_session::startup() {
         if (!cn || !may_log_in_as_user(*cn, map)) {
             // PostgreSQL answers as for a wrong password and logs the real reason.
             spdlog::info("client {} closing because: certificate validation "
-                         "(clientcert=verify-full) failed for user \"{}\": CN mismatch", id, user);
-            co_await send_error("28P01", "password authentication failed for user \"" + user + "\"");
+                         "(clientcert=verify-full) failed for user \"{}\": CN mismatch", id, user());
+            co_await send_error("28P01", "password authentication failed for user \"" + user() + "\"");
             co_return false;
         }
     }
 
     if (console) {
-        auto role = admin::role_of(*cfg, user);
+        auto role = admin::role_of(*cfg, user());
         if (role == admin::console_role::none) {
             co_await send_error("28000", "not allowed to connect to the admin console",
                                 "only admin_users and stats_users may use the console");
@@ -377,25 +380,26 @@ asio::awaitable<bool> client_session::startup() {
         console_role_ = role;
         co_return true;  // run() serves the console once the login timeout is off
     }
-    if (db && rt_.database_disabled(database)) {
-        co_await send_error("57P03", "database \"" + database + "\" is disabled",
+    if (db && rt_.database_disabled(database())) {
+        co_await send_error("57P03", "database \"" + database() + "\" is disabled",
                             "an administrator ran DISABLE; ENABLE lets clients in again");
         co_return false;
     }
     if (!db) {
-        spdlog::info("client {} closing because: no such database: {}", id, database);
-        co_await send_error("3D000", "database \"" + database + "\" does not exist",
+        spdlog::info("client {} closing because: no such database: {}", id, database());
+        co_await send_error("3D000", "database \"" + database() + "\" does not exist",
                             "no such entry in the [databases] section of Sluice's configuration");
         co_return false;
     }
 
-    std::string pool_user = db->user.empty() ? user : db->user;
+    std::string pool_user = db->user.empty() ? user() : db->user;
     if (!co_await admit_login(*cfg, *db, startup_msg)) co_return false;
-    pool_ = rt_.pools.attach(database, pool_user);
+    pool_ = rt_.pools.attach(database(), pool_user);
+    who_ = pool_->intern_identity(*who_);  // (from now on shared with the pool's clients)
     pool_->stats.client_login_count++;
     mode_ = pool_->current_settings().mode;
     {
-        const config::user* u = cfg->find_user(user);
+        const config::user* u = cfg->find_user(user());
         auto ns = [](config::duration d) {
             return std::int64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
         };
@@ -411,9 +415,9 @@ asio::awaitable<bool> client_session::startup() {
     relay::settings rs;
     rs.mode = mode_;
     rs.track_prepared = mode_ != config::pool_mode::session && g.max_prepared_statements > 0;
-    rs.max_prepared = std::size_t(std::max(1, g.max_prepared_statements));
-    rs.max_packet = max_packet_;
-    rs.max_held = std::size_t(g.max_held_message_size);
+    rs.max_prepared = std::uint32_t(std::max(1, g.max_prepared_statements));
+    rs.max_packet = std::uint32_t(g.max_packet_size);
+    rs.max_held = std::uint32_t(g.max_held_message_size);
     rs.rate_limited = tenant_ != nullptr;
     relay_.emplace(rs, static_cast<relay::observer&>(*this));
 
@@ -455,22 +459,22 @@ asio::awaitable<bool> client_session::startup() {
 
 bool client_session::may_log_in_as_user(const std::string& system_user,
                                         const std::string& map) const {
-    return map.empty() ? system_user == user : rt_.rules()->ident->allows(map, system_user, user);
+    return map.empty() ? system_user == user() : rt_.rules()->ident->allows(map, system_user, user());
 }
 
 asio::awaitable<bool> client_session::check_cert(std::string map, bool full) {
     auto cn = socket_.tls() ? net::peer_common_name(socket_.ssl()) : std::nullopt;
     if (!cn) {
         spdlog::info("client {} closing because: no verified client certificate (user {})", id,
-                     user);
+                     user());
         co_await send_error("28000", "connection requires a valid client certificate");
         co_return false;
     }
     if (!full) co_return true;  // clientcert=verify-ca: any certificate of the CA
     if (!may_log_in_as_user(*cn, map)) {
         spdlog::info("client {} closing because: certificate CN \"{}\" is not user \"{}\"{}", id,
-                     *cn, user, map.empty() ? std::string() : " in ident map " + map);
-        co_await send_error("28000", "certificate authentication failed for user \"" + user + "\"");
+                     *cn, user(), map.empty() ? std::string() : " in ident map " + map);
+        co_await send_error("28000", "certificate authentication failed for user \"" + user() + "\"");
         co_return false;
     }
     co_return true;
@@ -490,14 +494,14 @@ asio::awaitable<bool> client_session::check_peer(std::string map) {
     }
     if (os_user.empty()) {
         spdlog::info("client {} closing because: peer authentication needs a Unix socket with "
-                     "a known peer (user {})", id, user);
-        co_await send_error("28000", "Peer authentication failed for user \"" + user + "\"");
+                     "a known peer (user {})", id, user());
+        co_await send_error("28000", "Peer authentication failed for user \"" + user() + "\"");
         co_return false;
     }
     if (!may_log_in_as_user(os_user, map)) {
         spdlog::info("client {} closing because: peer OS user \"{}\" is not user \"{}\"{}", id,
-                     os_user, user, map.empty() ? std::string() : " in ident map " + map);
-        co_await send_error("28000", "Peer authentication failed for user \"" + user + "\"");
+                     os_user, user(), map.empty() ? std::string() : " in ident map " + map);
+        co_await send_error("28000", "Peer authentication failed for user \"" + user() + "\"");
         co_return false;
     }
     co_return true;
@@ -513,8 +517,8 @@ asio::awaitable<bool> client_session::authenticate(auth::hba_method method, std:
         // The same answer for an unknown user and a wrong password: no user enumeration.
         if (pool_) pool_->stats.errors_login++;
         spdlog::info("client {} closing because: password authentication failed for user {}", id,
-                     user);
-        co_await send_error("28P01", "password authentication failed for user \"" + user + "\"");
+                     user());
+        co_await send_error("28P01", "password authentication failed for user \"" + user() + "\"");
         co_return false;
     };
 
@@ -531,7 +535,7 @@ asio::awaitable<bool> client_session::authenticate(auth::hba_method method, std:
     // to md5 would give the client a weaker method than the configuration asked for.
     if (method == auth::hba_method::scram_sha_256 && s && auth::is_md5_secret(*s)) {
         spdlog::warn("user {} has an md5 secret in the auth file, which scram-sha-256 cannot "
-                     "check: login refused (store a SCRAM secret or a plaintext password)", user);
+                     "check: login refused (store a SCRAM secret or a plaintext password)", user());
         s.reset();  // run the exchange against a made-up secret: the same answer as a wrong password
     }
     // md5 with a SCRAM verifier: SCRAM, as PostgreSQL does (md5 cannot check a verifier).
@@ -546,7 +550,7 @@ asio::awaitable<bool> client_session::authenticate(auth::hba_method method, std:
         if (!co_await read_client_message(m) || m.type != proto::msg::password) co_return false;
         auto pw = proto::decode_cstring(m.body);
         if (!pw || !s) co_return co_await refuse();
-        bool ok = auth::is_md5_secret(*s) ? auth::md5_stored(*pw, user) == *s : *pw == *s;
+        bool ok = auth::is_md5_secret(*s) ? auth::md5_stored(*pw, user()) == *s : *pw == *s;
         if (!ok) co_return co_await refuse();
         co_return true;
     }
@@ -558,11 +562,11 @@ asio::awaitable<bool> client_session::authenticate(auth::hba_method method, std:
         if (!co_await write_client(out)) co_return false;
         if (!co_await read_client_message(m) || m.type != proto::msg::password) co_return false;
         auto pw = proto::decode_cstring(m.body);
-        if (!pw || !s || !auth::md5_verify(*s, user, salt, *pw)) co_return co_await refuse();
+        if (!pw || !s || !auth::md5_verify(*s, user(), salt, *pw)) co_return co_await refuse();
         co_return true;
     }
 
-    auth::scram_server scram(s, cfg->sluice.scram_iterations, user);
+    auth::scram_server scram(s, cfg->sluice.scram_iterations, user());
     w.authentication_sasl("SCRAM-SHA-256");
     if (!co_await write_client(out)) co_return false;
     if (!co_await read_client_message(m) || m.type != proto::msg::password) co_return false;
@@ -589,10 +593,10 @@ asio::awaitable<bool> client_session::authenticate(auth::hba_method method, std:
     // With only a verifier in the auth file, the client's proof is what lets Sluice log in
     // to PostgreSQL as this user (SCRAM pass-through).
     if (s && auth::is_scram_secret(*s)) {
-        auto cfgdb = cfg->find_database(database);
-        std::string pool_user = cfgdb && !cfgdb->user.empty() ? cfgdb->user : user;
-        if (cfgdb && pool_user == user)
-            rt_.pools.get(database, pool_user)
+        auto cfgdb = cfg->find_database(database());
+        std::string pool_user = cfgdb && !cfgdb->user.empty() ? cfgdb->user : user();
+        if (cfgdb && pool_user == user())
+            rt_.pools.get(database(), pool_user)
                 .learn_scram_keys(scram.client_key(), scram.secret().server_key);
     }
     co_return true;

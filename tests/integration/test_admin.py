@@ -742,6 +742,10 @@ def test_show_mem_counts_what_is_really_held(make_sluice):
             assert m["relay_scratch"]["size"] > 0, m
             assert m["iobuf_cache"]["memtotal"] == \
                 (1 + m["iobuf_cache"]["free"]) * m["iobuf_cache"]["size"], m
+            # The allocator's own account: at least what the rows above hold is in use.
+            heap = m["heap"]
+            assert heap["size"] == 1 and heap["memtotal"] == heap["used"] + heap["free"], heap
+            assert heap["used"] >= m["client_cache"]["memtotal"] + m["relay_scratch"]["memtotal"], m
 
             # A query in progress: its reply is due, the relay holds its request storage.
             t, box = run_thread(lambda: clients[0].execute("SELECT pg_sleep(3)").fetchone())

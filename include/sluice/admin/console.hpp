@@ -23,7 +23,7 @@ class client_session;
 
 namespace sluice::admin {
 
-enum class console_role { none, stats, admin };
+enum class console_role : std::uint8_t { none, stats, admin };
 
 // admin_users may run everything; stats_users only SHOW (read-only).
 console_role role_of(const config::config& cfg, const std::string& user);

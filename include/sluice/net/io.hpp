@@ -157,7 +157,10 @@ public:
         if (begin == end) begin = end = 0;
     }
     // Makes room for at least `n` more bytes after `end`, moving unread bytes to the front.
-    void reserve_tail(std::size_t n) {
+    // New memory is at least `smallest` bytes: a standard block (recycled) unless asked
+    // for less, as a login does (its messages are small, and a login storm holding a
+    // 16 KiB block each left megabytes behind in the block cache and the heap).
+    void reserve_tail(std::size_t n, std::size_t smallest = standard_size) {
         if (capacity_ - end >= n) return;
         if (begin > 0) {
             std::memmove(data_.get(), data_.get() + begin, end - begin);
@@ -165,8 +168,8 @@ public:
             begin = 0;
         }
         if (capacity_ - end >= n) return;
-        std::size_t want = std::max(standard_size, end + n);
-        if (want > standard_size) want = std::max(want, capacity_ * 2);
+        std::size_t want = std::max(smallest, end + n);
+        if (want > smallest) want = std::max(want, capacity_ * 2);
         auto fresh = allocate(want);
         const std::size_t unread = end;  // begin is 0 here
         if (unread > 0) std::memcpy(fresh.get(), data_.get(), unread);

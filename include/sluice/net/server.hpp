@@ -7,9 +7,12 @@
 #include <vector>
 
 #include "sluice/net/io.hpp"
+#include "sluice/proxy/client_session.hpp"
 #include "sluice/proxy/runtime.hpp"
 
 namespace sluice::net {
+
+struct accepted_fd;  // (server.cpp)
 
 // What `workers: 0` means: half the cores this process may run on, at least one.
 int default_workers();
@@ -33,6 +36,11 @@ private:
     bool open_listeners();
     void close_listeners();
     asio::awaitable<void> accept_loop(stream_acceptor& acceptor);
+    // An accepted connection to the next worker; there (start_session) its socket and
+    // session are made, and its login started.
+    void hand_off(accepted_fd fd, asio::generic::stream_protocol protocol);
+    void start_session(accepted_fd fd, asio::generic::stream_protocol protocol, int w,
+                       const proxy::client_session::refusal* refuse);
     asio::awaitable<void> signal_loop();
     asio::awaitable<void> janitor_loop();
     // Runs a loop that must keep running: an exception is logged, counted and the loop

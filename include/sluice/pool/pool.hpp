@@ -21,6 +21,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "sluice/config/config.hpp"
 #include "sluice/pool/host_state.hpp"
@@ -29,6 +30,33 @@
 #include "sluice/stats/histogram.hpp"
 
 namespace sluice::pool {
+
+// Who a client says it is, settled at login. The clients of a pool mostly say the same,
+// so they share one copy (pool::intern_identity) instead of holding three strings each.
+struct client_identity {
+    std::string user, database, application_name;
+    bool operator==(const client_identity&) const = default;
+};
+using shared_identity = std::shared_ptr<const client_identity>;
+
+// One shared copy of each distinct value among those in use (weak references: a value
+// nobody holds is forgotten). At most `max` values are shared; past that get() returns an
+// unshared copy, which is as correct, only not shared. Not thread-safe: the owner locks.
+template <class T, std::size_t max>
+class shared_copies {
+public:
+    std::shared_ptr<const T> get(T v) {
+        std::erase_if(copies_, [](auto& w) { return w.expired(); });
+        for (auto& w : copies_)
+            if (auto c = w.lock(); c && *c == v) return c;
+        auto c = std::make_shared<const T>(std::move(v));
+        if (copies_.size() < max) copies_.push_back(c);
+        return c;
+    }
+
+private:
+    std::vector<std::weak_ptr<const T>> copies_;
+};
 
 // Counters kept per pool, read by SHOW STATS and /metrics. Times are microseconds.
 struct pool_stats {
@@ -187,6 +215,9 @@ public:
     // returned unshared, which is as correct, only not shared.
     shared_params intern_parameters(param_set p);
     static constexpr std::size_t max_interned = 64;
+    // The same for client identities (application_name_add_host makes each one distinct:
+    // those are not shared).
+    shared_identity intern_identity(client_identity id);
     // SCRAM keys learnt from a client's login (pass-through when only a verifier is known).
     void learn_scram_keys(std::vector<std::uint8_t> client_key,
                           std::vector<std::uint8_t> server_key);
@@ -328,7 +359,8 @@ private:
         waiting_;
     waiter_id next_waiter_ = 0;
     std::map<std::string, std::string> welcome_;
-    std::vector<std::weak_ptr<const param_set>> interned_;
+    shared_copies<param_set, max_interned> interned_;
+    shared_copies<client_identity, max_interned> identities_;
     std::vector<std::uint8_t> scram_client_key_, scram_server_key_;
     std::string learnt_secret_;
     steady_clock::time_point login_failed_at_{};

@@ -60,7 +60,16 @@ public:
     client_session(runtime& rt, stream_socket socket, int worker, std::uint64_t id);
     ~client_session();
 
-    asio::awaitable<void> run();
+    // The login, then the relay (in handlers). `refuse`: the client is to be refused
+    // (max_client_conn, shutdown) once its startup packet is read, so that it gets a
+    // proper ErrorResponse; one of the static refusals below.
+    struct refusal {
+        const char* sqlstate;
+        const char* message;
+    };
+    static constexpr refusal too_many_clients{"53300", "no more connections allowed (max_client_conn)"};
+    static constexpr refusal shutting_down{"57P01", "Sluice is shutting down"};
+    asio::awaitable<void> run(const refusal* refuse = nullptr);
 
     // Cancels the query this client is running, if any. Runs on the session's executor.
     static asio::awaitable<void> forward_cancel(std::shared_ptr<client_session> self);
@@ -76,7 +85,12 @@ public:
 
     const std::uint64_t id;
     protocol::cancel_request cancel_key{};  // the key Sluice handed to the client
-    std::string user, database, application_name;
+    // Who the client says it is: settled during login (set_identity), read by other
+    // threads (the console) only once the session left login. Shared with the pool's
+    // clients that say the same once logged in: a pointer per client, not three strings.
+    const std::string& user() const { return who_->user; }
+    const std::string& database() const { return who_->database; }
+    const std::string& application_name() const { return who_->application_name; }
     std::string addr;
     // Shared texts (net::interned): every client of one listener has the same local
     // address, and a TLS description is one of a few. local_addr is set by the
@@ -84,7 +98,10 @@ public:
     // it: atomic.
     const std::string* local_addr = &empty_text;
     std::atomic<const std::string*> tls_info{&empty_text};
-    int port = 0, local_port = 0;
+    std::uint16_t port = 0, local_port = 0;
+    // (Small fields side by side: every idle client holds them, padding included.)
+    admin::console_role console_role_ = admin::console_role::none;
+    bool tenant_connection_open_ = false;
     steady_clock::time_point connect_time = steady_clock::now();
     std::atomic<steady_clock::time_point> request_time{steady_clock::now()};
     std::atomic<std::uint64_t> linked_server_id{0};
@@ -115,17 +132,10 @@ public:
     static std::int64_t now_ns() { return to_ns(steady_clock::now()); }
     static const std::string empty_text;
     std::shared_ptr<ratelimit::tenant> tenant_;
-    admin::console_role console_role_ = admin::console_role::none;
-    bool tenant_connection_open_ = false;
-    // Set by the listener when the client must be refused (max_client_conn, shutdown):
-    // the startup packet is still read so that the client gets a proper ErrorResponse.
-    // (Static texts: a pointer each, not two strings per client.)
-    const char* refuse_sqlstate = nullptr;
-    const char* refuse_message = nullptr;
 
 private:
     // startup and authentication
-    asio::awaitable<bool> startup();
+    asio::awaitable<bool> startup(const refusal* refuse);
     asio::awaitable<bool> read_startup_packet(protocol::startup_packet& out);
     // TLS for this client: after 'S' to an SSLRequest, or direct (`already_read` holds the
     // start of the ClientHello). False if the handshake failed (the client is gone).
@@ -247,12 +257,18 @@ private:
     asio::awaitable<void> send_error(std::string sqlstate, std::string message,
                                      std::string hint = {}, bool fatal = true);
 
+    // During login only (other threads do not read it yet): an own copy until the pool is
+    // known, then the pool's shared one.
+    void set_identity(pool::client_identity who);
+    pool::shared_identity who_;
+
     runtime& rt_;
     net::stream socket_;
     int worker_;
     config::pool_mode mode_ = config::pool_mode::session;
     byte_buffer in_;  // client bytes not yet forwarded
-    std::size_t max_packet_ = 0;
+    // max_packet_size for this client's internal queries: the relay's, once it exists.
+    std::size_t max_packet() const;
 
     // tracked parameters: what this client believes its session has
     // (immutable and usually shared with the pool's other clients: pool::intern_parameters;
@@ -284,9 +300,13 @@ private:
     bool relaying_client_ = false;  // the client side is running (it may use the scratch)
     bool login_over_ = false;       // client_login_timeout's watchdog has nothing to do
     bool writing_client_ = false;   // one writer at a time (write_client)
-    // At most the other loop waits here; a vector, unlike a deque, allocates nothing
-    // while empty (a libstdc++ deque takes about 600 bytes per idle client).
-    std::vector<asio::steady_timer*> write_waiters_;
+    // Who waits for a turn to write (write_client): the other loop, at most; each waiter
+    // lives in its coroutine frame, linked from here (one pointer per idle client).
+    struct write_turn {
+        asio::steady_timer timer;
+        write_turn* next = nullptr;
+    };
+    write_turn* write_waiters_ = nullptr;
 };
 
 }  // namespace sluice::proxy

@@ -53,13 +53,14 @@
 
 namespace sluice::proxy::relay {
 
+// (32-bit sizes: every idle client's machine holds a copy; both settings are int32.)
 struct settings {
     config::pool_mode mode = config::pool_mode::session;
     bool track_prepared = false;          // transaction/statement mode, max_prepared_statements > 0
     bool rate_limited = false;            // ask for admission at the start of each request
-    std::size_t max_prepared = 200;       // per server connection
-    std::size_t max_packet = 1u << 30;    // max_packet_size
-    std::size_t max_held = 16u << 20;     // max_held_message_size: a message held whole
+    std::uint32_t max_prepared = 200;     // per server connection
+    std::uint32_t max_packet = 1u << 30;  // max_packet_size
+    std::uint32_t max_held = 16u << 20;   // max_held_message_size: a message held whole
 };
 
 // Bookkeeping the driver does for the core's events (stats, timeouts, parameters). No
@@ -152,6 +153,7 @@ public:
 
     // --- state, for the driver and the tests
     bool linked() const { return linked_; }
+    std::size_t max_packet() const { return settings_.max_packet; }
     char transaction_status() const { return transaction_status_; }
     int outstanding() const { return outstanding_; }
     std::size_t pending() const;
@@ -179,7 +181,7 @@ private:
         std::optional<proxy::client_statement> restore;  // local Close: put back if skipped
         std::string bytes;              // inject
     };
-    enum class skip { none, rejected, failed };
+    enum class skip : std::uint8_t { none, rejected, failed };
     class reply_queue;  // the pending replies, oldest first (relay.cpp)
     struct scratch;     // reply queue and batch builders (relay.cpp), see the invariants
 
@@ -206,32 +208,36 @@ private:
     void on_command_complete(std::string_view tag);
     void inject_front(std::size_t pos);
 
+    // (Ordered by size, flags together: every idle client holds a machine.)
     settings settings_;
     observer& obs_;
     std::unique_ptr<scratch> scratch_;  // only while the client has work
     client_statements statements_;  // the client's names
     pool::server_statements* server_statements_ = nullptr;
+    // The ErrorResponse for a rejected request, kept until the batch's Sync (null: none;
+    // a rejection is rare, so a pointer, not a string per client).
+    std::unique_ptr<std::string> rejection_;
 
     // client side
     std::uint64_t client_pass_ = 0;   // bytes of the current client message still to handle
+    // server side
+    std::uint64_t server_pass_ = 0;
+    int outstanding_ = 0;             // Query/Sync/FunctionCall whose ReadyForQuery is due
+    // client side
+    std::uint32_t copy_ends_sent_ = 0;
+    skip skip_ = skip::none;          // dropping the rest of an extended batch
     bool client_discard_ = false;     // ... dropped rather than forwarded
     bool in_batch_ = false;           // extended messages received since the last Sync
     bool batch_forwarded_ = false;    // ... and some of them reached the server
     bool unsynced_ = false;           // extended messages forwarded since the last Sync
-    skip skip_ = skip::none;          // dropping the rest of an extended batch
-    std::string rejection_;           // the ErrorResponse for a rejected request
-    std::uint32_t copy_ends_sent_ = 0;
     bool admitted_ = false;           // the request at the front of the input was admitted
     bool linked_ = false;
-
     // server side
-    std::uint64_t server_pass_ = 0;
     bool server_discard_ = false;
     bool server_skipping_ = false;    // an extended message failed; Sync not yet forwarded
     bool server_dirty_ = false;       // FATAL or a message nobody asked for
     bool refresh_parameters_ = false;
     bool client_listens_ = false;     // this client ran LISTEN (transaction mode: unsupported)
-    int outstanding_ = 0;             // Query/Sync/FunctionCall whose ReadyForQuery is due
     char transaction_status_ = 'I';
 };
 
