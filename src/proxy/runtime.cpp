@@ -43,6 +43,9 @@ std::vector<std::shared_ptr<client_session>> session_registry::find_by_ids(
     std::vector<std::shared_ptr<client_session>> out;
     if (ids.empty()) return out;
     std::sort(ids.begin(), ids.end());
+    // (Reserved: no push_back may throw under the mutex, where dropping a shared_ptr that
+    // turned out to be the last one would run the session's destructor, which locks it.)
+    out.reserve(ids.size());
     std::lock_guard lk(mutex_);
     for (auto& [key, p] : by_key_)
         if (std::binary_search(ids.begin(), ids.end(), p->id))
@@ -51,9 +54,9 @@ std::vector<std::shared_ptr<client_session>> session_registry::find_by_ids(
 }
 
 std::vector<std::shared_ptr<client_session>> session_registry::all() const {
-    std::lock_guard lk(mutex_);
     std::vector<std::shared_ptr<client_session>> out;
-    out.reserve(by_key_.size());
+    std::lock_guard lk(mutex_);
+    out.reserve(by_key_.size());  // (before any shared_ptr is taken: see find_by_ids)
     for (auto& [key, p] : by_key_)
         if (auto s = p->weak_from_this().lock()) out.push_back(std::move(s));
     return out;
