@@ -546,10 +546,11 @@ table show_mem(proxy::runtime& rt) {
         io_bytes + io_free * byte_buffer::standard_size);
     row("relay_scratch", proxy::relay::machine::scratch_bytes(),
         counted(stats::held::scratch_used), counted(stats::held::scratch_free));
-    // The allocator's own account (glibc's mallinfo2, every arena): bytes handed out, and
-    // bytes free inside its heaps (freed memory it keeps: fragmentation, per-thread
-    // caches). Sizes in bytes, so size is 1. The rows above are what Sluice holds; the
-    // process's RSS is about heap used + free, plus code and stacks.
+    // The allocator's own account (glibc's mallinfo2, every arena): bytes handed out
+    // (including its per-thread caches' chunks), and bytes free inside its heaps (holes
+    // it keeps). Sizes in bytes, so size is 1. It overlaps the rows above, which are part
+    // of what it counts: a tool that sums memtotal must leave this row out (PgBouncer has
+    // no such row). The process's RSS is about heap used + free, plus code and stacks.
     const struct mallinfo2 mi = mallinfo2();
     row("heap", 1, mi.uordblks + mi.hblkhd, mi.fordblks);
     return t;

@@ -9,7 +9,6 @@
 
 #include <cerrno>
 #include <csignal>
-#include <cstring>
 #include <filesystem>
 #include <utility>
 
@@ -136,13 +135,15 @@ bool server::open_listeners() {
 }
 
 void server::close_listeners() {
-    if (acceptors_.empty()) return;
+    // Closed, not destroyed: an accept loop may still resume (a wait that completed just
+    // before) and must find its acceptor, closed. They go with the server.
+    if (listeners_closed_ || acceptors_.empty()) return;
+    listeners_closed_ = true;
     rt_.accepting = false;
     for (auto& a : acceptors_) {
         error_code ignored;
         a->close(ignored);
     }
-    acceptors_.clear();
     if (!unix_socket_path_.empty()) {
         error_code ignored;
         std::filesystem::remove(unix_socket_path_, ignored);
@@ -168,6 +169,18 @@ namespace {
 // Connections taken off one listen queue per wake-up, at most (then other work runs).
 constexpr int max_accepts_per_wake = 64;
 
+// accept(2) errors that concern the one connection, not the listener: take the next. (The
+// network errors are those accept(2) says to treat as EAGAIN, and Asio retries EPROTO.)
+bool connection_error(int e) {
+    switch (e) {
+        case EINTR: case ECONNABORTED: case EPROTO: case ENETDOWN: case ENOPROTOOPT:
+        case EHOSTDOWN: case ENONET: case EHOSTUNREACH: case EOPNOTSUPP: case ENETUNREACH:
+            return true;
+        default:
+            return false;
+    }
+}
+
 }  // namespace
 
 asio::awaitable<void> server::accept_loop(acceptor_t& acceptor) {
@@ -177,26 +190,31 @@ asio::awaitable<void> server::accept_loop(acceptor_t& acceptor) {
     // per-descriptor state, its waits) comes from the worker's malloc arena, where its
     // login's temporaries were freed: made here, it took fresh memory in the main arena
     // while each worker's arena kept the holes (about 0.1 KiB per idle client).
+    if (!acceptor.is_open()) co_return;
     error_code ec;
-    acceptor.non_blocking(true, ec);
+    acceptor.non_blocking(true, ec);  // (accept4 below must not block the main thread)
     const auto protocol = acceptor.local_endpoint(ec).protocol();
+    if (ec) {
+        spdlog::error("listener unusable, not accepting on it: {}", ec.message());
+        co_return;
+    }
     for (;;) {
         auto [wait_ec] = co_await acceptor.async_wait(acceptor_t::wait_read, use_nothrow);
         if (wait_ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
-        int failed = 0;
+        error_code failed = wait_ec;
         for (int taken = 0; !failed && taken < max_accepts_per_wake; ++taken) {
             int fd = ::accept4(acceptor.native_handle(), nullptr, nullptr, SOCK_CLOEXEC);
             if (fd >= 0) {
                 hand_off(accepted_fd(fd), protocol);
             } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 break;
-            } else if (errno != EINTR && errno != ECONNABORTED) {  // (those: try the next)
-                failed = errno;
+            } else if (!connection_error(errno)) {
+                failed = error_code(errno, asio::error::get_system_category());
             }
         }
         if (failed) {
             // Out of file descriptors and the like: back off instead of spinning.
-            spdlog::warn("accept failed: {}", std::strerror(failed));
+            spdlog::warn("accept failed: {}", failed.message());
             asio::steady_timer t(main_, 100ms);
             co_await t.async_wait(use_nothrow);
         }

@@ -21,23 +21,19 @@ asio::awaitable<bool> client_session::admit_login(const config::config& cfg,
         const config::user* u = cfg.find_user(user());
         int user_max = u && u->max_user_client_connections ? *u->max_user_client_connections
                                                            : g.max_user_client_connections;
-        if (db_max > 0 || user_max > 0) {
-            int db_clients = 0, user_clients = 0;
-            for (auto& s : rt_.sessions.all()) {
-                if (s.get() == this || s->state.load() == client_state::login) continue;
-                db_clients += s->database() == database();
-                user_clients += s->user() == user();
-            }
-            if (db_max > 0 && db_clients >= db_max) {
+        // (Counted for every client, limit or not: a RELOAD may set one later.)
+        switch (rt_.client_limits.try_take(database(), user(), db_max, user_max)) {
+            case client_counts::verdict::taken:
+                client_counted_ = true;
+                break;
+            case client_counts::verdict::database_full:
                 co_await send_error("53300", "too many client connections for database \"" +
                                                  database() + "\" (max_db_client_connections)");
                 co_return false;
-            }
-            if (user_max > 0 && user_clients >= user_max) {
+            case client_counts::verdict::user_full:
                 co_await send_error("53300", "too many client connections for user \"" + user() +
                                                  "\" (max_user_client_connections)");
                 co_return false;
-            }
         }
     }
     if (auto* lim = rt_.limiter.get()) {

@@ -72,9 +72,10 @@ client_session::client_session(runtime& rt, stream_socket socket, int worker, st
 }
 
 client_session::~client_session() {
-    // (Normally gone from the registry already, in leave_runtime(); the registry does not
-    // own its sessions, so none may outlive its entry.)
+    // (Normally gone from the registry and the counts already, in leave_runtime(); the
+    // registry does not own its sessions, so none may outlive its entry.)
     rt_.sessions.remove(*this);
+    if (client_counted_) rt_.client_limits.give_back(database(), user());
 }
 
 const std::string client_session::empty_text;
@@ -375,6 +376,7 @@ void client_session::leave_runtime() {
     if (left_runtime_) return;
     left_runtime_ = true;
     if (pool_) pool_->clients--;
+    if (std::exchange(client_counted_, false)) rt_.client_limits.give_back(database(), user());
     if (tenant_connection_open_) tenant_->close_connection();
     rt_.sessions.remove(*this);
     error_code ignored;

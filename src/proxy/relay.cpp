@@ -206,8 +206,8 @@ void machine::on_admission(bool allowed, std::chrono::milliseconds retry_after,
     }
     // Nothing of a rejected request reaches PostgreSQL. In the extended protocol the whole
     // batch up to Sync is answered, as PostgreSQL does after an error.
-    skip_ = skip::rejected;
     rejection_ = std::make_unique<std::string>();
+    skip_ = skip::rejected;
     auto ms = retry_after.count();
     proto::writer(*rejection_).error_response(
         "53400", "rate limit exceeded for tenant \"" + tenant + "\"",

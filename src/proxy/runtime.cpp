@@ -62,6 +62,33 @@ std::vector<std::shared_ptr<client_session>> session_registry::all() const {
     return out;
 }
 
+client_counts::verdict client_counts::try_take(const std::string& database,
+                                               const std::string& user, int database_max,
+                                               int user_max) {
+    std::lock_guard lk(mutex_);
+    auto db = by_database_.try_emplace(database, 0).first;
+    auto us = by_user_.try_emplace(user, 0).first;
+    verdict v = database_max > 0 && db->second >= database_max ? verdict::database_full
+                : user_max > 0 && us->second >= user_max       ? verdict::user_full
+                                                               : verdict::taken;
+    if (v == verdict::taken) {
+        ++db->second;
+        ++us->second;
+    } else {  // (no entry left behind for a name nobody holds)
+        if (db->second == 0) by_database_.erase(db);
+        if (us->second == 0) by_user_.erase(us);
+    }
+    return v;
+}
+
+void client_counts::give_back(const std::string& database, const std::string& user) {
+    std::lock_guard lk(mutex_);
+    if (auto it = by_database_.find(database); it != by_database_.end() && --it->second <= 0)
+        by_database_.erase(it);
+    if (auto it = by_user_.find(user); it != by_user_.end() && --it->second <= 0)
+        by_user_.erase(it);
+}
+
 std::size_t session_registry::size() const {
     std::lock_guard lk(mutex_);
     return by_key_.size();

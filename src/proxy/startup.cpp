@@ -395,7 +395,8 @@ asio::awaitable<bool> client_session::startup(const refusal* refuse) {
     std::string pool_user = db->user.empty() ? user() : db->user;
     if (!co_await admit_login(*cfg, *db, startup_msg)) co_return false;
     pool_ = rt_.pools.attach(database(), pool_user);
-    who_ = pool_->intern_identity(*who_);  // (from now on shared with the pool's clients)
+    // From now on shared with the pool's clients that say the same.
+    if (!g.application_name_add_host) who_ = pool_->intern_identity(*who_);
     pool_->stats.client_login_count++;
     mode_ = pool_->current_settings().mode;
     {
@@ -452,6 +453,10 @@ asio::awaitable<bool> client_session::startup(const refusal* refuse) {
         if (!welcome.count(k) && reported_by_server(k)) w.parameter_status(k, v);
     w.backend_key_data(cancel_key.process_id, cancel_key.secret_key);
     w.ready_for_query('I');
+    // Logged in from here, before the client can see ReadyForQuery: its next connection
+    // must find this one counted (max_db_client_connections, SHOW CLIENTS). Its identity
+    // is settled: other threads read it once the state has left login.
+    state = client_state::idle;
     // A server linked for the welcome stays linked: in transaction mode it goes back at
     // the end of the client's first transaction.
     co_return co_await write_client(out);

@@ -145,6 +145,56 @@ def test_max_db_client_connections(make_sluice, where):
     assert wait_for(lambda: s.psql("SELECT 1").returncode == 0)
 
 
+def test_client_limits_hold_under_concurrent_logins(make_sluice):
+    """30 logins at once on two workers with max_db_client_connections 4: exactly 4 get in
+    (each login takes its place under one lock, so two logins running at the same time
+    cannot both pass), the rest get 53300, and the places come back when clients leave."""
+    s = make_sluice(workers=2, config={"databases": {"app": {"max_db_client_connections": 4}}})
+    results, lock = [], threading.Lock()
+    start = threading.Barrier(30)
+
+    def login(i):
+        c = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
+        try:
+            start.wait(DEADLINE)
+            c.login("app", s.users["app"], "app")
+            outcome = "in"
+        except PgError as e:
+            outcome = e.sqlstate
+            c.close()
+            c = None
+        with lock:
+            results.append((outcome, c))
+
+    threads = [threading.Thread(target=login, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+    try:
+        outcomes = sorted(o for o, _ in results)
+        assert outcomes == ["53300"] * 26 + ["in"] * 4, outcomes
+    finally:
+        for _, c in results:
+            if c is not None:
+                c.terminate()
+    # Every place is given back: four new clients get in one after the other.
+    def four_in():
+        held = []
+        try:
+            for _ in range(4):
+                c = RawPg("127.0.0.1", s.port, timeout=DEADLINE)
+                held.append(c)
+                c.login("app", s.users["app"], "app")
+            return True
+        except PgError:
+            return False
+        finally:
+            for c in held:
+                c.close()
+    assert wait_for(four_in, timeout=DEADLINE)
+
+
 @pytest.mark.parametrize("always", [True, False])
 def test_server_reset_query_always(make_sluice, always):
     # Transaction mode, one server: the reset query runs after each transaction only with

@@ -59,6 +59,7 @@ private:
     asio::signal_set signals_;
     std::string unix_socket_path_;
     unsigned next_worker_ = 0;
+    bool listeners_closed_ = false;
     enum class stop_mode { none, clients_gone, servers_idle, now } stop_ = stop_mode::none;
     int exit_code_ = 0;
 };

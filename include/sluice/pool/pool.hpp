@@ -215,8 +215,8 @@ public:
     // returned unshared, which is as correct, only not shared.
     shared_params intern_parameters(param_set p);
     static constexpr std::size_t max_interned = 64;
-    // The same for client identities (application_name_add_host makes each one distinct:
-    // those are not shared).
+    // The same for client identities. (With application_name_add_host every identity is
+    // distinct: the caller keeps its own copy rather than fill the table with them.)
     shared_identity intern_identity(client_identity id);
     // SCRAM keys learnt from a client's login (pass-through when only a verifier is known).
     void learn_scram_keys(std::vector<std::uint8_t> client_key,

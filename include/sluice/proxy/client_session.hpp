@@ -102,6 +102,7 @@ public:
     // (Small fields side by side: every idle client holds them, padding included.)
     admin::console_role console_role_ = admin::console_role::none;
     bool tenant_connection_open_ = false;
+    bool client_counted_ = false;  // in runtime::client_limits (given back on leaving)
     steady_clock::time_point connect_time = steady_clock::now();
     std::atomic<steady_clock::time_point> request_time{steady_clock::now()};
     std::atomic<std::uint64_t> linked_server_id{0};

@@ -4,6 +4,7 @@
 // requests and SHOW CLIENTS), and the process state (paused, shutting down).
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -57,6 +58,23 @@ private:
     std::unordered_map<std::uint64_t, client_session*> by_key_;
 };
 
+// Logged-in clients per database and per user, for max_db_client_connections and
+// max_user_client_connections. Taken at login under one mutex, so that logins running at
+// the same time on several workers cannot all pass a limit (counting the sessions
+// instead let both of two concurrent logins in); given back when the client leaves.
+class client_counts {
+public:
+    enum class verdict { taken, database_full, user_full };
+    // A limit of 0 is none. Nothing is taken unless `taken`.
+    verdict try_take(const std::string& database, const std::string& user, int database_max,
+                     int user_max);
+    void give_back(const std::string& database, const std::string& user);
+
+private:
+    std::mutex mutex_;
+    std::map<std::string, int, std::less<>> by_database_, by_user_;
+};
+
 // auth_hba_file and auth_ident_file, parsed; replaced as a whole on RELOAD.
 struct auth_rules {
     std::shared_ptr<const auth::hba_file> hba;  // null unless auth_type is hba
@@ -88,6 +106,7 @@ public:
     // (Before the pools, so destroyed after them: a session a pool still holds (a parked
     // request) leaves the registry when the pool lets it go.)
     session_registry sessions;
+    client_counts client_limits;
     pool::pool_manager pools;
     auth_query_cache auth_queries;  // auth_user + auth_query lookups
     std::unique_ptr<ratelimit::limiter> limiter;  // null when rate_limits is off
