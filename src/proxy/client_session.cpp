@@ -134,7 +134,7 @@ asio::awaitable<void> client_session::run(const refusal* refuse) {
         co_await finish(false);
         co_return;
     }
-    state = client_state::idle;
+    // (state is idle already: startup() set it before the welcome went out.)
     if (cfg->sluice.log_connections)
         spdlog::info("client {} login: db={} user={} addr={}:{} app={}", id, database(), user(),
                      addr, port, application_name());
