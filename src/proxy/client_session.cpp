@@ -9,6 +9,7 @@
 
 #include "sluice/admin/console.hpp"
 #include "sluice/auth/scram.hpp"
+#include "sluice/net/drained_wait.hpp"
 #include "sluice/net/interned.hpp"
 #include "sluice/ratelimit/limiter.hpp"
 #include "sluice/proxy/runtime.hpp"
@@ -273,7 +274,7 @@ void client_session::resume_parked(pool::pool::park_outcome& out) {
         out.server->parameters.synced_to() == wanted_params_) {
         note_wait(std::exchange(p.wait_start, {}));
         attach_server(std::move(out.server));
-        start_server_side();
+        start_server_side(true);  // (checked out in this handler: park_outcome)
         return after_drive(drive_client(p));
     }
     p.taken = std::move(out.server);
@@ -294,7 +295,9 @@ void client_session::await_request() {
     //          bytes make a record, so readability alone says little), then a copy.
     // (The wait costs an epoll_ctl to re-arm the descriptor where a read costs the recv
     // that finds nothing: one system call either way. A read would hold 128 bytes of
-    // buffer and a larger operation for every idle client, 0.19 KiB of its 1.4.)
+    // buffer and a larger operation for every idle client, 0.19 KiB of its 1.4. The
+    // read that brought the request proves nothing for net/drained_wait.hpp: it may
+    // have left an EOF behind, whose edge is spent.)
     // With a server linked, server_loop may be writing a batch that lives in the scratch:
     // it gives the scratch back itself when it releases the server.
     if (!server_) relay_->release_scratch();
@@ -624,22 +627,45 @@ void client_session::note_client_gone(const error_code& ec) {
 //         -> more to come: await_server again
 //         -> anything else: server_loop (a coroutine) takes over from that very point
 // The same over TLS (the stream's read and write_now go through OpenSSL). So the usual
-// transaction costs no coroutine on the server side. (A wait followed by a
-// non-blocking read would save the recv that finds nothing when the read starts, but
-// Asio's epoll reactor re-arms the descriptor with epoll_ctl for every wait: no gain.)
+// transaction costs no coroutine on the server side.
+// The first read after a checkout that saw the server empty in this same handler
+// (link_server_now, resume_parked) is a drained wait (net/drained_wait.hpp)
+// and then a recv of its own: no recv that finds nothing while PostgreSQL works on the
+// query, and no epoll_ctl. Later reads are Asio's: a recv that returned less than it
+// asked for is no proof, since an EOF may wait behind it (its edge spent).
 // Invariant: while a server is linked, exactly one of await_server's read or server_loop
 // is running for it (server_loop_running_), and finish_server() waits for it to end.
 
-void client_session::await_server(pool::server_ptr server) {
+void client_session::await_server(pool::server_ptr server, bool drained) {
     auto& sbuf = server->buffer;
     sbuf.reserve_tail(4096);
     auto& sock = server->socket;
+    if (drained && !sock.tls()) {
+        // The usual case: the server has not answered yet, and a read would find nothing.
+        net::async_wait_drained(sock.lowest_layer(), [self = shared_from_this(),
+                                                     server = std::move(server)](error_code ec) mutable {
+            self->on_server_readable(std::move(server), ec);
+        });
+        return;
+    }
     sock.async_read_some(sbuf.writable(),
                          asio::bind_allocator(exact_allocator<void>(),
                                               [self = shared_from_this(), server = std::move(server)](
                                                   error_code ec, std::size_t n) mutable {
                                                   self->on_server_read(std::move(server), ec, n);
                                               }));
+}
+
+void client_session::on_server_readable(pool::server_ptr server, error_code ec) {
+    // (Closed after the wait completed: as if the wait had been cancelled.)
+    if (!ec && !server->socket.is_open()) ec = asio::error::operation_aborted;
+    std::size_t n = 0;
+    if (!ec) {
+        n = server->socket.read_now(server->buffer.writable(), ec);  // (reserved by await_server)
+        // Nothing after all: that is a proof of its own.
+        if (ec == asio::error::would_block) return await_server(std::move(server), true);
+    }
+    on_server_read(std::move(server), ec, n);
 }
 
 void client_session::on_server_read(pool::server_ptr server, error_code ec, std::size_t n) {

@@ -28,7 +28,7 @@ bool client_session::link_server_now(pool::server_ptr& taken, bool& round_trips_
     request_time = steady_clock::now();
     pool_->stats.wait_latency.record(0);
     attach_server(std::move(q.server));
-    start_server_side();
+    start_server_side(true);  // (try_acquire_now's checkout saw it empty)
     return true;
 }
 
@@ -112,10 +112,10 @@ asio::awaitable<bool> client_session::link_server(client_pending& p) {
     co_return true;
 }
 
-void client_session::start_server_side() {
+void client_session::start_server_side(bool checked_now) {
     relay_->on_server_linked(&server_->statements);
     try {
-        await_server(server_);
+        await_server(server_, checked_now);
     } catch (...) {  // (no memory for the read: the server goes, the session ends)
         relay_->on_server_released();
         linked_server_id = 0;

@@ -136,7 +136,9 @@ public:
     // `notify` while still queued when query_wait_notify passes, and once with the end of
     // the wait. The queue, the grants, the timers and the reserve pool are acquire()'s.
     struct park_outcome {
-        server_ptr server;              // checked out (moved to `ex`), or none:
+        // checked out (moved to `ex`) by the very handler that delivers this outcome, so
+        // its checkout's poll() (nothing to read) still holds there; or none:
+        server_ptr server;
         bool round_trips_due = false;   // ... it must still pass check_out_round_trips
         bool slot_held = false;         // connect in the slot the wait won: connect_in_slot()
         bool notify = false;            // still queued: query_wait_notify passed

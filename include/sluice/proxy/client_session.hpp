@@ -203,7 +203,10 @@ private:
     // (for a pooled client that logged in), the socket closed.
     asio::awaitable<void> finish(bool logged_in);
     // The server side (client_session.cpp explains the flow).
-    void await_server(pool::server_ptr server);
+    // drained: the server's socket was seen empty in this handler (net/drained_wait.hpp),
+    // so the wait needs no system call to start.
+    void await_server(pool::server_ptr server, bool drained = false);
+    void on_server_readable(pool::server_ptr server, error_code ec);  // after such a wait
     void on_server_read(pool::server_ptr server, error_code ec, std::size_t n);
     void continue_server_loop(pool::server_ptr server, error_code failed,
                               std::optional<relay::server_result> pending, std::size_t sent);
@@ -224,7 +227,9 @@ private:
     asio::awaitable<bool> link_server(client_pending& p);
     void note_wait(steady_clock::time_point started);  // wait_time, wait_latency
     void attach_server(pool::server_ptr s);  // server_ and the ids that name the link
-    void start_server_side();  // the server just linked: its reads start
+    // The server just linked: its reads start. checked_now: it was checked out in this
+    // handler (the checkout's poll() saw it empty), so the first wait costs no system call.
+    void start_server_side(bool checked_now = false);
     asio::awaitable<bool> sync_parameters(pool::server_connection& s);
     asio::awaitable<bool> refresh_untracked_parameters(pool::server_connection& s);
     void server_loop_done();
