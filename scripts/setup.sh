@@ -15,6 +15,7 @@ packages=(
   python3 python3-pytest python3-psycopg python3-asyncpg python3-prometheus-client python3-yaml
   python3-matplotlib        # bench/pgbench_compare.py --png
   valgrind                  # bench/callgrind_xact.py: instructions per transaction
+  strace                    # bench/syscalls_xact.py: system calls per transaction
   clang libclang-rt-14-dev   # libFuzzer targets and the thread-sanitizer build
   procps iproute2 util-linux
 )

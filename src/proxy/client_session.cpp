@@ -662,8 +662,15 @@ void client_session::on_server_readable(pool::server_ptr server, error_code ec) 
     std::size_t n = 0;
     if (!ec) {
         n = server->socket.read_now(server->buffer.writable(), ec);  // (reserved by await_server)
-        // Nothing after all: that is a proof of its own.
-        if (ec == asio::error::would_block) return await_server(std::move(server), true);
+        if (ec == asio::error::would_block) {  // nothing after all: that is a proof of its own
+            const pool::server_ptr held = server;
+            try {
+                await_server(std::move(server), true);
+            } catch (const std::exception& e) {  // (a plain handler: see on_client_readable)
+                server_relay_failed(*held, e);
+            }
+            return;
+        }
     }
     on_server_read(std::move(server), ec, n);
 }
@@ -710,12 +717,17 @@ void client_session::on_server_read(pool::server_ptr server, error_code ec, std:
         }
         await_server(std::move(server));
     } catch (const std::exception& e) {
-        spdlog::error("client {}: server relay failed: {}", id, e.what());
-        error_code ignored;
-        socket_.close(ignored);  // the client side ends the session
-        held->close_needed = true;
-        server_loop_done();
+        server_relay_failed(*held, e);
     }
+}
+
+void client_session::server_relay_failed(pool::server_connection& server,
+                                         const std::exception& e) {
+    spdlog::error("client {}: server relay failed: {}", id, e.what());
+    error_code ignored;
+    socket_.close(ignored);  // the client side ends the session
+    server.close_needed = true;
+    server_loop_done();
 }
 
 void client_session::continue_server_loop(pool::server_ptr server, error_code failed,

@@ -86,10 +86,14 @@ void async_wait_drained(stream_socket& s, Handler handler) {
     auto& impl = detail::socket_access::implementation(s);
     auto& reactor = detail::reactor_of(s);
     auto* op = new detail::drained_wait_op<Handler>(std::move(handler));
-    detail::drained_wait_starting = true;
+    struct starting {
+        starting() { detail::drained_wait_starting = true; }
+        ~starting() { detail::drained_wait_starting = false; }
+    } during;
+    // (read_op: queued with the reads; not a continuation; speculative: so that the
+    // reactor neither re-arms the descriptor nor recvs, and only asks do_perform)
     reactor.start_op(asio::detail::reactor::read_op, impl.socket_, impl.reactor_data_, op,
                      false, true);
-    detail::drained_wait_starting = false;
 }
 
 }  // namespace sluice::net

@@ -31,6 +31,7 @@
 // session mode the linked server keeps it) and no buffer. finish() ends the session,
 // leave_runtime() once.
 #include <array>
+#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
@@ -208,6 +209,9 @@ private:
     void await_server(pool::server_ptr server, bool drained = false);
     void on_server_readable(pool::server_ptr server, error_code ec);  // after such a wait
     void on_server_read(pool::server_ptr server, error_code ec, std::size_t n);
+    // What a plain server-side handler does when it throws (no memory): the server is
+    // closed, and the session ends.
+    void server_relay_failed(pool::server_connection& server, const std::exception& e);
     void continue_server_loop(pool::server_ptr server, error_code failed,
                               std::optional<relay::server_result> pending, std::size_t sent);
     asio::awaitable<void> server_loop(pool::server_ptr server, error_code failed = {},
