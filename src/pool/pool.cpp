@@ -542,6 +542,8 @@ pool::check_verdict pool::check_out_now(const server_ptr& s, const asio::any_io_
             return check_verdict::dropped;
         }
     }
+    // (The move re-registers the descriptor with ex's reactor: what arrives after the
+    // poll() above is reported there, which net/drained_wait.hpp relies on.)
     s->migrate(ex);
     s->worker = worker;
     const auto now = steady_clock::now();

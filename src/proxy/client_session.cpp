@@ -663,6 +663,10 @@ void client_session::on_server_readable(pool::server_ptr server, error_code ec) 
     if (!ec) {
         n = server->socket.read_now(server->buffer.writable(), ec);  // (reserved by await_server)
         if (ec == asio::error::would_block) {  // nothing after all: that is a proof of its own
+            // (A stale edge woke it. A cancel meant for it may have come meanwhile and
+            // found nothing queued: finish_server, KILL and the timeouts set these first.)
+            if (client_gone_ || fatal_)
+                return on_server_read(std::move(server), asio::error::operation_aborted, 0);
             const pool::server_ptr held = server;
             try {
                 await_server(std::move(server), true);
@@ -770,7 +774,7 @@ bool client_session::release_if_done(const pool::server_ptr& server) {
 asio::awaitable<void> client_session::server_loop(pool::server_ptr server, error_code failed,
                                                   std::optional<relay::server_result> pending,
                                                   std::size_t sent) {
-    // Entered with nothing pending (TLS), or where on_server_readable stopped: a read that
+    // Entered with nothing pending (TLS), or where on_server_read stopped: a read that
     // failed (`failed`), or the core's verdict on bytes read (`pending`) of whose reply
     // `sent` bytes already went out.
     auto& m = *relay_;

@@ -13,7 +13,11 @@
 // the socket was seen with nothing to read (a non-blocking recv that would block, or a
 // poll() that saw nothing) in the same handler, with no return to the event loop since.
 // One thread runs each io_context, so the reactor cannot have consumed an edge in
-// between. No proof:
+// between. A socket moved to another io_context after the proof (stream::migrate, on a
+// checkout) is still covered, though its old reactor runs on another thread: the move
+// deregisters the descriptor and registers it anew (EPOLL_CTL_DEL, then ADD), and the
+// kernel reports what is readable at ADD. A move that kept the registration would not be.
+// No proof:
 //   - a recv that returned less than it asked for: the peer's FIN (or a reset) may have
 //     come with those bytes, its edge spent, and the next recv would return it;
 //   - a read performed by Asio: one that succeeded at once completes through the
@@ -36,6 +40,11 @@
 
 #include <boost/asio/detail/reactor.hpp>
 #include <boost/asio/detail/reactor_op.hpp>
+
+#include <type_traits>
+
+static_assert(std::is_same_v<boost::asio::detail::reactor, boost::asio::detail::epoll_reactor>,
+              "drained_wait.hpp relies on the edge-triggered epoll reactor");
 
 namespace sluice::net {
 
@@ -79,8 +88,11 @@ private:
 
 }  // namespace detail
 
-// handler(error_code): success once readable; operation_aborted if the socket is closed
-// or its operations cancelled; bad_descriptor if it was not open.
+// handler(error_code): success once readable (or woken by an edge whose bytes were read
+// already: the caller's recv then finds nothing, and it waits again); operation_aborted if
+// the socket is closed or its operations cancelled; bad_descriptor if it was not open.
+// A plain handler: it runs on the socket's io_context; an associated executor or
+// allocator is not used (the operation is one plain allocation per wait).
 template <class Handler>
 void async_wait_drained(stream_socket& s, Handler handler) {
     auto& impl = detail::socket_access::implementation(s);
