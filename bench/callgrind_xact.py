@@ -118,11 +118,10 @@ def sluice_target(binary: Path, pg: Postgres, base: Path, tls: Optional[dict]):
 def pgbouncer_target(pg: Postgres, base: Path, tls: Optional[dict]):
     """PgBouncer configured as pgbench_compare.py configures it (server_tls_sslmode
     prefer, as Sluice's default), under callgrind as the PostgreSQL OS user."""
-    pb = PgBouncer(base, pg, 20, 1000, tls, "prefer")
     # PostgreSQL's own verifier, not the plaintext password: PgBouncer would otherwise
     # derive one (PBKDF2, tens of millions of instructions) on every login, and the
     # login's cost, though differenced out, would drown the transactions in noise.
-    (pb.dir / "userlist.txt").write_text(harness.userlist_text({USER: pg.role_secret(USER)}))
+    pb = PgBouncer(base, pg, 20, 1000, tls, "prefer", pg.role_secret(USER))
     out = pb.dir / "cg.out"
     proc = harness.spawn(harness.as_pg_user(["valgrind", "--tool=callgrind",
                                              f"--callgrind-out-file={out}", PGBOUNCER,

@@ -167,14 +167,16 @@ def spawn_affinity(cpus: Optional[Set[int]]):
 
 class PgBouncer:
     def __init__(self, base: Path, pg: Postgres, pool_size: int, max_client_conn: int,
-                 tls: Optional[Dict[str, str]] = None, server_tls_sslmode: str = "prefer"):
+                 tls: Optional[Dict[str, str]] = None, server_tls_sslmode: str = "prefer",
+                 secret: Optional[str] = None):
+        """secret: what the auth_file holds for USER (default the plaintext password)."""
         self.dir = base / "pgbouncer"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = harness.free_port()
         self.ini = self.dir / "pgbouncer.ini"
         self.log = self.dir / "pgbouncer.log"
         self.proc: Optional[subprocess.Popen] = None
-        (self.dir / "userlist.txt").write_text(harness.userlist_text({USER: PASSWORD}))
+        (self.dir / "userlist.txt").write_text(harness.userlist_text({USER: secret or PASSWORD}))
         self.ini.write_text(f"""[databases]
 {DB} = host=127.0.0.1 port={pg.port} dbname={DB}
 
@@ -555,6 +557,11 @@ def main() -> int:
                     default=None,
                     help="lengthen each run's -T by its expected connection time (default: "
                          "on with --matrix, off otherwise)")
+    ap.add_argument("--auth-secret", default="plaintext", choices=["plaintext", "verifier"],
+                    help="what both poolers' auth_file holds: the plaintext password (PgBouncer "
+                         "then derives a SCRAM verifier, 4096 PBKDF2 iterations, on every login, "
+                         "inside each run's CPU window; Sluice once per password), or "
+                         "PostgreSQL's own SCRAM verifier (as pg_shadow or auth_query give it)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--png", help="draw the chart here (matplotlib, bench/plot_bench.py)")
     ap.add_argument("--max-minutes", type=float, default=0,
@@ -645,6 +652,13 @@ def main() -> int:
                      "tps excludes it); T_s and conn_ms of every run are in the JSON")
     if not a.no_latency_log:
         notes.append("latency: " + LATENCY_METHOD)
+    notes.append("auth_file: PostgreSQL's SCRAM verifier in both poolers' auth_files"
+                 if a.auth_secret == "verifier" else
+                 "auth_file: the plaintext password in both poolers' auth_files; PgBouncer "
+                 "derives a SCRAM verifier (4096 PBKDF2 iterations, about 3.4 ms of CPU here) "
+                 "on every login, inside each run's pooler CPU window, Sluice once per "
+                 "password: at 200 clients that is several microseconds per transaction of "
+                 "PgBouncer's figure (--auth-secret verifier takes it out)")
     for n in notes:
         log(n)
 
@@ -693,6 +707,9 @@ def main() -> int:
         pg.create_role(USER, PASSWORD)
         pg.create_database(DB, owner=USER)
         pg.pgbench_init(DB, USER, scale=a.scale, timeout=600)
+        # --auth-secret verifier: both auth_files hold PostgreSQL's SCRAM verifier, as
+        # pg_shadow or auth_query would give it, instead of the plaintext password.
+        secret = pg.role_secret(USER) if a.auth_secret == "verifier" else None
         pg.psql("VACUUM ANALYZE", db=DB, timeout=300)
 
         tg: Dict[str, Target] = {}
@@ -708,7 +725,8 @@ def main() -> int:
                                      client_tls_key_file=tls["key"])
             if rate_limits:
                 cfg["rate_limits"] = rate_limits
-            s = Sluice(cfg, users={USER: PASSWORD}, base=base)
+            s = Sluice(cfg, users={USER: PASSWORD}, base=base,
+                       userlist=harness.userlist_text({USER: secret}) if secret else None)
             started.append(s)
             with spawn_affinity(pool_cpus):
                 return s.start()
@@ -744,7 +762,8 @@ def main() -> int:
             result["sluice_limiter_config"] = s2.config_path.read_text()
             result["_redis"] = r
         if "pgbouncer" in started_names:
-            b = PgBouncer(base, pg, a.pool_size, max_client_conn, tls, a.server_tls_sslmode)
+            b = PgBouncer(base, pg, a.pool_size, max_client_conn, tls, a.server_tls_sslmode,
+                          secret)
             started.append(b)
             with spawn_affinity(pool_cpus):
                 b.start()

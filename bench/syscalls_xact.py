@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -44,11 +45,50 @@ def parse_strace_summary(text: str) -> Dict[str, Dict[str, int]]:
     return out
 
 
+def pgbench_argv(port: int, clients: int, mode: str) -> List[str]:
+    return ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", USER, "-n", "-S",
+            "-M", mode, "-c", str(clients), "-j", "2"]
+
+
+PGBENCH_ENV = dict(os.environ, PGPASSWORD=PASSWORD, PGSSLMODE="disable")
+
+
+def tcp_segments() -> int:
+    """Segments sent by every TCP socket of this network namespace (/proc/net/snmp)."""
+    lines = [l.split() for l in Path("/proc/net/snmp").read_text().splitlines()
+             if l.startswith("Tcp:")]
+    return int(lines[1][lines[0].index("OutSegs")])
+
+
+def cpu_ticks(pid: int) -> tuple:
+    """(user, system) clock ticks of the whole process, all threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+def kernel_share(port: int, pid: int, clients: int, transactions: int, mode: str) -> Dict:
+    """One untraced run: the pooler's user and system CPU per transaction, and the TCP
+    segments per transaction (all legs: pgbench, pooler, PostgreSQL; 4 is the least a
+    pooled -S transaction can take: query in and out, result in and out). /proc/PID/stat
+    counts in clock ticks (10 ms), so a run should last a few seconds."""
+    pgbench = pgbench_argv(port, clients, mode)
+    subprocess.run(pgbench + ["-t", "100", DB], env=PGBENCH_ENV, capture_output=True,
+                   timeout=600, check=True)  # (the logins and the warm-up stay outside)
+    seg0, (u0, s0) = tcp_segments(), cpu_ticks(pid)
+    subprocess.run(pgbench + ["-t", str(transactions), DB], env=PGBENCH_ENV,
+                   capture_output=True, timeout=1800, check=True)
+    seg1, (u1, s1) = tcp_segments(), cpu_ticks(pid)
+    n = clients * transactions
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    return {"user_us_per_xact": (u1 - u0) * tick_us / n,
+            "system_us_per_xact": (s1 - s0) * tick_us / n,
+            "tcp_segments_per_xact": (seg1 - seg0) / n}
+
+
 def measure(name: str, port: int, pid: int, base: Path, clients: int, transactions: int,
             mode: str) -> Dict:
-    env = dict(os.environ, PGPASSWORD=PASSWORD, PGSSLMODE="disable")
-    pgbench = ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", USER, "-n", "-S",
-               "-M", mode, "-c", str(clients), "-j", "2"]
+    env = PGBENCH_ENV
+    pgbench = pgbench_argv(port, clients, mode)
     subprocess.run(pgbench + ["-t", "100", DB], env=env, capture_output=True, timeout=600,
                    check=True)
     out = base / f"strace-{time.monotonic_ns()}.txt"
@@ -97,6 +137,11 @@ def main() -> int:
     ap.add_argument("--transactions", type=int, default=2000, help="pgbench -t, per client")
     ap.add_argument("--mode", default="simple", choices=["simple", "extended", "prepared"])
     ap.add_argument("--pool-size", type=int, default=20)
+    ap.add_argument("--cpu-rounds", type=int, default=3,
+                    help="untraced rounds, interleaved across the targets, for the user and "
+                         "system CPU per transaction (0: none)")
+    ap.add_argument("--cpu-transactions", type=int, default=3000,
+                    help="pgbench -t per client in each untraced round")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     bins = [b.resolve() for b in (a.bin or [REPO / "build" / "sluice"])]
@@ -131,8 +176,23 @@ def main() -> int:
             started.append(pb)
             pb.start()
             targets.append(("pgbouncer", pb.port, pb.proc.pid))
+        shares: Dict[str, List[Dict]] = {name: [] for name, _, _ in targets}
+        for _ in range(a.cpu_rounds):
+            for name, port, pid in targets:
+                shares[name].append(kernel_share(port, pid, a.clients, a.cpu_transactions,
+                                                 a.mode))
         for name, port, pid in targets:
             r = measure(name, port, pid, base, a.clients, a.transactions, a.mode)
+            if shares[name]:
+                med = {k: statistics.median(x[k] for x in shares[name])
+                       for k in shares[name][0]}
+                total = med["user_us_per_xact"] + med["system_us_per_xact"]
+                r["cpu"] = dict(med, rounds=shares[name], total_us_per_xact=total,
+                                system_share=med["system_us_per_xact"] / total if total else 0)
+                print(f"{name}: CPU per transaction {total:.2f} us, user {med['user_us_per_xact']:.2f}"
+                      f" + system {med['system_us_per_xact']:.2f} ({r['cpu']['system_share']:.0%} in the "
+                      f"kernel); TCP segments per transaction {med['tcp_segments_per_xact']:.2f} "
+                      f"(medians of {a.cpu_rounds} untraced rounds, -t {a.cpu_transactions})", flush=True)
             results.append(r)
             top = sorted(r["calls"].items(), key=lambda kv: -kv[1]["per_xact"])
             shown = ", ".join(f"{k} {v['per_xact']:.2f}" +
