@@ -234,7 +234,7 @@ void machine::fail_batch(std::string sqlstate, std::string message) {
     reply r;
     r.request = 'P';  // an extended request: dropped if an earlier one fails on the server
     r.action = reply::inject;
-    proto::writer(r.bytes).error_response(sqlstate, message);
+    proto::writer(r.extra().bytes).error_response(sqlstate, message);
     queue().push_back(std::move(r));
     skip_ = skip::failed;
     in_batch_ = true;
@@ -293,9 +293,9 @@ void machine::ensure_prepared(const client_statement& st, std::size_t pos) {
         r.request = 'C';
         r.action = reply::swallow;
         r.evicted = true;
-        r.server_statement = srv.pop_oldest();
+        r.extra().server_statement = srv.pop_oldest();
         std::string close;
-        proto::writer(close).close('S', r.server_statement);
+        proto::writer(close).close('S', r.server_statement());
         out_server().insert(pos, std::move(close));
         queue().push_back(std::move(r));
     }
@@ -308,7 +308,7 @@ void machine::ensure_prepared(const client_statement& st, std::size_t pos) {
     reply r;
     r.request = 'P';
     r.action = reply::swallow;
-    r.server_statement = st.server_name;
+    r.extra().server_statement = st.server_name;
     queue().push_back(std::move(r));
     srv.add(st.server_name);
     obs_.on_server_parse();
@@ -391,8 +391,8 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
             reply r;
             r.request = 'P';
             r.action = reply::inject;
-            r.client_name = name;
-            proto::writer(r.bytes).parse_complete();
+            r.extra().client_name = name;
+            proto::writer(r.extra().bytes).parse_complete();
             queue().push_back(std::move(r));
             return {};
         }
@@ -437,10 +437,10 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
         reply r;
         r.request = 'C';
         r.action = reply::inject;
-        r.client_name = name;
-        r.restore = std::move(*st);
+        r.extra().client_name = name;
+        r.extra().restore = std::move(*st);
         statements_.erase(name);
-        proto::writer(r.bytes).close_complete();
+        proto::writer(r.extra().bytes).close_complete();
         queue().push_back(std::move(r));
         out_server().skip(pos, total);
         pos += total;
@@ -537,7 +537,7 @@ client_result machine::scan_client(std::span<const std::uint8_t> in) {
                 reply r;
                 r.request = 'S';
                 r.action = reply::inject;
-                r.bytes = std::move(*rejection_);
+                r.extra().bytes = std::move(*rejection_);
                 rejection_.reset();
                 queue().push_back(std::move(r));
                 skip_ = skip::none;
@@ -604,7 +604,7 @@ bool machine::injections_due() const {
 void machine::take_injections(std::string& out) {
     while (!queue_empty() && queue().front().action == reply::inject) {
         auto& f = queue().front();
-        out += f.bytes;
+        if (f.more) out += f.more->bytes;
         // A request answered here ends like any request: ReadyForQuery with the client's
         // true transaction state (known now that everything before it was answered).
         if (f.request == 'S') proto::writer(out).ready_for_query(transaction_status_);
@@ -622,13 +622,14 @@ void machine::inject_front(std::size_t pos) {
 // A skipped request had side effects Sluice applied in advance: undo them.
 void machine::undo_skipped(reply& r) {
     if (r.request == 'P') {
-        if (!r.server_statement.empty() && server_statements_)
-            server_statements_->erase(r.server_statement);  // never created
-        if (!r.client_name.empty()) statements_.erase(r.client_name);
+        if (!r.server_statement().empty() && server_statements_)
+            server_statements_->erase(r.server_statement());  // never created
+        if (!r.client_name().empty()) statements_.erase(r.client_name());
     } else if (r.request == 'C') {
         if (r.evicted && server_statements_)
-            server_statements_->add_oldest(r.server_statement);  // still on the server
-        if (r.restore) statements_[r.client_name] = std::move(*r.restore);
+            server_statements_->add_oldest(r.server_statement());  // still on the server
+        if (r.more && r.more->restore)
+            statements_[r.client_name()] = std::move(*r.more->restore);
     }
 }
 
@@ -637,11 +638,11 @@ void machine::on_error_completing_front() {
     // extended message until Sync: so do their replies, and whatever they were meant to do.
     reply front = std::move(queue().front());
     queue().pop_front();
-    if (front.request == 'P' && !front.server_statement.empty() && server_statements_)
-        server_statements_->erase(front.server_statement);  // a failed Parse created nothing
-    if (front.request == 'P' && !front.client_name.empty())
-        statements_.erase(front.client_name);
-    if (front.evicted && server_statements_) server_statements_->erase(front.server_statement);
+    if (front.request == 'P' && !front.server_statement().empty() && server_statements_)
+        server_statements_->erase(front.server_statement());  // a failed Parse created nothing
+    if (front.request == 'P' && !front.client_name().empty())
+        statements_.erase(front.client_name());
+    if (front.evicted && server_statements_) server_statements_->erase(front.server_statement());
     if (!is_extended(front.request)) return;
     while (!queue_empty() && is_extended(queue().front().request)) {
         undo_skipped(queue().front());

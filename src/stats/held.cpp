@@ -1,6 +1,5 @@
 #include "sluice/stats/held.hpp"
 
-#include <array>
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -11,7 +10,7 @@ namespace sluice::stats {
 namespace {
 
 struct slot {
-    std::array<std::atomic<std::int64_t>, std::size_t(held::count_)> v{};
+    detail::held_slot v{};
 };
 
 struct registry {
@@ -24,23 +23,21 @@ registry& slots() {
     return *r;
 }
 
-slot& mine() {
-    thread_local slot* s = [] {
-        auto& r = slots();
-        std::lock_guard lock(r.m);
-        r.slots.push_back(std::make_unique<slot>());
-        return r.slots.back().get();
-    }();
-    return *s;
-}
-
 }  // namespace
 
-void held_add(held what, std::int64_t n) {
-    auto& c = mine().v[std::size_t(what)];
-    // Only this thread writes the slot: a load and a store, no locked instruction.
-    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+namespace detail {
+
+thread_local constinit held_slot* held_mine = nullptr;
+
+held_slot& held_register() {
+    auto& r = slots();
+    std::lock_guard lock(r.m);
+    r.slots.push_back(std::make_unique<slot>());
+    held_mine = &r.slots.back()->v;
+    return *held_mine;
 }
+
+}  // namespace detail
 
 std::int64_t held_total(held what) {
     auto& r = slots();

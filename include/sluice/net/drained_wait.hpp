@@ -30,6 +30,8 @@
 #include <boost/version.hpp>
 
 #include <cstddef>
+#include <memory>
+#include <new>
 #include <utility>
 
 #include "sluice/net/io.hpp"
@@ -40,6 +42,7 @@
 
 #include <boost/asio/detail/reactor.hpp>
 #include <boost/asio/detail/reactor_op.hpp>
+#include <boost/asio/recycling_allocator.hpp>
 
 #include <type_traits>
 
@@ -78,8 +81,27 @@ public:
         auto* op = static_cast<drained_wait_op*>(base);
         Handler h(std::move(op->handler_));
         const error_code ec = op->ec_;
-        delete op;
+        destroy(op);  // before the handler runs, so that its next wait reuses the memory
         if (owner) h(ec);
+    }
+
+    // Memory from Asio's per-thread recycling cache, as Asio's own operations take it:
+    // one wait per transaction would otherwise be a malloc and a free.
+    using allocator = typename std::allocator_traits<
+        asio::recycling_allocator<void>>::template rebind_alloc<drained_wait_op>;
+    static drained_wait_op* make(Handler h) {
+        allocator a;
+        drained_wait_op* p = a.allocate(1);
+        try {
+            return new (p) drained_wait_op(std::move(h));
+        } catch (...) {
+            a.deallocate(p, 1);
+            throw;
+        }
+    }
+    static void destroy(drained_wait_op* op) {
+        op->~drained_wait_op();
+        allocator().deallocate(op, 1);
     }
 
 private:
@@ -92,12 +114,13 @@ private:
 // already: the caller's recv then finds nothing, and it waits again); operation_aborted if
 // the socket is closed or its operations cancelled; bad_descriptor if it was not open.
 // A plain handler: it runs on the socket's io_context; an associated executor or
-// allocator is not used (the operation is one plain allocation per wait).
+// allocator is not used (the operation's memory comes from Asio's per-thread recycling
+// cache).
 template <class Handler>
 void async_wait_drained(stream_socket& s, Handler handler) {
     auto& impl = detail::socket_access::implementation(s);
     auto& reactor = detail::reactor_of(s);
-    auto* op = new detail::drained_wait_op<Handler>(std::move(handler));
+    auto* op = detail::drained_wait_op<Handler>::make(std::move(handler));
     struct starting {
         starting() { detail::drained_wait_starting = true; }
         ~starting() { detail::drained_wait_starting = false; }

@@ -91,7 +91,9 @@ public:
         base_ = base;
         start_ = 0;
         pieces_.clear();
-        arena_.clear();
+        // (clear() on a deque walks its node map even when empty; most batches insert
+        // nothing)
+        if (!arena_.empty()) arena_.clear();
         size_ = 0;
     }
     void skip(std::size_t pos, std::size_t n) {

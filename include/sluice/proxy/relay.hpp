@@ -172,14 +172,31 @@ private:
             swallow,  // Sluice added it (on-demand Parse, LRU Close): drop its replies
             inject,   // answered by Sluice: send `bytes` in its turn (+ ReadyForQuery for 'S')
         };
+        // What only the replies Sluice adds or answers itself carry. Behind a pointer so
+        // that a forwarded request's reply (one per message, every transaction) is 16
+        // bytes to queue and dequeue, not a few hundred.
+        struct details {
+            std::string server_statement;  // Parse: the server-side name it creates; Close: removes
+            std::string client_name;       // local Parse/Close: the client's name (to undo)
+            std::optional<proxy::client_statement> restore;  // local Close: put back if skipped
+            std::string bytes;             // inject
+        };
         char request = 0;   // 'P' 'B' 'D' 'E' 'C' 'S' 'Q' 'F'
         action_t action = forward;
         bool evicted = false;           // swallowed Close of an LRU victim
         std::uint32_t copy_ends = 0;    // CopyDone/CopyFail the client had sent before it
-        std::string server_statement;   // Parse: the server-side name it creates; Close: removes
-        std::string client_name;        // local Parse/Close: the client's name (to undo)
-        std::optional<proxy::client_statement> restore;  // local Close: put back if skipped
-        std::string bytes;              // inject
+        std::unique_ptr<details> more;  // null: all of them empty
+
+        details& extra() {
+            if (!more) more = std::make_unique<details>();
+            return *more;
+        }
+        const std::string& server_statement() const { return more ? more->server_statement : none(); }
+        const std::string& client_name() const { return more ? more->client_name : none(); }
+        static const std::string& none() {
+            static const std::string empty;
+            return empty;
+        }
     };
     enum class skip : std::uint8_t { none, rejected, failed };
     class reply_queue;  // the pending replies, oldest first (relay.cpp)

@@ -142,7 +142,9 @@ TEST_F(drained_wait, works_again_on_a_new_context_at_the_same_address) {
             const auto deadline = std::chrono::steady_clock::now() + 10s;
             while (!got && std::chrono::steady_clock::now() < deadline) other->run_one_for(100ms);
             EXPECT_TRUE(got) << i;
-            if (got) EXPECT_FALSE(*got);
+            if (got) {
+                EXPECT_FALSE(*got);
+            }
             ::close(fds[1]);
         }
         other->~io_context();
