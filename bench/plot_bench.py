@@ -107,6 +107,8 @@ def plot(result: Dict[str, Any], path: str) -> None:
     sub = (f"pgbench -b {script} -j {st.get('threads')}, scale {st.get('scale')}, pool size "
            f"{st.get('pool_size')}, sluice workers {result.get('sluice_workers', '?')}"
            + (", TLS" if st.get("tls") else "")
+           + (", auth_file: PostgreSQL's SCRAM verifier" if st.get("auth_secret") == "verifier"
+              else ", auth_file: plaintext password")
            + (f"; pooler pinned to CPU {pin['pooler_cpus']}, the rest on {pin['other_cpus']}"
               if pin else "; no pinning")
            + "\nn/a = no successful run in that cell (see the notes); a target absent from a "
