@@ -97,6 +97,8 @@ def sluice_target(binary: Path, pg: Postgres, base: Path, tls: Optional[dict]):
   auth_type: scram-sha-256
   auth_file: {d / 'userlist.txt'}
   workers: 1
+  log_connections: false
+  log_disconnections: false
 """ + (f"""  client_tls_sslmode: require
   client_tls_cert_file: {tls['cert']}
   client_tls_key_file: {tls['key']}

@@ -644,6 +644,8 @@ def main() -> int:
                                      max_client_conn=max_client_conn, workers=a.workers,
                                      admin_users=[ADMIN])
                 cfg["sluice"].pop("stats_users", None)
+                # as PgBouncer's ini (pgbench_compare.PgBouncer): no log line per login
+                cfg["sluice"].update(log_connections=False, log_disconnections=False)
                 binary = harness.sluice_bin()
                 for _ in range(120):  # the lead may be relinking it right now
                     if binary.exists():

@@ -720,6 +720,9 @@ def main() -> int:
             cfg = default_config(pg, pool_mode="transaction", default_pool_size=a.pool_size,
                                  max_client_conn=max_client_conn, workers=a.workers)
             cfg["sluice"]["server_tls_sslmode"] = a.server_tls_sslmode
+            # As PgBouncer's ini below: no log line per login and logout (they cost a
+            # formatted write each, which churn runs would count for Sluice alone).
+            cfg["sluice"].update(log_connections=False, log_disconnections=False)
             if tls:
                 cfg["sluice"].update(client_tls_sslmode="require", client_tls_cert_file=tls["cert"],
                                      client_tls_key_file=tls["key"])

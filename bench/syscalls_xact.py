@@ -45,9 +45,12 @@ def parse_strace_summary(text: str) -> Dict[str, Dict[str, int]]:
     return out
 
 
+CONNECT: List[str] = []  # ["-C"] with --connect: a new connection per transaction
+
+
 def pgbench_argv(port: int, clients: int, mode: str) -> List[str]:
     return ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", USER, "-n", "-S",
-            "-M", mode, "-c", str(clients), "-j", "2"]
+            "-M", mode, "-c", str(clients), "-j", "2", *CONNECT]
 
 
 PGBENCH_ENV = dict(os.environ, PGPASSWORD=PASSWORD, PGSSLMODE="disable")
@@ -142,8 +145,15 @@ def main() -> int:
                          "system CPU per transaction (0: none)")
     ap.add_argument("--cpu-transactions", type=int, default=3000,
                     help="pgbench -t per client in each untraced round")
+    ap.add_argument("--connect", action="store_true",
+                    help="pgbench -C: every transaction is a new connection (login, SELECT, "
+                         "close), so the figures are per connection")
+    ap.add_argument("--auth-secret", default="plaintext", choices=["plaintext", "verifier"],
+                    help="what both auth_files hold (see pgbench_compare.py --auth-secret)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
+    if a.connect:
+        CONNECT.append("-C")
     bins = [b.resolve() for b in (a.bin or [REPO / "build" / "sluice"])]
     base = harness.make_tempdir("sluice-sc-")
     pg = Postgres(base=base)
@@ -154,15 +164,19 @@ def main() -> int:
         pg.create_role(USER, PASSWORD)
         pg.create_database(DB, owner=USER)
         pg.pgbench_init(DB, USER, scale=1)
+        secret = pg.role_secret(USER) if a.auth_secret == "verifier" else None
         targets = []
         for i, b in enumerate(bins):
             cfg = default_config(pg, pool_mode="transaction", default_pool_size=a.pool_size,
                                  max_client_conn=1000, workers=0)
             cfg["sluice"]["server_tls_sslmode"] = "prefer"
+            # as PgBouncer's (pgbench_compare.PgBouncer): no log line per login and logout
+            cfg["sluice"].update(log_connections=False, log_disconnections=False)
             saved = os.environ.get("SLUICE_BIN")
             os.environ["SLUICE_BIN"] = str(b)
             try:
-                s = Sluice(cfg, users={USER: PASSWORD}, base=base)
+                s = Sluice(cfg, users={USER: PASSWORD}, base=base,
+                           userlist=harness.userlist_text({USER: secret}) if secret else None)
                 started.append(s)
                 s.start()
             finally:
@@ -172,7 +186,7 @@ def main() -> int:
                     os.environ["SLUICE_BIN"] = saved
             targets.append((f"sluice:{b}", s.port, s.proc.pid))
         if not a.no_pgbouncer:
-            pb = PgBouncer(base, pg, a.pool_size, 1000, None, "prefer")
+            pb = PgBouncer(base, pg, a.pool_size, 1000, None, "prefer", secret)
             started.append(pb)
             pb.start()
             targets.append(("pgbouncer", pb.port, pb.proc.pid))
@@ -199,7 +213,7 @@ def main() -> int:
                               (f" ({v['failed_per_xact']:.2f} failed)" if v["failed_per_xact"] >= 0.01 else "")
                               for k, v in top if v["per_xact"] >= 0.01)
             print(f"{name}: {r['per_xact_total']:.2f} system calls per transaction "
-                  f"(pgbench -S -M {a.mode} -c {a.clients} -t {a.transactions}): {shown}",
+                  f"(pgbench -S -M {a.mode} -c {a.clients} -t {a.transactions}{' -C' if a.connect else ''}): {shown}",
                   flush=True)
     finally:
         for x in reversed(started):
@@ -208,7 +222,8 @@ def main() -> int:
             except Exception as e:  # keep stopping the others
                 print(f"stop failed: {e}", file=sys.stderr)
     if a.json:
-        a.json.write_text(json.dumps({"clients": a.clients, "mode": a.mode,
+        a.json.write_text(json.dumps({"clients": a.clients, "mode": a.mode, "connect": a.connect,
+                                      "auth_secret": a.auth_secret,
                                       "transactions_per_client": a.transactions,
                                       "results": results}, indent=1))
     return 0

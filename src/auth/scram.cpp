@@ -5,7 +5,6 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
@@ -30,18 +29,84 @@ constexpr std::string_view secret_prefix = "SCRAM-SHA-256$";
 
 using key = std::array<std::uint8_t, key_len>;
 
-key sha256(const std::uint8_t* data, std::size_t n) {
-    key out{};
-    unsigned int len = 0;
-    EVP_Digest(data, n, out.data(), &len, EVP_sha256(), nullptr);
-    return out;
+// SHA-256 through a digest fetched once, and a context per thread. EVP_sha256() is a
+// legacy handle in OpenSSL 3 that every EVP_DigestInit resolves again in the provider
+// store, and HMAC() goes through EVP_Q_mac, which fetches the MAC and the digest on every
+// call: callgrind put one HMAC of a short message at about 17,000 instructions, and a
+// login makes three of them. A digest failure here means no memory or a broken OpenSSL;
+// like random_bytes, stop rather than compare against a zero key.
+class sha256_digest {
+public:
+    sha256_digest() : ctx_(EVP_MD_CTX_new()) {
+        if (ctx_ == nullptr) std::abort();
+    }
+    ~sha256_digest() { EVP_MD_CTX_free(ctx_); }
+    sha256_digest(const sha256_digest&) = delete;
+    sha256_digest& operator=(const sha256_digest&) = delete;
+
+    void init() { check(EVP_DigestInit_ex2(ctx_, md(), nullptr)); }
+    void update(const void* p, std::size_t n) { check(EVP_DigestUpdate(ctx_, p, n)); }
+    key final() {
+        key out{};
+        unsigned int len = 0;
+        check(EVP_DigestFinal_ex(ctx_, out.data(), &len));
+        return out;
+    }
+
+private:
+    static const EVP_MD* md() {
+        static EVP_MD* const fetched = [] {
+            EVP_MD* m = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+            if (m == nullptr) std::abort();
+            return m;
+        }();
+        return fetched;
+    }
+    static void check(int ok) {
+        if (ok != 1) std::abort();
+    }
+    EVP_MD_CTX* ctx_;
+};
+
+sha256_digest& digest() {
+    thread_local sha256_digest d;
+    return d;
 }
 
+key sha256(const std::uint8_t* data, std::size_t n) {
+    auto& d = digest();
+    d.init();
+    d.update(data, n);
+    return d.final();
+}
+
+// HMAC-SHA-256 (RFC 2104): H((K ^ opad) || H((K ^ ipad) || msg)), K padded to the 64-byte
+// block (hashed first when longer).
 key hmac_sha256(const std::uint8_t* k, std::size_t kn, std::string_view msg) {
-    key out{};
-    unsigned int len = 0;
-    HMAC(EVP_sha256(), k, static_cast<int>(kn), reinterpret_cast<const unsigned char*>(msg.data()),
-         msg.size(), out.data(), &len);
+    constexpr std::size_t block_len = 64;
+    std::array<std::uint8_t, block_len> block{};
+    if (kn > block_len) {
+        key hashed = sha256(k, kn);
+        std::copy(hashed.begin(), hashed.end(), block.begin());
+        OPENSSL_cleanse(hashed.data(), hashed.size());
+    } else {
+        std::copy(k, k + kn, block.begin());
+    }
+    std::array<std::uint8_t, block_len> pad;
+    auto& d = digest();
+    for (std::size_t i = 0; i < block_len; ++i) pad[i] = block[i] ^ 0x36;
+    d.init();
+    d.update(pad.data(), pad.size());
+    d.update(msg.data(), msg.size());
+    key inner = d.final();
+    for (std::size_t i = 0; i < block_len; ++i) pad[i] = block[i] ^ 0x5c;
+    d.init();
+    d.update(pad.data(), pad.size());
+    d.update(inner.data(), inner.size());
+    key out = d.final();
+    OPENSSL_cleanse(block.data(), block.size());
+    OPENSSL_cleanse(pad.data(), pad.size());
+    OPENSSL_cleanse(inner.data(), inner.size());
     return out;
 }
 
@@ -245,11 +310,35 @@ std::optional<std::vector<std::uint8_t>> base64_decode(std::string_view text) {
 }
 
 void random_bytes(std::uint8_t* out, std::size_t n) {
-    if (RAND_bytes(out, static_cast<int>(n)) != 1) {
-        // Without a CSPRNG every nonce and salt is guessable; continuing would be worse than
-        // stopping.
-        std::abort();
+    // A RAND_bytes call costs about 7,000 instructions whatever its size (the DRBG's lock
+    // and reseed checks), and a login asks twice for a few bytes (nonce, cancel key): small
+    // requests take their bytes from a per-thread block that RAND_bytes refills. Each byte
+    // is handed out once and wiped. (Sluice forks only to daemonize, before it serves, and
+    // the parent then exits: no two processes share a block.)
+    struct pool {
+        std::array<std::uint8_t, 512> bytes;
+        std::size_t used = bytes.size();
+        ~pool() { OPENSSL_cleanse(bytes.data(), bytes.size()); }
+    };
+    thread_local pool p;
+    auto fill = [](std::uint8_t* to, std::size_t len) {
+        if (RAND_bytes(to, static_cast<int>(len)) != 1) {
+            // Without a CSPRNG every nonce and salt is guessable; continuing would be worse
+            // than stopping.
+            std::abort();
+        }
+    };
+    if (n > p.bytes.size() / 8) {
+        fill(out, n);
+        return;
     }
+    if (p.bytes.size() - p.used < n) {
+        fill(p.bytes.data(), p.bytes.size());
+        p.used = 0;
+    }
+    std::copy_n(p.bytes.data() + p.used, n, out);
+    OPENSSL_cleanse(p.bytes.data() + p.used, n);
+    p.used += n;
 }
 
 std::optional<scram_secret> parse_scram_secret(std::string_view text) {
