@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <csignal>
 #include <filesystem>
+#include <future>
+#include <memory>
 #include <utility>
 
 #include "sluice/admin/console.hpp"
@@ -36,6 +38,7 @@ server::server(proxy::runtime& rt) : rt_(rt), signals_(main_) {  // NOLINT(order
         guards_.push_back(asio::make_work_guard(*workers_.back()));
         rt_.workers.push_back(workers_.back()->get_executor());
     }
+    accept_on_worker_ = workers_.size() == 1;
 }
 
 int default_workers() {
@@ -65,7 +68,7 @@ bool server::open_listeners() {
     // not a failure, as long as the IPv4 half listens).
     auto listen = [&](asio::generic::stream_protocol::endpoint ep, const std::string& what,
                       bool optional = false) {
-        auto acc = std::make_unique<acceptor_t>(main_);
+        auto acc = std::make_unique<acceptor_t>(accept_context());
         error_code ec;
         acc->open(ep.protocol(), ec);
         if (!ec && ep.protocol().family() != AF_UNIX)
@@ -140,9 +143,27 @@ void server::close_listeners() {
     if (listeners_closed_ || acceptors_.empty()) return;
     listeners_closed_ = true;
     rt_.accepting = false;
-    for (auto& a : acceptors_) {
-        error_code ignored;
-        a->close(ignored);
+    auto close_all = [this] {
+        for (auto& a : acceptors_) {
+            error_code ignored;
+            a->close(ignored);
+        }
+    };
+    if (accept_on_worker_ && !threads_.empty()) {
+        // The acceptors belong to the worker's io_context: closed on its thread, and
+        // waited for, so that no connection is taken once this returns. (It is called
+        // before the workers are stopped; a worker that does not answer within the bound
+        // leaves them to be closed with the server.)
+        auto done = std::make_shared<std::promise<void>>();
+        auto closed = done->get_future();
+        asio::post(*workers_[0], [close_all, done] {
+            close_all();
+            done->set_value();
+        });
+        if (closed.wait_for(10s) != std::future_status::ready)
+            spdlog::warn("listeners: the worker did not close them within 10 s");
+    } else {
+        close_all();
     }
     if (!unix_socket_path_.empty()) {
         error_code ignored;
@@ -184,15 +205,17 @@ bool connection_error(int e) {
 }  // namespace
 
 asio::awaitable<void> server::accept_loop(acceptor_t& acceptor) {
-    // The main thread only takes connections off the listen queue (all that are there, up
-    // to a bound, per wake-up) and hands each descriptor to a worker, which makes its
-    // socket and session. So everything a client holds for its lifetime (session, Asio's
-    // per-descriptor state, its waits) comes from the worker's malloc arena, where its
-    // login's temporaries were freed: made here, it took fresh memory in the main arena
-    // while each worker's arena kept the holes (about 0.1 KiB per idle client).
+    // This loop only takes connections off the listen queue (all that are there, up to a
+    // bound, per wake-up). With several workers it runs on the main thread and hands each
+    // descriptor to a worker, which makes its socket and session; with one worker it runs
+    // on that worker, which makes them in place. Either way everything a client holds for
+    // its lifetime (session, Asio's per-descriptor state, its waits) comes from the
+    // worker's malloc arena, where its login's temporaries were freed: made on the main
+    // thread, it took fresh memory in the main arena while each worker's arena kept the
+    // holes (about 0.1 KiB per idle client).
     if (!acceptor.is_open()) co_return;
     error_code ec;
-    acceptor.non_blocking(true, ec);  // (accept4 below must not block the main thread)
+    acceptor.non_blocking(true, ec);  // (accept4 below must not block the loop's thread)
     const auto protocol = acceptor.local_endpoint(ec).protocol();
     if (ec) {
         spdlog::error("listener unusable, not accepting on it: {}", ec.message());
@@ -215,7 +238,7 @@ asio::awaitable<void> server::accept_loop(acceptor_t& acceptor) {
         if (failed) {
             // Out of file descriptors and the like: back off instead of spinning.
             spdlog::warn("accept failed: {}", failed.message());
-            asio::steady_timer t(main_, 100ms);
+            asio::steady_timer t(co_await asio::this_coro::executor, 100ms);
             co_await t.async_wait(use_nothrow);
         }
     }
@@ -229,6 +252,10 @@ void server::hand_off(accepted_fd fd, asio::generic::stream_protocol protocol) {
     else if (!rt_.accepting.load())
         refuse = &proxy::client_session::shutting_down;
     rt_.client_count++;
+    if (accept_on_worker_) {  // (on that worker's thread already)
+        start_session(std::move(fd), protocol, int(w), refuse);
+        return;
+    }
     try {
         asio::post(workers_[w]->get_executor(),
                    [this, w, refuse, protocol, fd = std::move(fd)]() mutable {
@@ -323,15 +350,20 @@ asio::awaitable<void> server::signal_loop() {
     }
 }
 
-void server::supervise(const char* name, std::function<asio::awaitable<void>()> start) {
-    asio::co_spawn(main_, start(), [this, name, start](std::exception_ptr e) {
+void server::supervise(const char* name, std::function<asio::awaitable<void>()> start,
+                       asio::io_context* on) {
+    if (on == nullptr) on = &main_;
+    asio::co_spawn(*on, start(), [this, name, start, on](std::exception_ptr e) {
         if (!e) return;  // ended by itself (listener closed, stopping)
         rt_.task_failures++;
         spdlog::error("{} failed: {}; restarting it", name, proxy::runtime::exception_text(e));
-        if (stop_ == stop_mode::now) return;
-        auto t = std::make_shared<asio::steady_timer>(main_, 100ms);
-        t->async_wait([this, name, start, t](error_code ec) {
-            if (!ec && stop_ != stop_mode::now) supervise(name, start);
+        // The restart is decided on the main thread, which owns stop_.
+        asio::post(main_, [this, name, start, on] {
+            if (stop_ == stop_mode::now) return;
+            auto t = std::make_shared<asio::steady_timer>(main_, 100ms);
+            t->async_wait([this, name, start, on, t](error_code ec) {
+                if (!ec && stop_ != stop_mode::now) supervise(name, start, on);
+            });
         });
     });
 }
@@ -456,7 +488,8 @@ int server::run() {
     for (auto& w : workers_) threads_.emplace_back([ctx = w.get()] { ctx->run(); });
     for (auto& a : acceptors_) {
         auto* acceptor = a.get();
-        supervise("accept loop", [this, acceptor] { return accept_loop(*acceptor); });
+        supervise("accept loop", [this, acceptor] { return accept_loop(*acceptor); },
+                  &accept_context());
     }
     supervise("signal loop", [this] { return signal_loop(); });
     supervise("janitor", [this] { return janitor_loop(); });

@@ -18,11 +18,12 @@ constexpr std::array<std::string_view, 9> reported{
 }  // namespace
 
 bool iequals(std::string_view a, std::string_view b) {
+    // ASCII case folding, as PostgreSQL's pg_strcasecmp does for these names; inline,
+    // not std::tolower (a locale-aware call per character, run hundreds of times per login).
+    auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c; };
     return a.size() == b.size() &&
-           std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-               return std::tolower(static_cast<unsigned char>(x)) ==
-                      std::tolower(static_cast<unsigned char>(y));
-           });
+           std::equal(a.begin(), a.end(), b.begin(),
+                      [&](char x, char y) { return lower(x) == lower(y); });
 }
 
 std::optional<std::string> tracked_parameter_name(std::string_view name,

@@ -37,15 +37,19 @@ private:
     void close_listeners();
     asio::awaitable<void> accept_loop(stream_acceptor& acceptor);
     // An accepted connection to the next worker; there (start_session) its socket and
-    // session are made, and its login started.
+    // session are made, and its login started. With one worker the accept loop runs on
+    // that worker (accept_on_worker_), and the session is started in place.
     void hand_off(accepted_fd fd, asio::generic::stream_protocol protocol);
+    // Where the listeners and their accept loops live: the only worker, or main_.
+    asio::io_context& accept_context() { return accept_on_worker_ ? *workers_[0] : main_; }
     void start_session(accepted_fd fd, asio::generic::stream_protocol protocol, int w,
                        const proxy::client_session::refusal* refuse);
     asio::awaitable<void> signal_loop();
     asio::awaitable<void> janitor_loop();
     // Runs a loop that must keep running: an exception is logged, counted and the loop
     // started again (after a pause), unless Sluice is stopping.
-    void supervise(const char* name, std::function<asio::awaitable<void>()> start);
+    void supervise(const char* name, std::function<asio::awaitable<void>()> start,
+                   asio::io_context* on = nullptr);  // on: where it runs (default main_)
     void check_shutdown();
 
     proxy::runtime& rt_;
@@ -59,6 +63,9 @@ private:
     asio::signal_set signals_;
     std::string unix_socket_path_;
     unsigned next_worker_ = 0;
+    // One worker: it accepts too. A connection then costs no wake-up of the main thread
+    // and no cross-thread post (an epoll_ctl to interrupt the worker, and its wake-up).
+    bool accept_on_worker_ = false;
     bool listeners_closed_ = false;
     enum class stop_mode { none, clients_gone, servers_idle, now } stop_ = stop_mode::none;
     int exit_code_ = 0;
