@@ -12,8 +12,9 @@ instructions`): each pooler runs under valgrind --tool=callgrind (Sluice with `w
 in front of one throwaway PostgreSQL. After a warm-up, two runs are counted, pgbench -S -t
 T/5 and -t T, each between a zeroing (callgrind_control -z) and a dump (-d); the
 difference of the two totals, divided by the transactions it adds, is the cost of a
-transaction with no login in it. The login's cost is shown apart: PgBouncer derives a
-SCRAM verifier from a plaintext password on every login, Sluice once per password.
+transaction with no login in it. The login's cost is shown apart. Both poolers get
+PostgreSQL's SCRAM verifier in their auth_file: with a plaintext password PgBouncer
+derives one on every login (tens of millions of instructions), Sluice once per password.
 User space only: kernel time is not counted (syscalls_xact.py counts the system calls).
 Everything listens on 127.0.0.1 and is stopped at exit.
 """
@@ -85,7 +86,8 @@ def measure(name: str, proc: subprocess.Popen, port: int, out: Path, clients: in
 def sluice_target(binary: Path, pg: Postgres, base: Path, tls: Optional[dict]):
     d = base / f"cg-{binary.parent.parent.name}-{time.monotonic_ns()}"
     d.mkdir(parents=True)
-    (d / "userlist.txt").write_text(harness.userlist_text({USER: PASSWORD}))
+    # PostgreSQL's verifier, as PgBouncer gets it below: logins compared on equal terms
+    (d / "userlist.txt").write_text(harness.userlist_text({USER: pg.role_secret(USER)}))
     port = harness.free_port()
     (d / "sluice.yaml").write_text(f"""sluice:
   listen_addr: 127.0.0.1

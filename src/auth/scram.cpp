@@ -80,9 +80,12 @@ key sha256(const std::uint8_t* data, std::size_t n) {
     return d.final();
 }
 
+}  // namespace
+
 // HMAC-SHA-256 (RFC 2104): H((K ^ opad) || H((K ^ ipad) || msg)), K padded to the 64-byte
 // block (hashed first when longer).
-key hmac_sha256(const std::uint8_t* k, std::size_t kn, std::string_view msg) {
+std::array<std::uint8_t, 32> hmac_sha256(const std::uint8_t* k, std::size_t kn,
+                                         std::string_view msg) {
     constexpr std::size_t block_len = 64;
     std::array<std::uint8_t, block_len> block{};
     if (kn > block_len) {
@@ -109,6 +112,8 @@ key hmac_sha256(const std::uint8_t* k, std::size_t kn, std::string_view msg) {
     OPENSSL_cleanse(inner.data(), inner.size());
     return out;
 }
+
+namespace {
 
 key xor_keys(const key& a, const key& b) {
     key out{};

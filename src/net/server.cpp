@@ -149,19 +149,20 @@ void server::close_listeners() {
             a->close(ignored);
         }
     };
+    bool confirmed = true;
     if (accept_on_worker_ && !threads_.empty()) {
         // The acceptors belong to the worker's io_context: closed on its thread, and
-        // waited for, so that no connection is taken once this returns. (It is called
-        // before the workers are stopped; a worker that does not answer within the bound
-        // leaves them to be closed with the server.)
+        // waited for (the main loop, signals and janitor included, waits too), so that no
+        // connection is taken once this returns. It is called before the workers are
+        // stopped. A worker that does not answer within the bound (it is stuck: it takes
+        // no connection either) leaves them to be closed with the server.
         auto done = std::make_shared<std::promise<void>>();
         auto closed = done->get_future();
         asio::post(*workers_[0], [close_all, done] {
             close_all();
             done->set_value();
         });
-        if (closed.wait_for(10s) != std::future_status::ready)
-            spdlog::warn("listeners: the worker did not close them within 10 s");
+        confirmed = closed.wait_for(10s) == std::future_status::ready;
     } else {
         close_all();
     }
@@ -169,7 +170,11 @@ void server::close_listeners() {
         error_code ignored;
         std::filesystem::remove(unix_socket_path_, ignored);
     }
-    spdlog::info("listeners closed: no new connections");
+    if (confirmed)
+        spdlog::info("listeners closed: no new connections");
+    else
+        spdlog::warn("listeners: the worker did not close them within 10 s; new connections "
+                     "are refused (57P01) until they close");
 }
 
 // An accepted descriptor on its way to a worker: closed if it never gets there (a handler
@@ -245,7 +250,8 @@ asio::awaitable<void> server::accept_loop(acceptor_t& acceptor) {
 }
 
 void server::hand_off(accepted_fd fd, asio::generic::stream_protocol protocol) {
-    unsigned w = next_worker_++ % workers_.size();
+    // (next_worker_ belongs to the main thread: with one worker this runs on the worker)
+    unsigned w = accept_on_worker_ ? 0 : next_worker_++ % unsigned(workers_.size());
     const proxy::client_session::refusal* refuse = nullptr;
     if (rt_.client_count.load() >= rt_.cfg()->sluice.max_client_conn)
         refuse = &proxy::client_session::too_many_clients;
@@ -379,7 +385,8 @@ asio::awaitable<void> server::janitor_loop() {
             for (auto& p : rt_.pools.all()) {
                 p->maintain();
                 if (p->wants_servers() && !rt_.paused.load()) {
-                    unsigned w = next_worker_++ % workers_.size();
+                    // (next_worker_ belongs to the main thread: with one worker this runs on the worker)
+    unsigned w = accept_on_worker_ ? 0 : next_worker_++ % unsigned(workers_.size());
                     asio::co_spawn(workers_[w]->get_executor(),
                                    p->warm_up(workers_[w]->get_executor(), int(w)),
                                    [p, log = rt_.log_failure("min_pool_size warm-up")](
@@ -485,14 +492,8 @@ int server::run() {
     // min_pool_size connections exist before the first client (as PgBouncer).
     for (auto& [name, db] : rt_.cfg()->databases)
         if (name != "*" && !db.user.empty()) rt_.pools.get(name, db.user);
-    for (auto& w : workers_) threads_.emplace_back([ctx = w.get()] { ctx->run(); });
-    for (auto& a : acceptors_) {
-        auto* acceptor = a.get();
-        supervise("accept loop", [this, acceptor] { return accept_loop(*acceptor); },
-                  &accept_context());
-    }
-    supervise("signal loop", [this] { return signal_loop(); });
-    supervise("janitor", [this] { return janitor_loop(); });
+    // What sessions call into is set before any worker runs: with one worker the accept
+    // loop runs there, and takes the clients already queued as soon as it starts.
     rt_.client_ended = [this] {
         if (--rt_.client_count == 0) asio::post(main_, [this] { check_shutdown(); });
     };
@@ -503,7 +504,15 @@ int server::run() {
             else shutdown_when_clients_gone();
         });
     };
+    for (auto& w : workers_) threads_.emplace_back([ctx = w.get()] { ctx->run(); });
+    supervise("signal loop", [this] { return signal_loop(); });
+    supervise("janitor", [this] { return janitor_loop(); });
     admin::start_background(rt_, main_.get_executor());
+    for (auto& a : acceptors_) {
+        auto* acceptor = a.get();
+        supervise("accept loop", [this, acceptor] { return accept_loop(*acceptor); },
+                  &accept_context());
+    }
     spdlog::info("Sluice started with {} workers", workers_.size());
     service::ready("accepting connections");
     main_.run();

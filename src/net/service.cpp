@@ -73,6 +73,9 @@ bool write_pidfile(const std::string& path, std::string& error) {
     return true;
 }
 
+// Runs before the runtime and any thread exist, and before any auth::random_bytes call:
+// that function keeps a per-thread block of random bytes, which a fork after it would
+// give to two processes.
 bool daemonize(std::string& error) {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) {

@@ -18,7 +18,7 @@ constexpr std::array<std::string_view, 9> reported{
 }  // namespace
 
 bool iequals(std::string_view a, std::string_view b) {
-    // ASCII case folding, as PostgreSQL's pg_strcasecmp does for these names; inline,
+    // ASCII case folding, as PostgreSQL compares setting names (guc_name_compare); inline,
     // not std::tolower (a locale-aware call per character, run hundreds of times per login).
     auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c; };
     return a.size() == b.size() &&

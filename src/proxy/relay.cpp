@@ -293,7 +293,8 @@ void machine::ensure_prepared(const client_statement& st, std::size_t pos) {
         r.request = 'C';
         r.action = reply::swallow;
         r.evicted = true;
-        r.extra().server_statement = srv.pop_oldest();
+        auto& evicted = r.extra();  // (allocated before the name leaves srv's list)
+        evicted.server_statement = srv.pop_oldest();
         std::string close;
         proto::writer(close).close('S', r.server_statement());
         out_server().insert(pos, std::move(close));

@@ -607,8 +607,10 @@ def test_kill_client_disable_enable_reconnect_wait_close(make_sluice):
         assert a.execute("SELECT pg_backend_pid()").fetchone()[0] not in (pid1, pid_before)
 
 
-def test_shutdown(make_sluice):
-    s = make_sluice()
+# workers 1: the only worker accepts its own connections (no main-thread hand-off)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shutdown(make_sluice, workers):
+    s = make_sluice(workers=workers)
     with admin_conn(s) as c:
         c.execute("SHUTDOWN")
     rc = s.wait(DEADLINE)
@@ -616,12 +618,14 @@ def test_shutdown(make_sluice):
     assert rc == 0, f"exit code {rc}"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_console_during_shutdown_and_a_second_signal(make_sluice, sig):
+def test_console_during_shutdown_and_a_second_signal(make_sluice, sig, workers):
     """During a graceful shutdown the console answers SHOW (to watch the drain) but
     refuses other commands, RESUME included, with PgBouncer's 08P01 "pooler is shutting
-    down"; the same signal again exits at once although a client still holds a server."""
-    s = make_sluice()
+    down"; the same signal again exits at once although a client still holds a server.
+    With one worker, that worker also holds the listeners."""
+    s = make_sluice(workers=workers)
     # Closed by hand: a `with` block would send COMMIT to a Sluice that has exited.
     app = psycopg.connect(s.dsn("app", APP_PW, "app"), autocommit=True)
     c = admin_conn(s)

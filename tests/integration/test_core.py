@@ -710,8 +710,10 @@ def test_sighup_with_invalid_config_keeps_running(make_sluice):
     assert_usable(s)
 
 
-def test_sigterm_waits_for_last_client(make_sluice):
-    s = make_sluice()
+# workers 1: the only worker accepts its own connections (no main-thread hand-off)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_waits_for_last_client(make_sluice, workers):
+    s = make_sluice(workers=workers)
     c = connect(s)
     try:
         assert one(c, "SELECT 1") == 1

@@ -697,8 +697,10 @@ def test_syncless_batch_cut_off_by_disconnect(make_sluice, su, flush):
 # Limits
 
 
-def test_max_client_conn_53300(make_sluice):
-    s = make_sluice(pool_mode=TXN, default_pool_size=2, max_client_conn=3)
+# workers 1: the only worker accepts its own connections (no main-thread hand-off)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_max_client_conn_53300(make_sluice, workers):
+    s = make_sluice(pool_mode=TXN, default_pool_size=2, max_client_conn=3, workers=workers)
     held = [connect(s) for _ in range(3)]
     try:
         for c in held:

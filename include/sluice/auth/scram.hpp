@@ -2,6 +2,7 @@
 // SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL uses it: no channel binding
 // ("n,," / "biws"), username taken from the startup packet (the SCRAM "n=" is ignored).
 // Both sides are sans-io: they consume a message and produce the next one.
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -29,7 +30,11 @@ std::string format_scram_secret(const scram_secret& s);
 
 std::string base64_encode(const std::uint8_t* data, std::size_t n);
 std::optional<std::vector<std::uint8_t>> base64_decode(std::string_view text);
-void random_bytes(std::uint8_t* out, std::size_t n);  // CSPRNG (OpenSSL RAND_bytes)
+// CSPRNG (OpenSSL RAND_bytes; requests up to 64 bytes from a per-thread block of its output)
+void random_bytes(std::uint8_t* out, std::size_t n);
+// HMAC-SHA-256 (RFC 2104), as SCRAM computes it (public for its tests).
+std::array<std::uint8_t, 32> hmac_sha256(const std::uint8_t* key, std::size_t key_len,
+                                         std::string_view msg);
 
 // Server side: Sluice authenticating a client.
 //   AuthenticationSASL("SCRAM-SHA-256") -> client_first(SASLInitialResponse data)

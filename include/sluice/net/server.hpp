@@ -52,6 +52,9 @@ private:
                    asio::io_context* on = nullptr);  // on: where it runs (default main_)
     void check_shutdown();
 
+    // Threads: stop_, listeners_closed_, next_worker_ and the signal set belong to the
+    // main thread (main_). The acceptors and their accept loops belong to accept_context():
+    // worker 0 when accept_on_worker_, main_ otherwise.
     proxy::runtime& rt_;
     // Workers are declared (so constructed) before main_ and destroyed after it: handlers
     // left in main_ (accepts in flight) own sockets of the workers' contexts.

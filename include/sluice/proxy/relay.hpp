@@ -198,6 +198,7 @@ private:
             return empty;
         }
     };
+    static_assert(sizeof(reply) <= 16, "a forwarded request's reply stays small (see details)");
     enum class skip : std::uint8_t { none, rejected, failed };
     class reply_queue;  // the pending replies, oldest first (relay.cpp)
     struct scratch;     // reply queue and batch builders (relay.cpp), see the invariants

@@ -5,7 +5,10 @@
 #include <openssl/hmac.h>
 #include <openssl/sha.h>
 
+#include <atomic>
 #include <random>
+#include <set>
+#include <thread>
 
 using namespace sluice::auth;
 
@@ -535,4 +538,74 @@ TEST(ScramFuzz, RandomAndMutatedInputNeverCrash) {
         (void)parse_scram_secret(m);
     }
     SUCCEED();
+}
+
+// hmac_sha256 against OpenSSL's HMAC(), for keys shorter than, equal to and longer than
+// SHA-256's 64-byte block (a longer key is hashed first), and an empty message.
+TEST(ScramHmac, MatchesOpenSslForEveryKeyLength) {
+    for (std::size_t key_len : {0, 1, 20, 32, 63, 64, 65, 131}) {
+        std::vector<std::uint8_t> key(key_len);
+        for (std::size_t i = 0; i < key_len; ++i) key[i] = std::uint8_t(i * 7 + 1);
+        for (std::string msg : {std::string(), std::string("Client Key"), std::string(300, 'm')}) {
+            unsigned char want[32];
+            unsigned int len = 0;
+            HMAC(EVP_sha256(), key.data(), int(key.size()),
+                 reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), want, &len);
+            ASSERT_EQ(len, 32u);
+            auto got = hmac_sha256(key.data(), key.size(), msg);
+            EXPECT_EQ(std::vector<std::uint8_t>(got.begin(), got.end()),
+                      std::vector<std::uint8_t>(want, want + 32))
+                << "key " << key_len << " bytes, message " << msg.size() << " bytes";
+        }
+    }
+}
+
+// RFC 4231 test case 6: a 131-byte key, hashed before use.
+TEST(ScramHmac, Rfc4231LongKey) {
+    std::vector<std::uint8_t> key(131, 0xaa);
+    auto got = hmac_sha256(key.data(), key.size(),
+                           "Test Using Larger Than Block-Size Key - Hash Key First");
+    EXPECT_EQ(base64_encode(got.data(), got.size()),
+              base64_encode(std::vector<std::uint8_t>{
+                                0x60, 0xe4, 0x31, 0x59, 0x1e, 0xe0, 0xb6, 0x7f, 0x0d, 0x8a, 0x26,
+                                0xaa, 0xcb, 0xf5, 0xb7, 0x7f, 0x8e, 0x0b, 0xc6, 0x21, 0x37, 0x28,
+                                0xc5, 0x14, 0x05, 0x46, 0x04, 0x0f, 0x0e, 0xe3, 0x7f, 0x54}
+                                .data(),
+                            32));
+}
+
+// random_bytes serves small requests from a per-thread block: no bytes handed out twice,
+// across refills, on either side of the size where it goes to RAND_bytes directly.
+TEST(ScramRandom, NoRepeatsAcrossRefillsAndSizes) {
+    std::set<std::vector<std::uint8_t>> seen;
+    for (std::size_t n : {8, 18, 64, 65, 200}) {
+        for (int i = 0; i < 200; ++i) {  // 200 x 18 bytes: several refills of the block
+            std::vector<std::uint8_t> b(n);
+            random_bytes(b.data(), b.size());
+            EXPECT_TRUE(seen.insert(b).second) << n << " bytes, call " << i;
+        }
+    }
+    std::uint8_t none = 0x5a;
+    random_bytes(&none, 0);  // nothing asked, nothing written
+    EXPECT_EQ(none, 0x5a);
+}
+
+// Logins on several threads at once: each thread has its own digest context and block.
+TEST(ScramExchange, ConcurrentLoginsOnThreads) {
+    std::vector<std::uint8_t> salt(16);
+    random_bytes(salt.data(), salt.size());
+    auto verifier = format_scram_secret(make_scram_secret("hunter2", salt, 50));
+    std::atomic<int> ok{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+        threads.emplace_back([&] {
+            for (int i = 0; i < 25; ++i) {
+                scram_server server(verifier);
+                auto client = scram_client::with_password("hunter2");
+                if (converse(client, server)) ok++;
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(ok.load(), 100);
 }

@@ -428,6 +428,25 @@ TEST(relay, eviction_close_skipped_after_an_error_keeps_the_statement_known) {
     }, transaction_mode(1));
 }
 
+TEST(relay, local_close_skipped_after_an_error_puts_the_statement_back) {
+    // A Close of a client statement is answered by Sluice, and the name dropped at once.
+    // If an earlier message of the batch fails, PostgreSQL would have skipped that Close:
+    // so its CloseComplete must not reach the client, and the statement must still work.
+    const std::string sn = server_name("SELECT 1");
+    for_every_split([&](harness& h) {
+        h.client(parse("s1", "SELECT 1") + sync());
+        EXPECT_BYTES(h.took_client(), parse_complete() + ready('I'));
+        h.client(bind_msg("missing") + execute() + close('S', "s1") + sync());
+        EXPECT_BYTES(h.took_server(), bind_msg("missing") + execute() + sync());
+        EXPECT_FALSE(h.m.has_statement("s1"));  // dropped while the Close is pending
+        h.backend(error("26000") + ready('I'));
+        EXPECT_EQ(types(h.took_client()), "E Z");
+        EXPECT_TRUE(h.m.has_statement("s1"));   // put back: the Close never happened
+        h.client(bind_msg("s1") + execute() + sync());
+        EXPECT_BYTES(h.took_server(), parse(sn, "SELECT 1") + bind_msg(sn) + execute() + sync());
+    }, transaction_mode());
+}
+
 TEST(relay, evictions_mid_pipeline_keep_replies_in_order) {
     for_every_split([&](harness& h) {
         std::string batch, expect_client;

@@ -35,5 +35,20 @@ TEST(StartupOptions, AnythingElseIsRefused) {
     EXPECT_FALSE(parse_startup_options("-c a=1 -F"));
 }
 
+// Setting names compare as PostgreSQL compares them: ASCII letters fold, nothing else.
+TEST(ParameterNames, AsciiCaseFolding) {
+    EXPECT_TRUE(iequals("DateStyle", "datestyle"));
+    EXPECT_TRUE(iequals("TIMEZONE", "TimeZone"));
+    EXPECT_TRUE(iequals("", ""));
+    EXPECT_FALSE(iequals("timezone", "timezon"));
+    EXPECT_FALSE(iequals("a_b", "a-b"));
+    EXPECT_FALSE(iequals("\xc9t\xc9", "\xe9t\xe9"));  // Latin-1 \xc9/\xe9: not folded
+    EXPECT_FALSE(iequals("@", "`"));             // 0x40/0x60: only A-Z fold
+    EXPECT_EQ(tracked_parameter_name("datestyle", {}), std::optional<std::string>("DateStyle"));
+    EXPECT_EQ(tracked_parameter_name("MY.setting", {"my.Setting"}),
+              std::optional<std::string>("my.Setting"));
+    EXPECT_EQ(tracked_parameter_name("work_mem", {}), std::nullopt);
+}
+
 }  // namespace
 }  // namespace sluice::proxy
