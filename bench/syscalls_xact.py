@@ -45,12 +45,10 @@ def parse_strace_summary(text: str) -> Dict[str, Dict[str, int]]:
     return out
 
 
-CONNECT: List[str] = []  # ["-C"] with --connect: a new connection per transaction
-
-
-def pgbench_argv(port: int, clients: int, mode: str) -> List[str]:
+def pgbench_argv(port: int, clients: int, mode: str, connect: bool) -> List[str]:
+    """connect: pgbench -C, a new connection per transaction."""
     return ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", USER, "-n", "-S",
-            "-M", mode, "-c", str(clients), "-j", "2", *CONNECT]
+            "-M", mode, "-c", str(clients), "-j", "2", *(["-C"] if connect else [])]
 
 
 PGBENCH_ENV = dict(os.environ, PGPASSWORD=PASSWORD, PGSSLMODE="disable")
@@ -69,12 +67,13 @@ def cpu_ticks(pid: int) -> tuple:
     return int(fields[11]), int(fields[12])
 
 
-def kernel_share(port: int, pid: int, clients: int, transactions: int, mode: str) -> Dict:
+def kernel_share(port: int, pid: int, clients: int, transactions: int, mode: str,
+                 connect: bool) -> Dict:
     """One untraced run: the pooler's user and system CPU per transaction, and the TCP
     segments per transaction (all legs: pgbench, pooler, PostgreSQL; 4 is the least a
     pooled -S transaction can take: query in and out, result in and out). /proc/PID/stat
     counts in clock ticks (10 ms), so a run should last a few seconds."""
-    pgbench = pgbench_argv(port, clients, mode)
+    pgbench = pgbench_argv(port, clients, mode, connect)
     subprocess.run(pgbench + ["-t", "100", DB], env=PGBENCH_ENV, capture_output=True,
                    timeout=600, check=True)  # (the logins and the warm-up stay outside)
     seg0, (u0, s0) = tcp_segments(), cpu_ticks(pid)
@@ -89,9 +88,9 @@ def kernel_share(port: int, pid: int, clients: int, transactions: int, mode: str
 
 
 def measure(name: str, port: int, pid: int, base: Path, clients: int, transactions: int,
-            mode: str) -> Dict:
+            mode: str, connect: bool) -> Dict:
     env = PGBENCH_ENV
-    pgbench = pgbench_argv(port, clients, mode)
+    pgbench = pgbench_argv(port, clients, mode, connect)
     subprocess.run(pgbench + ["-t", "100", DB], env=env, capture_output=True, timeout=600,
                    check=True)
     out = base / f"strace-{time.monotonic_ns()}.txt"
@@ -152,8 +151,6 @@ def main() -> int:
                     help="what both auth_files hold (see pgbench_compare.py --auth-secret)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    if a.connect:
-        CONNECT.append("-C")
     bins = [b.resolve() for b in (a.bin or [REPO / "build" / "sluice"])]
     base = harness.make_tempdir("sluice-sc-")
     pg = Postgres(base=base)
@@ -194,9 +191,9 @@ def main() -> int:
         for _ in range(a.cpu_rounds):
             for name, port, pid in targets:
                 shares[name].append(kernel_share(port, pid, a.clients, a.cpu_transactions,
-                                                 a.mode))
+                                                 a.mode, a.connect))
         for name, port, pid in targets:
-            r = measure(name, port, pid, base, a.clients, a.transactions, a.mode)
+            r = measure(name, port, pid, base, a.clients, a.transactions, a.mode, a.connect)
             if shares[name]:
                 med = {k: statistics.median(x[k] for x in shares[name])
                        for k in shares[name][0]}

@@ -214,12 +214,10 @@ scram_secret derived_secret(std::string_view user, const std::string& password, 
     material.append(user).push_back('\0');
     material.append(password).push_back('\0');
     material += std::to_string(iterations);
-    std::string id(EVP_MAX_MD_SIZE, '\0');
-    unsigned id_len = 0;
-    EVP_Digest(material.data(), material.size(), reinterpret_cast<unsigned char*>(id.data()),
-               &id_len, EVP_sha256(), nullptr);
+    const key digest = sha256(reinterpret_cast<const std::uint8_t*>(material.data()),
+                              material.size());
     OPENSSL_cleanse(material.data(), material.size());
-    id.resize(id_len);
+    std::string id(digest.begin(), digest.end());
     {
         std::lock_guard lk(mutex);
         if (auto it = cache.find(id); it != cache.end()) return it->second;

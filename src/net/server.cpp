@@ -38,7 +38,6 @@ server::server(proxy::runtime& rt) : rt_(rt), signals_(main_) {  // NOLINT(order
         guards_.push_back(asio::make_work_guard(*workers_.back()));
         rt_.workers.push_back(workers_.back()->get_executor());
     }
-    accept_on_worker_ = workers_.size() == 1;
 }
 
 int default_workers() {
@@ -150,7 +149,7 @@ void server::close_listeners() {
         }
     };
     bool confirmed = true;
-    if (accept_on_worker_ && !threads_.empty()) {
+    if (accept_on_worker() && !threads_.empty()) {
         // The acceptors belong to the worker's io_context: closed on its thread, and
         // waited for (the main loop, signals and janitor included, waits too), so that no
         // connection is taken once this returns. It is called before the workers are
@@ -251,14 +250,14 @@ asio::awaitable<void> server::accept_loop(acceptor_t& acceptor) {
 
 void server::hand_off(accepted_fd fd, asio::generic::stream_protocol protocol) {
     // (next_worker_ belongs to the main thread: with one worker this runs on the worker)
-    unsigned w = accept_on_worker_ ? 0 : next_worker_++ % unsigned(workers_.size());
+    unsigned w = accept_on_worker() ? 0 : next_worker_++ % unsigned(workers_.size());
     const proxy::client_session::refusal* refuse = nullptr;
     if (rt_.client_count.load() >= rt_.cfg()->sluice.max_client_conn)
         refuse = &proxy::client_session::too_many_clients;
     else if (!rt_.accepting.load())
         refuse = &proxy::client_session::shutting_down;
     rt_.client_count++;
-    if (accept_on_worker_) {  // (on that worker's thread already)
+    if (accept_on_worker()) {  // (on that worker's thread already)
         start_session(std::move(fd), protocol, int(w), refuse);
         return;
     }
@@ -385,8 +384,7 @@ asio::awaitable<void> server::janitor_loop() {
             for (auto& p : rt_.pools.all()) {
                 p->maintain();
                 if (p->wants_servers() && !rt_.paused.load()) {
-                    // (next_worker_ belongs to the main thread: with one worker this runs on the worker)
-    unsigned w = accept_on_worker_ ? 0 : next_worker_++ % unsigned(workers_.size());
+                    unsigned w = next_worker_++ % workers_.size();
                     asio::co_spawn(workers_[w]->get_executor(),
                                    p->warm_up(workers_[w]->get_executor(), int(w)),
                                    [p, log = rt_.log_failure("min_pool_size warm-up")](

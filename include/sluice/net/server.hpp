@@ -38,10 +38,13 @@ private:
     asio::awaitable<void> accept_loop(stream_acceptor& acceptor);
     // An accepted connection to the next worker; there (start_session) its socket and
     // session are made, and its login started. With one worker the accept loop runs on
-    // that worker (accept_on_worker_), and the session is started in place.
+    // that worker (accept_on_worker()), and the session is started in place.
     void hand_off(accepted_fd fd, asio::generic::stream_protocol protocol);
+    // One worker: it accepts too. A connection then costs no wake-up of the main thread
+    // and no cross-thread post (an epoll_ctl to interrupt the worker, and its wake-up).
+    bool accept_on_worker() const { return workers_.size() == 1; }
     // Where the listeners and their accept loops live: the only worker, or main_.
-    asio::io_context& accept_context() { return accept_on_worker_ ? *workers_[0] : main_; }
+    asio::io_context& accept_context() { return accept_on_worker() ? *workers_[0] : main_; }
     void start_session(accepted_fd fd, asio::generic::stream_protocol protocol, int w,
                        const proxy::client_session::refusal* refuse);
     asio::awaitable<void> signal_loop();
@@ -54,7 +57,7 @@ private:
 
     // Threads: stop_, listeners_closed_, next_worker_ and the signal set belong to the
     // main thread (main_). The acceptors and their accept loops belong to accept_context():
-    // worker 0 when accept_on_worker_, main_ otherwise.
+    // worker 0 when accept_on_worker(), main_ otherwise.
     proxy::runtime& rt_;
     // Workers are declared (so constructed) before main_ and destroyed after it: handlers
     // left in main_ (accepts in flight) own sockets of the workers' contexts.
@@ -66,9 +69,6 @@ private:
     asio::signal_set signals_;
     std::string unix_socket_path_;
     unsigned next_worker_ = 0;
-    // One worker: it accepts too. A connection then costs no wake-up of the main thread
-    // and no cross-thread post (an epoll_ctl to interrupt the worker, and its wake-up).
-    bool accept_on_worker_ = false;
     bool listeners_closed_ = false;
     enum class stop_mode { none, clients_gone, servers_idle, now } stop_ = stop_mode::none;
     int exit_code_ = 0;
