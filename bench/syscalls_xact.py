@@ -130,6 +130,40 @@ def measure(name: str, port: int, pid: int, base: Path, clients: int, transactio
             "pgbench": failed}
 
 
+def start_targets(pg: Postgres, base: Path, bins: List[Path], pool_size: int, secret,
+                  pgbouncer: bool, started: List) -> List[tuple]:
+    """Starts each Sluice binary, and PgBouncer, in front of pg, configured alike
+    (transaction mode, the pool size, server_tls_sslmode prefer, no log line per login):
+    [(name, port, pid)]. Each one started is appended to `started`, for the caller to stop.
+    secret: what both auth_files hold (None: the plaintext password)."""
+    targets = []
+    for b in bins:
+        cfg = default_config(pg, pool_mode="transaction", default_pool_size=pool_size,
+                             max_client_conn=1000, workers=0)
+        cfg["sluice"]["server_tls_sslmode"] = "prefer"
+        # as PgBouncer's (pgbench_compare.PgBouncer): no log line per login and logout
+        cfg["sluice"].update(log_connections=False, log_disconnections=False)
+        saved = os.environ.get("SLUICE_BIN")
+        os.environ["SLUICE_BIN"] = str(b)
+        try:
+            s = Sluice(cfg, users={USER: PASSWORD}, base=base,
+                       userlist=harness.userlist_text({USER: secret}) if secret else None)
+            started.append(s)
+            s.start()
+        finally:
+            if saved is None:
+                os.environ.pop("SLUICE_BIN", None)
+            else:
+                os.environ["SLUICE_BIN"] = saved
+        targets.append((f"sluice:{b}", s.port, s.proc.pid))
+    if pgbouncer:
+        pb = PgBouncer(base, pg, pool_size, 1000, None, "prefer", secret)
+        started.append(pb)
+        pb.start()
+        targets.append(("pgbouncer", pb.port, pb.proc.pid))
+    return targets
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", action="append", type=Path,
@@ -162,31 +196,7 @@ def main() -> int:
         pg.create_database(DB, owner=USER)
         pg.pgbench_init(DB, USER, scale=1)
         secret = pg.role_secret(USER) if a.auth_secret == "verifier" else None
-        targets = []
-        for i, b in enumerate(bins):
-            cfg = default_config(pg, pool_mode="transaction", default_pool_size=a.pool_size,
-                                 max_client_conn=1000, workers=0)
-            cfg["sluice"]["server_tls_sslmode"] = "prefer"
-            # as PgBouncer's (pgbench_compare.PgBouncer): no log line per login and logout
-            cfg["sluice"].update(log_connections=False, log_disconnections=False)
-            saved = os.environ.get("SLUICE_BIN")
-            os.environ["SLUICE_BIN"] = str(b)
-            try:
-                s = Sluice(cfg, users={USER: PASSWORD}, base=base,
-                           userlist=harness.userlist_text({USER: secret}) if secret else None)
-                started.append(s)
-                s.start()
-            finally:
-                if saved is None:
-                    os.environ.pop("SLUICE_BIN", None)
-                else:
-                    os.environ["SLUICE_BIN"] = saved
-            targets.append((f"sluice:{b}", s.port, s.proc.pid))
-        if not a.no_pgbouncer:
-            pb = PgBouncer(base, pg, a.pool_size, 1000, None, "prefer", secret)
-            started.append(pb)
-            pb.start()
-            targets.append(("pgbouncer", pb.port, pb.proc.pid))
+        targets = start_targets(pg, base, bins, a.pool_size, secret, not a.no_pgbouncer, started)
         shares: Dict[str, List[Dict]] = {name: [] for name, _, _ in targets}
         for _ in range(a.cpu_rounds):
             for name, port, pid in targets:

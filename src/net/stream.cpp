@@ -279,7 +279,11 @@ std::size_t stream::write_now(std::span<const asio::const_buffer> pieces, error_
     msg.msg_iov = iov.data();
     msg.msg_iovlen = count;
     for (;;) {
-        ssize_t n = ::sendmsg(socket_.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        // One piece (a -S reply, most requests): send(), which spares the kernel copying
+        // in a msghdr and an iovec array (about 0.1 us per call under perf).
+        ssize_t n = count == 1 ? ::send(socket_.native_handle(), iov[0].iov_base, iov[0].iov_len,
+                                        MSG_DONTWAIT | MSG_NOSIGNAL)
+                               : ::sendmsg(socket_.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n >= 0) {
             ec = {};
             return std::size_t(n);

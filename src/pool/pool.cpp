@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "sluice/stats/event_clock.hpp"
+
 namespace sluice::pool {
 
 namespace {
@@ -546,7 +548,7 @@ pool::check_verdict pool::check_out_now(const server_ptr& s, const asio::any_io_
     // poll() above is reported there, which net/drained_wait.hpp relies on.)
     s->migrate(ex);
     s->worker = worker;
-    const auto now = steady_clock::now();
+    const auto now = stats::event_clock::now();
     if (check_due(*s, cfg, now) || lag_check_due(*s, cfg, now))
         return check_verdict::round_trips_due;
     s->last_used = now;
@@ -936,7 +938,7 @@ asio::awaitable<bool> pool::lags(server_connection& s, steady_clock::duration ma
 }
 
 void pool::release(server_ptr s) {
-    auto now = steady_clock::now();
+    auto now = stats::event_clock::now();
     s->last_used = now;
     s->link_client_id = 0;
     std::lock_guard lk(mutex_);

@@ -223,7 +223,7 @@ void client_session::after_drive(client_step step) {
 void client_session::park_for_server() {
     auto& p = *pending_;
     state = client_state::waiting;
-    p.wait_start = steady_clock::now();
+    p.wait_start = stats::event_clock::now();
     request_time = p.wait_start;
     auto out = pool_->park(executor(), worker_, &client_session::on_park_wake, shared_from_this());
     if (!out) return;  // queued: on_park_wake goes on
@@ -246,6 +246,7 @@ void client_session::give_back(pool::server_ptr& server, bool& slot_held) {
 
 void client_session::on_park_wake(const std::shared_ptr<void>& ctx,
                                   pool::pool::park_outcome out) {
+    const stats::event_clock::scope clock;  // (one clock reading for this handler)
     auto self = std::static_pointer_cast<client_session>(ctx);
     // A plain handler: an exception (no memory) would escape into the worker's run loop.
     try {
@@ -289,55 +290,88 @@ void client_session::await_request() {
     // Idle between client messages: what stays is the session object and one pending
     // operation whose handler holds a reference to it; no coroutine frame, no relay
     // scratch, no buffer.
-    //   plain: a wait for readability (about 100 bytes of operation), then a read into
-    //          in_ that takes everything the socket has;
+    //   plain: a recv that finds nothing, then a drained wait (net/drained_wait.hpp: a
+    //          queued operation of about 100 bytes), then a read into in_ that takes
+    //          everything the socket has;
     //   TLS:   a read into the stream's own small buffer (OpenSSL decides how many socket
     //          bytes make a record, so readability alone says little), then a copy.
-    // (The wait costs an epoll_ctl to re-arm the descriptor where a read costs the recv
-    // that finds nothing: one system call either way. A read would hold 128 bytes of
-    // buffer and a larger operation for every idle client, 0.19 KiB of its 1.4. The
-    // read that brought the request proves nothing for net/drained_wait.hpp: it may
-    // have left an EOF behind, whose edge is spent.)
+    // (Why the recv first: the read that brought the request proves nothing for a drained
+    // wait, since it may have left an EOF behind whose edge is spent; so a wait needs a
+    // system call either way, and a recv that would block is the cheaper one. Asio's
+    // async_wait re-arms the descriptor with epoll_ctl instead, and perf put that at
+    // about twice the recv's kernel time. A read operation kept pending instead would hold
+    // 128 bytes of buffer and a larger operation for every idle client.)
     // With a server linked, server_loop may be writing a batch that lives in the scratch:
     // it gives the scratch back itself when it releases the server.
     if (!server_) relay_->release_scratch();
     in_.shrink_if_empty();
     if (!server_) idle_since_ns.store(now_ns(), std::memory_order_relaxed);
-    arm_idle_wait();
+    arm_idle_wait(false);
 }
 
-void client_session::arm_idle_wait() {
+void client_session::arm_idle_wait(bool drained) {
     auto alloc = exact_allocator<void>();
     if (socket_.tls()) {
         socket_.async_read_some(
             socket_.idle_space(),
             asio::bind_allocator(alloc, [self = shared_from_this()](error_code ec, std::size_t n) {
-                self->on_client_readable(ec, n);
+                self->on_client_readable(ec, n, false);
             }));
         return;
     }
-    socket_.lowest_layer().async_wait(
+    if (!drained && socket_.is_open()) {
+        // The recv that proves the socket empty, into the stack: an idle client holds no
+        // buffer. It usually finds nothing (the client waits for its reply); what it does
+        // find (a pipelining client, an EOF) is handled from the event loop, as the wait's
+        // completion would be, rather than by recursion from here.
+        std::array<unsigned char, 512> probe;
+        error_code ec;
+        const std::size_t n = socket_.read_now(asio::buffer(probe), ec);
+        if (ec != asio::error::would_block) {
+            if (!ec) {
+                in_.reserve_tail(4096);
+                std::memcpy(in_.writable().data(), probe.data(), n);
+                in_.commit(n);
+            }
+            asio::post(executor(),
+                       asio::bind_allocator(alloc, [self = shared_from_this(), ec] {
+                           self->on_client_readable(ec, 0, true);
+                       }));
+            return;
+        }
+        drained = true;
+    }
+    if (drained) {
+        net::async_wait_drained(socket_.lowest_layer(), [self = shared_from_this()](error_code ec) {
+            self->on_client_readable(ec, 0, false);
+        });
+        return;
+    }
+    socket_.lowest_layer().async_wait(  // (closed: completes at once with bad_descriptor)
         asio::socket_base::wait_read,
         asio::bind_allocator(alloc, [self = shared_from_this()](error_code ec) {
-            self->on_client_readable(ec, 0);
+            self->on_client_readable(ec, 0, false);
         }));
 }
 
-void client_session::on_client_readable(error_code ec, std::size_t n) {
+void client_session::on_client_readable(error_code ec, std::size_t n, bool in_hand) {
+    const stats::event_clock::scope clock;  // (one clock reading for this handler)
     // A plain handler: an exception (no memory) would escape into the worker's run loop
     // and end the process, where a coroutine's only ends its session.
     try {
         // (Closed after the wait completed, without a reason of its own: as if the wait
         // had been cancelled, not a read on a closed descriptor.)
         if (!ec && !socket_.is_open()) ec = asio::error::operation_aborted;
-        if (!ec) {
+        // (in_hand: arm_idle_wait's recv put the bytes in in_ already)
+        if (!ec && !in_hand) {
             in_.reserve_tail(std::max<std::size_t>(4096, n));
             if (socket_.tls()) {  // (n bytes in the stream's idle space)
                 std::memcpy(in_.writable().data(), socket_.idle_space().data(), n);
             } else {
                 n = socket_.read_now(in_.writable(), ec);
-                // Nothing after all: wait again, still idle since the same moment.
-                if (ec == asio::error::would_block) return arm_idle_wait();
+                // Nothing after all: wait again, still idle since the same moment (and
+                // the socket just proved empty).
+                if (ec == asio::error::would_block) return arm_idle_wait(true);
             }
         }
         if (ec) {
@@ -349,7 +383,7 @@ void client_session::on_client_readable(error_code ec, std::size_t n) {
             });
             return;
         }
-        in_.commit(n);
+        if (!in_hand) in_.commit(n);
         on_client_bytes();
     } catch (const std::exception& e) {
         spdlog::error("client {}: {}", id, e.what());
@@ -446,7 +480,7 @@ bool client_session::write_server_now(std::size_t& sent) {
     sent = 0;
     const auto& batch = relay_->to_server();
     if (batch.size() == 0 || !server_) return true;  // (nothing reaches a server the core did not ask for)
-    request_time = steady_clock::now();
+    request_time = stats::event_clock::now();
     state = client_state::active;
     buffer_list_lease pieces;
     gather(batch, 0, *pieces);
@@ -517,7 +551,7 @@ client_session::client_step client_session::drive_client(client_pending& p) {
             case relay::client_event::close:
                 return client_step::refuse;
             case relay::client_event::need_server:
-                if (m.transaction_status() == 'I') xact_start_ = steady_clock::now();
+                if (m.transaction_status() == 'I') xact_start_ = stats::event_clock::now();
                 if (link_server_now(p.taken, p.round_trips_due)) continue;
                 return client_step::link_server;
             case relay::client_event::need_admission: {
@@ -657,6 +691,7 @@ void client_session::await_server(pool::server_ptr server, bool drained) {
 }
 
 void client_session::on_server_readable(pool::server_ptr server, error_code ec) {
+    const stats::event_clock::scope clock;  // (one clock reading for this handler)
     // (Closed after the wait completed: as if the wait had been cancelled.)
     if (!ec && !server->socket.is_open()) ec = asio::error::operation_aborted;
     std::size_t n = 0;
@@ -680,6 +715,7 @@ void client_session::on_server_readable(pool::server_ptr server, error_code ec) 
 }
 
 void client_session::on_server_read(pool::server_ptr server, error_code ec, std::size_t n) {
+    const stats::event_clock::scope clock;  // (one clock reading for this handler)
     // A plain handler: an exception must end this session only (see on_client_readable).
     // (`server` may have been moved on when something throws: the catch keeps its own.)
     const pool::server_ptr held = server;
@@ -863,13 +899,13 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server, error
 // --- relay::observer: stats and timeouts ---------------------------------------------
 
 void client_session::on_query_start() {
-    query_start_ = steady_clock::now();
+    query_start_ = stats::event_clock::now();
     query_since_ns.store(to_ns(query_start_), std::memory_order_relaxed);
 }
 
 void client_session::on_ready_for_query(char status, char previous, bool more) {
     auto& stats = pool_->stats;
-    auto now = steady_clock::now();
+    auto now = stats::event_clock::now();
     stats.query_count++;
     auto query_us = std::chrono::duration_cast<std::chrono::microseconds>(now - query_start_).count();
     stats.query_time_us += query_us;

@@ -25,7 +25,7 @@ bool client_session::link_server_now(pool::server_ptr& taken, bool& round_trips_
         round_trips_due = q.round_trips_due;
         return false;
     }
-    request_time = steady_clock::now();
+    request_time = stats::event_clock::now();
     pool_->stats.wait_latency.record(0);
     attach_server(std::move(q.server));
     start_server_side(true);  // (try_acquire_now's checkout saw it empty)
@@ -40,7 +40,7 @@ void client_session::attach_server(pool::server_ptr s) {
 
 void client_session::note_wait(steady_clock::time_point started) {
     auto waited_us =
-        std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - started)
+        std::chrono::duration_cast<std::chrono::microseconds>(stats::event_clock::now() - started)
             .count();
     pool_->stats.wait_time_us += waited_us;
     pool_->stats.wait_latency.record(waited_us);
@@ -53,7 +53,7 @@ asio::awaitable<bool> client_session::link_server(client_pending& p) {
     // (what p holds is taken out: p outlives this step)
     const auto wait_start = std::exchange(p.wait_start, {});
     const bool parked = wait_start != steady_clock::time_point{};
-    const auto started = parked ? wait_start : steady_clock::now();
+    const auto started = parked ? wait_start : stats::event_clock::now();
     request_time = started;
     pool::server_ptr taken = std::exchange(p.taken, nullptr);
     const bool round_trips_due = std::exchange(p.round_trips_due, false);

@@ -48,6 +48,7 @@
 #include "sluice/proxy/prepared.hpp"
 #include "sluice/proxy/relay.hpp"
 #include "sluice/ratelimit/limiter.hpp"
+#include "sluice/stats/event_clock.hpp"
 
 namespace sluice::proxy {
 
@@ -131,7 +132,7 @@ public:
     static std::int64_t to_ns(steady_clock::time_point t) {
         return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
     }
-    static std::int64_t now_ns() { return to_ns(steady_clock::now()); }
+    static std::int64_t now_ns() { return to_ns(stats::event_clock::now()); }
     static const std::string empty_text;
     std::shared_ptr<ratelimit::tenant> tenant_;
 
@@ -198,8 +199,8 @@ private:
     asio::awaitable<void> relay_input(client_step step);
     void on_client_bytes();  // in_ has new bytes after an idle wait
     void await_request();    // the idle wait: a wait (TLS: a small read), a plain handler
-    void arm_idle_wait();    // the wait itself (again after a spurious wake-up)
-    void on_client_readable(error_code ec, std::size_t n);  // its handler
+    void arm_idle_wait(bool drained);  // the wait itself (drained: the socket just read empty)
+    void on_client_readable(error_code ec, std::size_t n, bool in_hand);  // its handler
     // The end of the session: the server given back or closed, counters, the log line
     // (for a pooled client that logged in), the socket closed.
     asio::awaitable<void> finish(bool logged_in);
