@@ -162,7 +162,7 @@ asio::awaitable<acquire_result> pool::acquire(
             s = find_locked(c.server);
             s->state = server_state::active;
         } else if (c.kind == checkout::wait) {
-            w = std::allocate_shared<waiter>(exact_allocator<waiter>(), ex, id);
+            w = std::allocate_shared<waiter>(exact_allocator<waiter>(), ex, id, start);
             waiting_[id] = w;
         }
     }
@@ -210,7 +210,7 @@ asio::awaitable<acquire_result> pool::acquire(
 
 steady_clock::time_point pool::next_wake(const settings& cfg, steady_clock::time_point start,
                                          bool notify) const {
-    const auto now = steady_clock::now();
+    const auto now = stats::event_clock::now();
     auto wake = start + cfg.query_wait_timeout;
     const auto reserve_at = start + cfg.reserve_pool_timeout;
     if (cfg.reserve_pool_size > 0 && reserve_at < wake && now < reserve_at) wake = reserve_at;
@@ -272,10 +272,9 @@ pool::wait_step pool::look_again_locked(waiter& w, const settings& cfg,
 
 std::optional<pool::park_outcome> pool::park(asio::any_io_executor ex, int worker,
                                              park_wake wake, std::shared_ptr<void> ctx) {
-    const auto start = steady_clock::now();
+    const auto start = stats::event_clock::now();  // (the client's handler: one reading)
     // Made before the queue is touched: a failure here changes nothing.
-    auto w = std::allocate_shared<waiter>(exact_allocator<waiter>(), ex, 0);
-    w->since = start;
+    auto w = std::allocate_shared<waiter>(exact_allocator<waiter>(), ex, 0, start);
     w->wake = wake;
     w->worker = worker;
     std::shared_ptr<const settings> snapshot;

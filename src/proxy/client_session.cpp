@@ -141,8 +141,24 @@ asio::awaitable<void> client_session::run(const refusal* refuse) {
                      addr, port, application_name());
     // This frame (and the login's) ends here: the relay runs in await_request's handler
     // (a coroutine only while a step must wait), and an idle client waits without any.
-    pending_ = std::make_unique<client_pending>();
+    pending_ = make_pending(client_pending{});
     co_await relay_input(client_step::start);
+}
+
+client_session::pending_ptr client_session::make_pending(client_pending&& p) {
+    exact_allocator<client_pending> a;
+    client_pending* m = a.allocate(1);
+    try {
+        return pending_ptr(new (m) client_pending(std::move(p)));
+    } catch (...) {
+        a.deallocate(m, 1);
+        throw;
+    }
+}
+
+void client_session::pending_delete::operator()(client_pending* p) const noexcept {
+    p->~client_pending();
+    exact_allocator<client_pending>().deallocate(p, 1);
 }
 
 // Runs the relay on what in_ holds, then waits for more without a frame, or ends.
@@ -175,7 +191,7 @@ void client_session::on_client_bytes() {
     }
     if (step != client_step::end) {
         try {
-            pending_ = std::make_unique<client_pending>(std::move(p));
+            pending_ = make_pending(std::move(p));
         } catch (...) {  // (no memory for the hand-over: a server already checked out goes back)
             relaying_client_ = false;
             give_back(p.taken, p.slot_held);

@@ -265,11 +265,12 @@ public:
 private:
     friend class pool_manager;
     struct waiter {
-        waiter(asio::any_io_executor ex, waiter_id id) : timer(ex), executor(ex), id(id) {}
+        waiter(asio::any_io_executor ex, waiter_id id, steady_clock::time_point since)
+            : timer(ex), executor(ex), id(id), since(since) {}
         asio::steady_timer timer;
         asio::any_io_executor executor;
         waiter_id id;
-        steady_clock::time_point since = steady_clock::now();
+        steady_clock::time_point since;  // when the wait began
         server_ptr server;         // granted: a server handed over
         bool may_connect = false;  // granted: a slot to open a new connection in
         bool done = false;

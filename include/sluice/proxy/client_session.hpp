@@ -300,8 +300,17 @@ private:
     }
     steady_clock::time_point query_start_{}, xact_start_{};
     // Where client_loop goes on: only while it runs or the request is parked for a server
-    // (the usual request needs none).
-    std::unique_ptr<client_pending> pending_;
+    // (the usual request needs none). Its memory comes from exact_allocator's per-thread
+    // free lists: with more clients than servers, every request parks, and a malloc and
+    // free per transaction showed in callgrind at 200 clients.
+    struct pending_delete {
+        void operator()(client_pending* p) const noexcept;
+    };
+    using pending_ptr = std::unique_ptr<client_pending, pending_delete>;
+    // Moves from `p` only once the memory is there: should the allocation throw, `p`
+    // still holds what the caller must give back.
+    static pending_ptr make_pending(client_pending&& p);
+    pending_ptr pending_;
     // (The flags sit together: every idle client holds them, padding included.)
     bool server_loop_running_ = false;
     bool client_gone_ = false;
