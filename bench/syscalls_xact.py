@@ -67,6 +67,24 @@ def cpu_ticks(pid: int) -> tuple:
     return int(fields[11]), int(fields[12])
 
 
+def context_switches(pid: int) -> tuple:
+    """(voluntary, involuntary) context switches of every thread of the process
+    (/proc/PID/task/*/status): a voluntary one is the pooler going to sleep (epoll_wait
+    with nothing ready), each paid again on the wake-up."""
+    vol = invol = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except FileNotFoundError:  # (a thread that ended)
+            continue
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                vol += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                invol += int(line.split()[1])
+    return vol, invol
+
+
 def kernel_share(port: int, pid: int, clients: int, transactions: int, mode: str,
                  connect: bool) -> Dict:
     """One untraced run: the pooler's user and system CPU per transaction, and the TCP
@@ -76,15 +94,17 @@ def kernel_share(port: int, pid: int, clients: int, transactions: int, mode: str
     pgbench = pgbench_argv(port, clients, mode, connect)
     subprocess.run(pgbench + ["-t", "100", DB], env=PGBENCH_ENV, capture_output=True,
                    timeout=600, check=True)  # (the logins and the warm-up stay outside)
-    seg0, (u0, s0) = tcp_segments(), cpu_ticks(pid)
+    seg0, (u0, s0), (v0, i0) = tcp_segments(), cpu_ticks(pid), context_switches(pid)
     subprocess.run(pgbench + ["-t", str(transactions), DB], env=PGBENCH_ENV,
                    capture_output=True, timeout=1800, check=True)
-    seg1, (u1, s1) = tcp_segments(), cpu_ticks(pid)
+    seg1, (u1, s1), (v1, i1) = tcp_segments(), cpu_ticks(pid), context_switches(pid)
     n = clients * transactions
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     return {"user_us_per_xact": (u1 - u0) * tick_us / n,
             "system_us_per_xact": (s1 - s0) * tick_us / n,
-            "tcp_segments_per_xact": (seg1 - seg0) / n}
+            "tcp_segments_per_xact": (seg1 - seg0) / n,
+            "sleeps_per_xact": (v1 - v0) / n,
+            "preemptions_per_xact": (i1 - i0) / n}
 
 
 def measure(name: str, port: int, pid: int, base: Path, clients: int, transactions: int,
@@ -212,7 +232,9 @@ def main() -> int:
                                 system_share=med["system_us_per_xact"] / total if total else 0)
                 print(f"{name}: CPU per transaction {total:.2f} us, user {med['user_us_per_xact']:.2f}"
                       f" + system {med['system_us_per_xact']:.2f} ({r['cpu']['system_share']:.0%} in the "
-                      f"kernel); TCP segments per transaction {med['tcp_segments_per_xact']:.2f} "
+                      f"kernel); TCP segments per transaction {med['tcp_segments_per_xact']:.2f}; "
+                      f"context switches per transaction {med['sleeps_per_xact']:.3f} voluntary, "
+                      f"{med['preemptions_per_xact']:.3f} involuntary "
                       f"(medians of {a.cpu_rounds} untraced rounds, -t {a.cpu_transactions})", flush=True)
             results.append(r)
             top = sorted(r["calls"].items(), key=lambda kv: -kv[1]["per_xact"])
