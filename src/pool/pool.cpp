@@ -557,8 +557,12 @@ pool::check_verdict pool::check_out_now(const server_ptr& s, const asio::any_io_
 
 bool pool::check_due(const server_connection& s, const settings& cfg,
                      steady_clock::time_point now) {
-    // server_check_delay: a server idle for longer is tested before it is handed out.
-    return cfg.server_check_delay.count() >= 0 && now - s.last_used > cfg.server_check_delay;
+    // server_check_delay: a server idle for longer is tested before it is handed out; 0
+    // tests every one. (Said outright, not left to `now - last_used > 0`: both readings
+    // are handler readings (stats::event_clock), and a server released on another worker
+    // may carry a reading later than this handler's.)
+    const auto delay = cfg.server_check_delay;
+    return delay.count() == 0 || (delay.count() > 0 && now - s.last_used > delay);
 }
 
 bool pool::lag_check_due(const server_connection& s, const settings& cfg,
@@ -566,9 +570,10 @@ bool pool::lag_check_due(const server_connection& s, const settings& cfg,
     // max_replica_lag: a standby of a prefer-standby entry is measured again when its last
     // measure is older than server_check_delay.
     const host_group* group = cfg.hosts.get();
+    const auto delay = cfg.server_check_delay;
     return s.role == 's' && group && group->max_replica_lag &&
            group->state.target() == target_session_attrs::prefer_standby &&
-           cfg.server_check_delay.count() >= 0 && now - s.lag_checked_at > cfg.server_check_delay;
+           (delay.count() == 0 || (delay.count() > 0 && now - s.lag_checked_at > delay));
 }
 
 asio::awaitable<bool> pool::check_out_round_trips(server_ptr s, const settings& cfg) {

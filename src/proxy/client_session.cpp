@@ -340,7 +340,7 @@ void client_session::arm_idle_wait(bool drained) {
         // buffer. It usually finds nothing (the client waits for its reply); what it does
         // find (a pipelining client, an EOF) is handled from the event loop, as the wait's
         // completion would be, rather than by recursion from here.
-        std::array<unsigned char, 512> probe;
+        std::array<unsigned char, idle_probe_size> probe;
         error_code ec;
         const std::size_t n = socket_.read_now(asio::buffer(probe), ec);
         if (ec != asio::error::would_block) {
@@ -349,9 +349,10 @@ void client_session::arm_idle_wait(bool drained) {
                 std::memcpy(in_.writable().data(), probe.data(), n);
                 in_.commit(n);
             }
+            // (n: a full probe means more may wait behind it, see on_client_readable)
             asio::post(executor(),
-                       asio::bind_allocator(alloc, [self = shared_from_this(), ec] {
-                           self->on_client_readable(ec, 0, true);
+                       asio::bind_allocator(alloc, [self = shared_from_this(), ec, n] {
+                           self->on_client_readable(ec, n, true);
                        }));
             return;
         }
@@ -378,7 +379,16 @@ void client_session::on_client_readable(error_code ec, std::size_t n, bool in_ha
         // (Closed after the wait completed, without a reason of its own: as if the wait
         // had been cancelled, not a read on a closed descriptor.)
         if (!ec && !socket_.is_open()) ec = asio::error::operation_aborted;
-        // (in_hand: arm_idle_wait's recv put the bytes in in_ already)
+        // in_hand: arm_idle_wait's recv put n bytes in in_ already. If they filled its
+        // buffer, one more read takes what follows (a pipelined request larger than the
+        // buffer) here, rather than in a coroutine's read step. What it cannot take (an
+        // EOF, an error) the recv before the next idle wait finds again.
+        if (!ec && in_hand && n == idle_probe_size) {
+            error_code more;
+            in_.reserve_tail(4096);
+            const std::size_t m = socket_.read_now(in_.writable(), more);
+            if (!more) in_.commit(m);
+        }
         if (!ec && !in_hand) {
             in_.reserve_tail(std::max<std::size_t>(4096, n));
             if (socket_.tls()) {  // (n bytes in the stream's idle space)

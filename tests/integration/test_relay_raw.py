@@ -82,35 +82,45 @@ def _park_behind_a_held_server(s):
     return holder, waiter
 
 
-def test_request_sent_while_the_previous_one_waits_for_a_server(make_sluice):
+# 2: a request that fits the recv before the idle wait (512 bytes); 3000: one that does
+# not, whose rest is read in the same handler.
+@pytest.mark.parametrize("size", [2, 3000])
+def test_request_sent_while_the_previous_one_waits_for_a_server(make_sluice, size):
     s = make_sluice(pool_mode="transaction", default_pool_size=1)
     holder, waiter = _park_behind_a_held_server(s)
     try:
-        waiter.send(message(b"Q", b"SELECT 2\0"))
+        text = "y" * size
+        waiter.send(message(b"Q", f"SELECT '{text}'".encode() + b"\0"))
         rows, err = holder.query("COMMIT")
         assert err is None and holder.txn_status == "I"
-        assert _read_results(waiter, 2) == [[["1"]], [["2"]]]
+        assert _read_results(waiter, 2) == [[["1"]], [[text]]]
         assert waiter.query("SELECT 3") == ([["3"]], None)  # and it goes on as usual
     finally:
         waiter.terminate()
         holder.terminate()
 
 
-@pytest.mark.parametrize("ending", ["terminate", "eof"])
+# terminate: an X, then the FIN; eof: the FIN alone; request-eof: SELECT 2 with the FIN
+# behind it, which the recv that takes SELECT 2 leaves unread (a short read proves
+# nothing): the recv before the next idle wait must find it.
+@pytest.mark.parametrize("ending", ["terminate", "eof", "request-eof"])
 def test_client_that_leaves_while_its_request_waits_for_a_server(make_sluice, ending):
     s = make_sluice(pool_mode="transaction", default_pool_size=1)
     holder, waiter = _park_behind_a_held_server(s)
     try:
         if ending == "terminate":
             waiter.send(message(b"X"))
-        waiter.sock.shutdown(socket.SHUT_WR)  # (the FIN behind the request, or the X)
+        elif ending == "request-eof":
+            waiter.send(message(b"Q", b"SELECT 2\0"))
+        waiter.sock.shutdown(socket.SHUT_WR)
         rows, err = holder.query("COMMIT")
         assert err is None
         # The session ends at the X or the EOF, though no wake-up tells Sluice of them
-        # (read_until_close raises if Sluice neither closes nor answers in time). SELECT 1
-        # had gone to the server: its reply comes first, or the server is closed with it.
+        # (read_until_close raises if Sluice neither closes nor answers in time). What had
+        # gone to the server answers first, or the server is closed with it.
         kinds = [k for k, _ in waiter.read_until_close(timeout=30)]
-        assert kinds == [b"T", b"D", b"C", b"Z"][:len(kinds)], kinds
+        replies = [b"T", b"D", b"C", b"Z"] * (2 if ending == "request-eof" else 1)
+        assert kinds == replies[:len(kinds)], kinds
     finally:
         waiter.close()
         holder.terminate()

@@ -17,8 +17,9 @@
 // bytes and call the core; the core is not thread-safe and needs none: both sides run on
 // one thread.
 //
-// Lifetime: run() is the login. After it, the client waits in await_request(): a wait for
-// readability (TLS: a small read) with a plain handler that holds the session. The bytes
+// Lifetime: run() is the login. After it, the client waits in await_request(): a recv
+// that finds nothing, then a drained wait for readability (TLS: a small read), with a
+// plain handler that holds the session. The bytes
 // are read and relayed in that handler (drive_client), and on the server side in a read
 // handler too
 // (on_server_read): the usual transaction runs without any coroutine. A request that
@@ -200,6 +201,7 @@ private:
     void on_client_bytes();  // in_ has new bytes after an idle wait
     void await_request();    // the idle wait: a wait (TLS: a small read), a plain handler
     void arm_idle_wait(bool drained);  // the wait itself (drained: the socket just read empty)
+    static constexpr std::size_t idle_probe_size = 512;  // arm_idle_wait's recv, on the stack
     void on_client_readable(error_code ec, std::size_t n, bool in_hand);  // its handler
     // The end of the session: the server given back or closed, counters, the log line
     // (for a pooled client that logged in), the socket closed.

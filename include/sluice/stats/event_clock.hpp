@@ -11,8 +11,10 @@
 // reads the clock and later ones return that reading. A handler runs for microseconds on
 // one thread, and every figure taken from these readings (query, transaction and wait
 // times, idle since, last used) is in microseconds or coarser, measured between two
-// handlers. Outside any scope now() reads the clock each time, so coroutines, timers and
-// the console are unaffected.
+// handlers. Outside any scope now() reads the clock each time: timers and the console
+// are unaffected. A coroutine spawned from a scoped handler runs up to its first
+// suspension inside the scope (co_spawn dispatches), so the time it reads before it first
+// waits is the handler's; it must not measure an elapsed time within that stretch.
 //
 // Invariants: the cache lives in a thread_local, so a reading never crosses threads;
 // scopes nest (the outermost one clears the reading when it closes), so a handler called
