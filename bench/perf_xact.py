@@ -16,7 +16,6 @@ other, not with pgbench_compare.py's CPU figures. Symbols marked [k] are the ker
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import re
@@ -34,7 +33,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import harness  # noqa: E402
 from harness import Postgres  # noqa: E402
 from pgbench_compare import DB, PASSWORD, USER  # noqa: E402
-from syscalls_xact import PGBENCH_ENV, pgbench_argv, start_targets  # noqa: E402
+from syscalls_xact import PGBENCH_ENV, pgbench_argv, start_targets, target_arguments  # noqa: E402
 
 FREQUENCY = 10000  # samples per second of CPU
 
@@ -85,14 +84,8 @@ def sample(name: str, port: int, pid: int, base: Path, clients: int, transaction
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bin", action="append", type=Path,
-                    help="a Sluice binary (repeatable; default build/sluice)")
-    ap.add_argument("--no-pgbouncer", action="store_true")
-    ap.add_argument("--clients", type=int, default=10)
-    ap.add_argument("--transactions", type=int, default=3000, help="pgbench -t, per client")
+    ap = target_arguments(__doc__, transactions=3000)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--mode", default="simple", choices=["simple", "extended", "prepared"])
     ap.add_argument("--top", type=int, default=40, help="symbols shown, largest first")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()

@@ -184,14 +184,22 @@ def start_targets(pg: Postgres, base: Path, bins: List[Path], pool_size: int, se
     return targets
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def target_arguments(doc: str, transactions: int) -> argparse.ArgumentParser:
+    """The options every per-transaction tool here shares (this one, perf_xact.py): the
+    Sluice binaries, PgBouncer or not, pgbench's clients, -t and -M."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--bin", action="append", type=Path,
                     help="a Sluice binary (repeatable; default build/sluice)")
     ap.add_argument("--no-pgbouncer", action="store_true")
     ap.add_argument("--clients", type=int, default=10)
-    ap.add_argument("--transactions", type=int, default=2000, help="pgbench -t, per client")
+    ap.add_argument("--transactions", type=int, default=transactions,
+                    help="pgbench -t, per client")
     ap.add_argument("--mode", default="simple", choices=["simple", "extended", "prepared"])
+    return ap
+
+
+def main() -> int:
+    ap = target_arguments(__doc__, transactions=2000)
     ap.add_argument("--pool-size", type=int, default=20)
     ap.add_argument("--cpu-rounds", type=int, default=3,
                     help="untraced rounds, interleaved across the targets, for the user and "

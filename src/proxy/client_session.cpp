@@ -335,11 +335,12 @@ void client_session::arm_idle_wait(bool drained) {
             }));
         return;
     }
-    if (!drained && socket_.is_open()) {
+    if (!drained) {
         // The recv that proves the socket empty, into the stack: an idle client holds no
         // buffer. It usually finds nothing (the client waits for its reply); what it does
-        // find (a pipelining client, an EOF) is handled from the event loop, as the wait's
-        // completion would be, rather than by recursion from here.
+        // find (a pipelining client, an EOF, EBADF once the socket is closed) is handled
+        // from the event loop, as the wait's completion would be, rather than by
+        // recursion from here.
         std::array<unsigned char, idle_probe_size> probe;
         error_code ec;
         const std::size_t n = socket_.read_now(asio::buffer(probe), ec);
@@ -356,19 +357,10 @@ void client_session::arm_idle_wait(bool drained) {
                        }));
             return;
         }
-        drained = true;
     }
-    if (drained) {
-        net::async_wait_drained(socket_.lowest_layer(), [self = shared_from_this()](error_code ec) {
-            self->on_client_readable(ec, 0, false);
-        });
-        return;
-    }
-    socket_.lowest_layer().async_wait(  // (closed: completes at once with bad_descriptor)
-        asio::socket_base::wait_read,
-        asio::bind_allocator(alloc, [self = shared_from_this()](error_code ec) {
-            self->on_client_readable(ec, 0, false);
-        }));
+    net::async_wait_drained(socket_.lowest_layer(), [self = shared_from_this()](error_code ec) {
+        self->on_client_readable(ec, 0, false);
+    });
 }
 
 void client_session::on_client_readable(error_code ec, std::size_t n, bool in_hand) {

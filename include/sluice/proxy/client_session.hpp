@@ -133,7 +133,7 @@ public:
     static std::int64_t to_ns(steady_clock::time_point t) {
         return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
     }
-    static std::int64_t now_ns() { return to_ns(stats::event_clock::now()); }
+    static std::int64_t now_ns() { return stats::event_clock::now_ns(); }
     static const std::string empty_text;
     std::shared_ptr<ratelimit::tenant> tenant_;
 
