@@ -19,12 +19,13 @@ from __future__ import annotations
 import collections
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
@@ -57,7 +58,7 @@ def parse_report(text: str, transactions: int) -> Dict[str, float]:
 
 
 def sample(name: str, port: int, pid: int, base: Path, clients: int, transactions: int,
-           mode: str, round_no: int) -> Dict[str, float]:
+           mode: str, round_no: int, keep: Optional[Path]) -> Dict[str, float]:
     pgbench = pgbench_argv(port, clients, mode, False)
     subprocess.run(pgbench + ["-t", "100", DB], env=PGBENCH_ENV, capture_output=True,
                    timeout=600, check=True)  # (logins and warm-up stay outside)
@@ -79,7 +80,11 @@ def sample(name: str, port: int, pid: int, base: Path, clients: int, transaction
     report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "sym",
                              "--stdio", "-g", "none", "--percent-limit", "0"],
                             capture_output=True, text=True, timeout=600, check=True).stdout
-    data.unlink()
+    if keep:  # (for `perf report -i FILE -G` and callers, by hand)
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(data), str(keep / data.name))
+    else:
+        data.unlink()
     return parse_report(report, clients * transactions)
 
 
@@ -88,6 +93,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--top", type=int, default=40, help="symbols shown, largest first")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep", type=Path, metavar="DIR", help="keep each round's perf.data in DIR")
     a = ap.parse_args()
     bins = [b.resolve() for b in (a.bin or [REPO / "build" / "sluice"])]
     base = harness.make_tempdir("sluice-perf-")
@@ -106,7 +112,7 @@ def main() -> int:
         for r in range(a.rounds):
             for name, port, pid in targets:
                 for sym, us in sample(name, port, pid, base, a.clients, a.transactions,
-                                      a.mode, r).items():
+                                      a.mode, r, a.keep).items():
                     sums[name][sym] += us / a.rounds
                 print(f"[{time.strftime('%H:%M:%S')}] round {r + 1}/{a.rounds} {name}: "
                       f"{sum(sums[name].values()) * a.rounds / (r + 1):.2f} us/xact sampled so far",

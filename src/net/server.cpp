@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "sluice/admin/console.hpp"
+#include "sluice/net/deadline_queue.hpp"
 #include "sluice/net/service.hpp"
 #include "sluice/proxy/client_session.hpp"
 #include "sluice/ratelimit/limiter.hpp"
@@ -37,6 +38,7 @@ server::server(proxy::runtime& rt) : rt_(rt), signals_(main_) {  // NOLINT(order
         workers_.push_back(std::make_unique<asio::io_context>(1));
         guards_.push_back(asio::make_work_guard(*workers_.back()));
         rt_.workers.push_back(workers_.back()->get_executor());
+        rt_.deadlines.push_back(&asio::use_service<net::deadline_queue>(*workers_.back()));
     }
 }
 

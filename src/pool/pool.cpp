@@ -141,8 +141,8 @@ void pool::grant_locked(const grant& g) {
     // Released on that very worker (the usual case, worker affinity): wake it now rather
     // than through a posted handler.
     auto* ioc = w->executor.target<asio::io_context::executor_type>();
-    if (ioc && ioc->running_in_this_thread()) w->timer.cancel();
-    else asio::post(w->executor, [w] { w->timer.cancel(); });
+    if (ioc && ioc->running_in_this_thread()) w->timer->cancel();
+    else asio::post(w->executor, [w] { w->timer->cancel(); });
 }
 
 asio::awaitable<acquire_result> pool::acquire(
@@ -163,6 +163,7 @@ asio::awaitable<acquire_result> pool::acquire(
             s->state = server_state::active;
         } else if (c.kind == checkout::wait) {
             w = std::allocate_shared<waiter>(exact_allocator<waiter>(), ex, id, start);
+            w->timer.emplace(ex);
             waiting_[id] = w;
         }
     }
@@ -175,8 +176,8 @@ asio::awaitable<acquire_result> pool::acquire(
     const auto notify_at = start + cfg.query_wait_notify;
     bool notify = queued_notice && *queued_notice && cfg.query_wait_notify.count() > 0;
     while (w) {
-        w->timer.expires_at(next_wake(cfg, start, notify));
-        co_await w->timer.async_wait(use_nothrow);
+        w->timer->expires_at(next_wake(cfg, start, notify));
+        co_await w->timer->async_wait(use_nothrow);
         if (notify && steady_clock::now() >= notify_at) {
             notify = false;
             bool granted;
@@ -259,24 +260,30 @@ pool::wait_step pool::look_again_locked(waiter& w, const settings& cfg,
 // --- parked waits: acquire() as plain handlers ------------------------------------------
 //
 // park -> request(): an idle server (checked out here) | a free slot | queued:
-//   the waiter's timer (next_wake) -> on_parked_timer -> look_again_locked:
-//       server / slot / timed out -> wake(ctx, outcome); still waiting -> timer again
+//   the waiter's deadline (next_wake), an entry in its worker's deadline_queue (one Asio
+//   timer for all of them: no timer per wait) -> on_parked_timer -> look_again_locked:
+//       server / slot / timed out -> wake(ctx, outcome); still waiting -> deadline again
 //       (query_wait_notify passed: wake(ctx, {notify}) first, still queued)
 //   a grant (release, a freed slot, RESUME) -> grant_locked posts end_parked -> wake
-//       (the timer, should that post have failed, finds `done` and ends the wait too)
+//       (the deadline, should that post have failed, finds `done` and ends the wait too)
 // Invariants: the outcome of the wait reaches `wake` exactly once (`delivered`), on the
-// waiter's executor, never under mutex_; the timer is touched only on that executor. An
-// exception in these handlers (no memory) ends the wait with an error and gives back what
-// the wait held (its queue place, a server, a slot): it must not reach the worker's run
-// loop, which would end the process.
+// waiter's executor, never under mutex_; the deadline entry is touched only on that
+// executor, and while queued it holds the waiter (`keep`); every end of the wait takes it
+// out of the queue (unqueue_parked). An exception in these handlers (no memory) ends the
+// wait with an error and gives back what the wait held (its queue place, a server, a
+// slot): it must not reach the worker's run loop, which would end the process.
 
 std::optional<pool::park_outcome> pool::park(asio::any_io_executor ex, int worker,
-                                             park_wake wake, std::shared_ptr<void> ctx) {
+                                             net::deadline_queue& deadlines, park_wake wake,
+                                             std::shared_ptr<void> ctx) {
     const auto start = stats::event_clock::now();  // (the client's handler: one reading)
     // Made before the queue is touched: a failure here changes nothing.
     auto w = std::allocate_shared<waiter>(exact_allocator<waiter>(), ex, 0, start);
     w->wake = wake;
     w->worker = worker;
+    w->owner = this;
+    w->deadlines = &deadlines;
+    w->fire = &pool::on_parked_deadline;
     std::shared_ptr<const settings> snapshot;
     server_ptr s;
     bool queued = false;
@@ -348,11 +355,21 @@ void pool::hand_out(server_ptr& s, const asio::any_io_executor& ex, int worker,
 }
 
 void pool::arm_parked(const std::shared_ptr<waiter>& w) {
-    w->timer.expires_at(next_wake(*w->snapshot, w->since, w->notify_due));
-    w->timer.async_wait(asio::bind_allocator(exact_allocator<void>(), [this, w](error_code ec) {
-        // (cancelled, or ended meanwhile: end_parked has run or will; `this` may be gone)
-        if (!ec && !w->delivered) on_parked_timer(w);
-    }));
+    w->deadlines->schedule(*w, next_wake(*w->snapshot, w->since, w->notify_due));  // (or throws)
+    if (!w->keep) w->keep = w;
+}
+
+void pool::on_parked_deadline(net::deadline_queue::entry& e, bool dropped) noexcept {
+    auto w = std::move(static_cast<waiter&>(e).keep);  // (out of the queue: not kept by it)
+    // Ended meanwhile (delivered: end_parked has run; the pool may be gone), or the worker's
+    // io_context is being destroyed.
+    if (dropped || !w || w->delivered) return;
+    w->owner->on_parked_timer(w);
+}
+
+void pool::unqueue_parked(waiter& w) noexcept {
+    if (w.deadlines) w.deadlines->cancel(w);
+    w.keep.reset();
 }
 
 void pool::on_parked_timer(const std::shared_ptr<waiter>& w) {
@@ -402,9 +419,9 @@ void pool::on_parked_timer(const std::shared_ptr<waiter>& w) {
 
 void pool::end_parked(const std::shared_ptr<waiter>& w) {
     if (w->delivered) return;
+    unqueue_parked(*w);
     server_ptr s;
     try {
-        w->timer.cancel();
         {
             std::lock_guard lk(mutex_);
             s = std::move(w->server);  // granted (done): a server, or a slot
@@ -427,6 +444,7 @@ void pool::end_parked(const std::shared_ptr<waiter>& w) {
 }
 
 void pool::deliver_parked(const std::shared_ptr<waiter>& w, park_outcome out) {
+    unqueue_parked(*w);
     w->delivered = true;
     auto ctx = std::move(w->ctx);
     w->wake(ctx, std::move(out));  // (on_park_wake catches what it could throw)
@@ -452,6 +470,7 @@ void pool::fail_parked(const std::shared_ptr<waiter>& w, const std::exception& e
         spdlog::error("{}/{}: a queued client's wait failed: {}", database_, user_, e.what());
     } catch (...) {
     }
+    unqueue_parked(*w);
     if (w->delivered) return;
     w->delivered = true;
     auto ctx = std::move(w->ctx);

@@ -241,7 +241,8 @@ void client_session::park_for_server() {
     state = client_state::waiting;
     p.wait_start = stats::event_clock::now();
     request_time = p.wait_start;
-    auto out = pool_->park(executor(), worker_, &client_session::on_park_wake, shared_from_this());
+    auto out = pool_->park(executor(), worker_, rt_.deadlines_of(worker_, executor()),
+                           &client_session::on_park_wake, shared_from_this());
     if (!out) return;  // queued: on_park_wake goes on
     try {
         resume_parked(*out);

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "sluice/config/config.hpp"
+#include "sluice/net/deadline_queue.hpp"
 #include "sluice/pool/host_state.hpp"
 #include "sluice/pool/pool_state.hpp"
 #include "sluice/pool/server_connection.hpp"
@@ -145,7 +146,9 @@ public:
         std::string sqlstate, message;  // the wait failed (query_wait_timeout)
     };
     using park_wake = void (*)(const std::shared_ptr<void>& ctx, park_outcome outcome);
-    std::optional<park_outcome> park(asio::any_io_executor ex, int worker, park_wake wake,
+    // `deadlines`: the queue of `ex`'s io_context (its waits share that context's timer).
+    std::optional<park_outcome> park(asio::any_io_executor ex, int worker,
+                                     net::deadline_queue& deadlines, park_wake wake,
                                      std::shared_ptr<void> ctx);
     // Opens a server in the slot a parked wait won (slot_held), riding out passing
     // failures until `since` + query_wait_timeout, as acquire() does.
@@ -264,10 +267,11 @@ public:
 
 private:
     friend class pool_manager;
-    struct waiter {
+    // A parked waiter is its own entry in its worker's deadline_queue.
+    struct waiter : net::deadline_queue::entry {
         waiter(asio::any_io_executor ex, waiter_id id, steady_clock::time_point since)
-            : timer(ex), executor(ex), id(id), since(since) {}
-        asio::steady_timer timer;
+            : executor(ex), id(id), since(since) {}
+        std::optional<asio::steady_timer> timer;  // acquire()'s (a coroutine's) wait
         asio::any_io_executor executor;
         waiter_id id;
         steady_clock::time_point since;  // when the wait began
@@ -278,6 +282,9 @@ private:
         // outcome to `wake` on `executor`.
         park_wake wake = nullptr;
         std::shared_ptr<void> ctx;
+        pool* owner = nullptr;
+        net::deadline_queue* deadlines = nullptr;
+        std::shared_ptr<waiter> keep;  // itself, while in `deadlines` (which holds a pointer)
         std::shared_ptr<const settings> snapshot;
         int worker = 0;
         bool notify_due = false;   // query_wait_notify still to come
@@ -293,7 +300,9 @@ private:
                                 server_ptr& s);
     // Parked waiters: arm the timer, its handler, the end of the wait (on w's executor).
     void arm_parked(const std::shared_ptr<waiter>& w);
+    static void on_parked_deadline(net::deadline_queue::entry& e, bool dropped) noexcept;
     void on_parked_timer(const std::shared_ptr<waiter>& w);
+    static void unqueue_parked(waiter& w) noexcept;  // (the caller holds w)
     void end_parked(const std::shared_ptr<waiter>& w);
     void deliver_parked(const std::shared_ptr<waiter>& w, park_outcome out);
     void fail_parked(const std::shared_ptr<waiter>& w, const std::exception& e) noexcept;

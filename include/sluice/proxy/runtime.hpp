@@ -18,6 +18,7 @@
 #include "sluice/auth/hba.hpp"
 #include "sluice/auth/userlist.hpp"
 #include "sluice/config/config.hpp"
+#include "sluice/net/deadline_queue.hpp"
 #include "sluice/net/io.hpp"
 #include "sluice/net/tls.hpp"
 #include "sluice/pool/pool.hpp"
@@ -112,6 +113,13 @@ public:
     std::unique_ptr<ratelimit::limiter> limiter;  // null when rate_limits is off
 
     std::vector<asio::any_io_executor> workers;
+    // Each worker's deadline_queue (the waits of parked requests), by worker index; set
+    // with `workers`. deadlines_of() finds the queue of an executor not listed there.
+    std::vector<net::deadline_queue*> deadlines;
+    net::deadline_queue& deadlines_of(int worker, const asio::any_io_executor& ex) {
+        if (worker >= 0 && std::size_t(worker) < deadlines.size()) return *deadlines[worker];
+        return asio::use_service<net::deadline_queue>(asio::query(ex, asio::execution::context));
+    }
     std::atomic<int> client_count{0};  // client sessions accepted and not yet ended
     // Set by net::server: a client session ended (any worker thread, once per session).
     std::function<void()> client_ended;

@@ -1,0 +1,157 @@
+// net::deadline_queue: many deadlines on one Asio timer. What it must do: fire each queued
+// entry once, after its deadline, earliest first; never fire a cancelled one; move an
+// entry that is scheduled again (earlier or later) rather than queue it twice; let an
+// entry schedule itself again from its own `fire`; and, when its io_context is
+// destroyed, hand every entry still queued back with `dropped`. Deadlines here are in the
+// past or a few milliseconds ahead, and the tests wait for conditions with a generous
+// deadline, never on elapsed time.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "sluice/net/deadline_queue.hpp"
+
+namespace {
+using namespace sluice;
+using namespace std::chrono_literals;
+
+// An entry that records its firings in a shared log.
+struct probe : net::deadline_queue::entry {
+    int name = 0;
+    std::vector<int>* log = nullptr;
+    int dropped = 0;
+    std::function<void(probe&)> then;  // runs after a firing is logged
+    probe(int n, std::vector<int>& l) : name(n), log(&l) {
+        fire = [](net::deadline_queue::entry& e, bool was_dropped) noexcept {
+            auto& p = static_cast<probe&>(e);
+            if (was_dropped) {
+                ++p.dropped;
+                return;
+            }
+            p.log->push_back(p.name);
+            if (p.then) p.then(p);
+        };
+    }
+};
+
+struct deadline_queue_test : ::testing::Test {
+    asio::io_context ctx{1};
+    net::deadline_queue& q = asio::use_service<net::deadline_queue>(ctx);
+    std::vector<int> log;
+
+    // Runs handlers until `done()` or a generous deadline.
+    void run_until(const std::function<bool()>& done) {
+        const auto deadline = steady_clock::now() + 10s;
+        while (!done() && steady_clock::now() < deadline) ctx.run_one_for(50ms);
+    }
+};
+
+TEST_F(deadline_queue_test, fires_each_entry_once_earliest_first) {
+    const auto now = steady_clock::now();
+    probe a(1, log), b(2, log), c(3, log), d(4, log);
+    // Out of order, and one already due.
+    q.schedule(c, now + 30ms);
+    q.schedule(a, now - 1ms);
+    q.schedule(d, now + 40ms);
+    q.schedule(b, now + 20ms);
+    EXPECT_EQ(4u, q.size());
+    run_until([&] { return log.size() == 4; });
+    EXPECT_EQ((std::vector<int>{1, 2, 3, 4}), log);
+    EXPECT_EQ(0u, q.size());
+    EXPECT_FALSE(a.queued());
+    ctx.poll();  // nothing more comes
+    EXPECT_EQ(4u, log.size());
+}
+
+TEST_F(deadline_queue_test, a_cancelled_entry_never_fires) {
+    const auto now = steady_clock::now();
+    probe a(1, log), b(2, log), c(3, log);
+    q.schedule(a, now + 5ms);
+    q.schedule(b, now + 10ms);
+    q.schedule(c, now + 15ms);
+    q.cancel(a);  // the earliest: the timer still waits for it, and must fire for nothing
+    q.cancel(a);  // (again: not queued, no effect)
+    EXPECT_FALSE(a.queued());
+    EXPECT_EQ(2u, q.size());
+    run_until([&] { return log.size() == 2; });
+    EXPECT_EQ((std::vector<int>{2, 3}), log);
+}
+
+TEST_F(deadline_queue_test, scheduling_again_moves_the_entry) {
+    const auto now = steady_clock::now();
+    probe a(1, log), b(2, log), c(3, log);
+    q.schedule(a, now + 10ms);
+    q.schedule(b, now + 20ms);
+    q.schedule(c, now + 1h);  // later than the timer's wait...
+    q.schedule(c, now - 1ms);  // ...then earlier than it: the timer must be re-armed
+    q.schedule(a, now + 30ms);  // later: after b now
+    EXPECT_EQ(3u, q.size());
+    run_until([&] { return log.size() == 3; });
+    EXPECT_EQ((std::vector<int>{3, 2, 1}), log);
+}
+
+TEST_F(deadline_queue_test, an_entry_may_schedule_itself_from_fire) {
+    probe a(1, log);
+    int rounds = 0;
+    a.then = [&](probe& p) {
+        if (++rounds < 3) q.schedule(p, steady_clock::now() + 1ms);
+    };
+    q.schedule(a, steady_clock::now());
+    run_until([&] { return rounds == 3; });
+    EXPECT_EQ(3, rounds);
+    EXPECT_FALSE(a.queued());
+}
+
+TEST_F(deadline_queue_test, an_entry_scheduled_in_the_past_from_fire_waits_for_the_next_run) {
+    // fire() schedules its entry for a time already past: the firing loop must end (the
+    // entry runs again from a later handler), not spin in one handler.
+    probe a(1, log);
+    int rounds = 0;
+    a.then = [&](probe& p) {
+        if (++rounds < 50) q.schedule(p, steady_clock::now() - 1s);
+    };
+    q.schedule(a, steady_clock::now() - 1s);
+    run_until([&] { return rounds == 50; });
+    EXPECT_EQ(50, rounds);
+}
+
+TEST_F(deadline_queue_test, many_entries_with_cancellations_keep_the_heap_in_order) {
+    // Deadlines in a scrambled order, every third cancelled: what fires is the rest, in
+    // deadline order (the heap's order survives removals from its middle).
+    const auto base = steady_clock::now() - 1s;  // all due at once
+    std::vector<std::unique_ptr<probe>> ps;
+    for (int i = 0; i < 200; ++i) ps.push_back(std::make_unique<probe>(i, log));
+    for (int i = 0; i < 200; ++i) {
+        const int k = (i * 73) % 200;  // 73 is prime to 200: every k once
+        q.schedule(*ps[k], base + std::chrono::microseconds(k));
+    }
+    std::vector<int> expected;
+    for (int i = 0; i < 200; ++i) {
+        if (i % 3 == 0) q.cancel(*ps[i]);
+        else expected.push_back(i);
+    }
+    EXPECT_EQ(expected.size(), q.size());
+    run_until([&] { return log.size() == expected.size(); });
+    EXPECT_EQ(expected, log);
+}
+
+TEST(deadline_queue_shutdown, entries_still_queued_are_dropped_when_the_context_goes) {
+    std::vector<int> log;
+    probe a(1, log), b(2, log);
+    {
+        asio::io_context ctx{1};
+        auto& q = asio::use_service<net::deadline_queue>(ctx);
+        q.schedule(a, steady_clock::now() + 1h);
+        q.schedule(b, steady_clock::now() + 2h);
+    }
+    EXPECT_EQ(1, a.dropped);
+    EXPECT_EQ(1, b.dropped);
+    EXPECT_FALSE(a.queued());
+    EXPECT_FALSE(b.queued());
+    EXPECT_TRUE(log.empty());
+}
+
+}  // namespace
