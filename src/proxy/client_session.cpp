@@ -617,7 +617,7 @@ asio::awaitable<bool> client_session::client_loop(client_step step) {
         }
         case client_step::refuse:
             pool_->stats.errors_client++;
-            co_await send_error(p.r.sqlstate, p.r.message);
+            co_await send_error(p.r.sqlstate(), p.r.message());
             co_return false;
         case client_step::link_server: {
             bool ok = co_await link_server(p);
@@ -898,9 +898,9 @@ asio::awaitable<void> client_session::server_loop(pool::server_ptr server, error
             sbuf.consume(r.consumed);
         }
         if (r.event == relay::server_event::close) {
-            spdlog::info("client {}: closing with server {}: {}", id, server->id, r.message);
+            spdlog::info("client {}: closing with server {}: {}", id, server->id, r.message());
             server->close_needed = true;
-            if (!r.sqlstate.empty()) co_await send_error(r.sqlstate, r.message);
+            if (!r.sqlstate().empty()) co_await send_error(r.sqlstate(), r.message());
             fatal_ = true;
             error_code ignored;
             socket_.close(ignored);

@@ -330,8 +330,7 @@ client_result machine::handle_held(char type, const std::uint8_t* msg, std::size
     };
     auto malformed = [&] {
         client_result r{client_event::close, pos};
-        r.sqlstate = "08P01";
-        r.message = "malformed extended-protocol message";
+        r.why = close_reason::make("08P01", "malformed extended-protocol message");
         return r;
     };
     auto too_large = [&](std::string what) {
@@ -490,8 +489,8 @@ client_result machine::scan_client(std::span<const std::uint8_t> in) {
         client_result r;
         r.event = e;
         r.consumed = pos;
-        r.sqlstate = std::move(sqlstate);
-        r.message = std::move(message);
+        if (!sqlstate.empty() || !message.empty())
+            r.why = close_reason::make(std::move(sqlstate), std::move(message));
         return r;
     };
     // An admission holds for the message it was asked for until that message is handled:
@@ -713,8 +712,7 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
             server_result r;
             r.event = server_event::close;
             r.consumed = pos;
-            r.sqlstate = "08P01";
-            r.message = "invalid message from server: " + ec.message();
+            r.why = close_reason::make("08P01", "invalid message from server: " + ec.message());
             return r;
         }
         const char t = char(h.type);
@@ -726,7 +724,7 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
             if (h.total() > settings_.max_held) {
                 // Nothing the pooler reads is this large: the server misbehaves.
                 server_dirty_ = true;
-                return {server_event::close, pos, "08P01", "oversized message from server"};
+                return {server_event::close, pos, close_reason::make("08P01", "oversized message from server")};
             }
             break;
         }
@@ -782,7 +780,7 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
                     out_client().skip(pos, h.total());
                     out_client().insert(pos + h.total(), std::move(err));
                     pos += h.total();
-                    return {server_event::close, pos, {}, "transaction block in statement mode"};
+                    return {server_event::close, pos, close_reason::make({}, "transaction block in statement mode")};
                 }
             } else if (t == proto::msg::parameter_status) {
                 if (auto ps = proto::decode_parameter_status(body))
@@ -802,7 +800,7 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
         server_discard_ = swallow;
     }
     if (server_pass_ == 0) inject_front(pos);
-    return {server_event::need_more, pos, {}, {}};
+    return {server_event::need_more, pos, nullptr};
 }
 
 bool machine::at_boundary() const {

@@ -85,11 +85,25 @@ enum class client_event {
     close,           // send `sqlstate`/`message` as FATAL and close the client
     terminate,       // the client sent Terminate
 };
+// Why the core asks to close: rare, so held out of line. A result is returned and moved
+// a few times per transaction, and moves as one pointer rather than two strings.
+struct close_reason {
+    std::string sqlstate, message;
+    static std::unique_ptr<close_reason> make(std::string sqlstate, std::string message) {
+        return std::make_unique<close_reason>(close_reason{std::move(sqlstate), std::move(message)});
+    }
+};
+inline const std::string& no_text() {
+    static const std::string empty;
+    return empty;
+}
 struct client_result {
     client_event event = client_event::need_more;
     std::size_t consumed = 0;       // input bytes handled (after to_server() is written)
     bool new_transaction = false;   // need_admission: this request starts a transaction
-    std::string sqlstate, message;  // close
+    std::unique_ptr<close_reason> why;  // close
+    const std::string& sqlstate() const { return why ? why->sqlstate : no_text(); }
+    const std::string& message() const { return why ? why->message : no_text(); }
 };
 
 enum class server_event {
@@ -99,7 +113,9 @@ enum class server_event {
 struct server_result {
     server_event event = server_event::need_more;
     std::size_t consumed = 0;
-    std::string sqlstate, message;  // close: why (for the log; also sent if not empty)
+    std::unique_ptr<close_reason> why;  // close: why (for the log; also sent if not empty)
+    const std::string& sqlstate() const { return why ? why->sqlstate : no_text(); }
+    const std::string& message() const { return why ? why->message : no_text(); }
 };
 
 class machine {

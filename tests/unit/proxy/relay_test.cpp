@@ -151,7 +151,7 @@ struct harness {
                     ++admissions;
                     m.on_admission(admit, std::chrono::milliseconds(250), "acme");
                     continue;
-                case client_event::close: closed = r; return;
+                case client_event::close: closed = std::move(r); return;
                 case client_event::terminate: terminated = true; return;
             }
         }
@@ -291,7 +291,7 @@ TEST(relay, unknown_frontend_message_closes_with_08P01) {
     harness h(transaction_mode());
     h.client(msg('x', "junk"));
     ASSERT_TRUE(h.closed);
-    EXPECT_EQ(h.closed->sqlstate, "08P01");
+    EXPECT_EQ(h.closed->sqlstate(), "08P01");
     EXPECT_EQ(h.links, 0);
 }
 
