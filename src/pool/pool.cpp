@@ -116,7 +116,7 @@ server_ptr pool::find_locked(server_id id) const {
 }
 
 // Performs what the core decided for a waiter: hands it a server, or lets it connect.
-void pool::grant_locked(const grant& g) {
+void pool::grant_locked(const grant& g, parked_end* later) {
     auto it = waiting_.find(g.waiter);
     if (it == waiting_.end()) return;
     auto w = it->second;
@@ -129,12 +129,15 @@ void pool::grant_locked(const grant& g) {
     }
     w->done = true;
     if (w->wake) {  // parked: its end runs on its worker (never under this mutex)
-        try {
-            asio::post(w->executor, [this, w] {
-                if (!w->delivered) end_parked(w);  // (delivered: `this` may be gone)
-            });
-        } catch (...) {  // (no memory: its timer finds `done` within a second)
+        if (later && !later->w_) {
+            auto* ioc = w->executor.target<asio::io_context::executor_type>();
+            if (ioc && ioc->running_in_this_thread()) {
+                later->pool_ = this;
+                later->w_ = std::move(w);
+                return;
+            }
         }
+        post_end_parked(std::move(w));
         return;
     }
     // The waiter's coroutine runs on its own worker; the timer is touched only there.
@@ -143,6 +146,27 @@ void pool::grant_locked(const grant& g) {
     auto* ioc = w->executor.target<asio::io_context::executor_type>();
     if (ioc && ioc->running_in_this_thread()) w->timer->cancel();
     else asio::post(w->executor, [w] { w->timer->cancel(); });
+}
+
+void pool::post_end_parked(std::shared_ptr<waiter> w) {
+    try {
+        auto ex = w->executor;
+        asio::post(ex, [this, w = std::move(w)] {
+            if (!w->delivered) end_parked(w);  // (delivered: `this` may be gone)
+        });
+    } catch (...) {  // (no memory: its deadline finds `done` within a second)
+    }
+}
+
+pool::parked_end::~parked_end() {
+    if (w_) pool_->post_end_parked(std::move(w_));
+}
+
+void pool::parked_end::run() {
+    // In the releasing handler: a posted handler would cost a type-erased post and a turn
+    // of the event loop per parked transaction.
+    auto w = std::move(w_);
+    if (w && !w->delivered) pool_->end_parked(w);
 }
 
 asio::awaitable<acquire_result> pool::acquire(
@@ -265,6 +289,8 @@ pool::wait_step pool::look_again_locked(waiter& w, const settings& cfg,
 //       server / slot / timed out -> wake(ctx, outcome); still waiting -> deadline again
 //       (query_wait_notify passed: wake(ctx, {notify}) first, still queued)
 //   a grant (release, a freed slot, RESUME) -> grant_locked posts end_parked -> wake
+//       (or, a release on the waiter's own thread that asks for it: leaves it to the
+//       releasing handler, which runs it before it returns: parked_end)
 //       (the deadline, should that post have failed, finds `done` and ends the wait too)
 // Invariants: the outcome of the wait reaches `wake` exactly once (`delivered`), on the
 // waiter's executor, never under mutex_; the deadline entry is touched only on that
@@ -960,11 +986,16 @@ asio::awaitable<bool> pool::lags(server_connection& s, steady_clock::duration ma
     co_return seconds * 1e9 > double(std::chrono::nanoseconds(max_lag).count());
 }
 
-void pool::release(server_ptr s) {
+void pool::release(server_ptr s, parked_end* later) {
     auto now = stats::event_clock::now();
     s->last_used = now;
     s->link_client_id = 0;
     std::lock_guard lk(mutex_);
+    release_locked(s, now, later);
+}
+
+void pool::release_locked(const server_ptr& s, steady_clock::time_point now,
+                          parked_end* later) {
     // A server made under server TLS settings that have changed since (RELOAD, SET) is
     // not reused: the next connection uses the new ones.
     const std::uint64_t tls_generation =
@@ -996,12 +1027,13 @@ void pool::release(server_ptr s) {
                             now - s->connect_time > settings_.server_lifetime);
     if (!reusable) {
         close_locked(s);
-        if (auto g = state_.slot_freed()) grant_locked(*g);
+        if (auto g = state_.slot_freed()) grant_locked(*g, later);
         return;
     }
     s->state = server_state::idle;
     sync_pause_locked();
-    if (auto g = state_.released(s->id, s->worker, s->connect_time, now, true)) grant_locked(*g);
+    if (auto g = state_.released(s->id, s->worker, s->connect_time, now, true))
+        grant_locked(*g, later);
 }
 
 // Takes `s` out of the pool and closes it (on its own executor). False if already gone.

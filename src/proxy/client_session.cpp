@@ -770,8 +770,10 @@ void client_session::on_server_read(pool::server_ptr server, error_code ec, std:
             pool_->stats.bytes_sent += batch.size();
         }
         sbuf.consume(r.consumed);
-        if (release_if_done(server)) {
+        pool::pool::parked_end next;  // the request parked here that gets this server
+        if (release_if_done(server, &next)) {
             server_loop_done();
+            next.run();  // (after server_loop_done: it may be this very session's)
             return;
         }
         await_server(std::move(server));
@@ -802,7 +804,8 @@ void client_session::continue_server_loop(pool::server_ptr server, error_code fa
                    });
 }
 
-bool client_session::release_if_done(const pool::server_ptr& server) {
+bool client_session::release_if_done(const pool::server_ptr& server,
+                                     pool::pool::parked_end* later) {
     // Back to the pool at the end of a transaction, once nothing the client sent is
     // still unanswered (asked after the write: the client may have sent more).
     auto& m = *relay_;
@@ -822,7 +825,7 @@ bool client_session::release_if_done(const pool::server_ptr& server) {
         m.release_scratch();
         idle_since_ns.store(now_ns(), std::memory_order_relaxed);
     }
-    release_server(server, verdict == relay::machine::verdict::give_back);
+    release_server(server, verdict == relay::machine::verdict::give_back, later);
     return true;
 }
 

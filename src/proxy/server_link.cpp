@@ -249,7 +249,8 @@ asio::awaitable<void> reset_and_release(pool::server_ptr s, std::string reset_qu
 
 }  // namespace
 
-void client_session::release_server(pool::server_ptr s, bool clean) {
+void client_session::release_server(pool::server_ptr s, bool clean,
+                                    pool::pool::parked_end* later) {
     if (!clean) {
         pool_->discard(std::move(s));
         return;
@@ -257,7 +258,7 @@ void client_session::release_server(pool::server_ptr s, bool clean) {
     // The hot path (transaction mode, no cancel in flight) reads no configuration.
     if (mode_ != config::pool_mode::session && !reset_query_always_ &&
         s->cancels_in_flight.load() == 0) {
-        pool_->release(std::move(s));
+        pool_->release(std::move(s), later);
         return;
     }
     auto cfg = rt_.cfg();

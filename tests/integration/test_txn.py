@@ -1123,6 +1123,19 @@ def test_server_check_query_runs_with_delay_0(make_sluice, su, check_seq):
         assert c.execute("SELECT 'mine'").fetchall() == [("mine",)]
 
 
+def test_server_check_delay_0_checks_every_reuse_back_to_back(make_sluice, su, check_seq):
+    # 0 means every checkout of an idle server, whatever time passed (PgBouncer's
+    # documented meaning), not "idle for longer than 0": back to back, with no sleep, each
+    # reuse of the one server still runs the check.
+    s = make_sluice(pool_mode=TXN, default_pool_size=1, server_check_delay=0,
+                    server_check_query="SELECT nextval('public.sluice_check_seq')")
+    with connect(s) as c:
+        for i in range(6):
+            assert one(c, "SELECT %s::int", (i,)) == i
+    calls = _check_calls(su)
+    assert calls >= 5, f"server_check_query ran {calls} times for 6 transactions"
+
+
 def test_server_check_delay_long_skips_check(make_sluice, su, check_seq):
     s = make_sluice(pool_mode=TXN, default_pool_size=1, server_check_delay=30,
                     server_check_query="SELECT nextval('public.sluice_check_seq')")
