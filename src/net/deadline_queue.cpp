@@ -1,14 +1,19 @@
 #include "sluice/net/deadline_queue.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <utility>
 
 namespace sluice::net {
 
-deadline_queue::deadline_queue(asio::execution_context& ctx)
-    : asio::execution_context::service(ctx),
-      timer_(static_cast<asio::io_context&>(ctx).get_executor()) {}
+deadline_queue::deadline_queue(asio::io_context& ioc)
+    : asio::execution_context::service(ioc), timer_(ioc.get_executor()) {}
 
 void deadline_queue::schedule(entry& e, steady_clock::time_point when) {
+    if (shut_down_) {  // (the io_context is going away: nothing will fire)
+        e.fire(e, true);
+        return;
+    }
     if (e.queued()) {
         const bool earlier = when < e.when;
         e.when = when;
@@ -19,7 +24,13 @@ void deadline_queue::schedule(entry& e, steady_clock::time_point when) {
         place(heap_.size() - 1, &e);
         sift_up(e.index);
     }
-    if (!shut_down_ && heap_.front()->when < armed_) arm();
+    if (firing_ || !(heap_.front()->when < armed_)) return;
+    try {
+        arm();
+    } catch (...) {
+        remove_at(e.index);
+        throw;
+    }
 }
 
 void deadline_queue::cancel(entry& e) noexcept {
@@ -28,25 +39,36 @@ void deadline_queue::cancel(entry& e) noexcept {
 }
 
 void deadline_queue::arm() {
-    armed_ = heap_.front()->when;
-    timer_.expires_at(armed_);  // (cancels a wait for a later deadline: it ends aborted)
+    const auto when = heap_.front()->when;
+    armed_ = steady_clock::time_point::max();  // (until the new wait is in place)
+    timer_.expires_at(when);  // (cancels a wait for a later deadline: it ends aborted)
     timer_.async_wait(
         asio::bind_allocator(exact_allocator<void>(), [this](error_code ec) { on_timer(ec); }));
+    armed_ = when;
 }
 
 void deadline_queue::on_timer(error_code ec) {
     if (ec == asio::error::operation_aborted || shut_down_) return;  // re-armed, or gone
     armed_ = steady_clock::time_point::max();  // (no wait pending now)
-    // Entries due now, earliest first. One that `fire` schedules again for a time already
-    // past is left for the next run, so that this loop ends.
+    // Entries due now, earliest first. The loop takes at most as many as the heap held
+    // when it began, so an entry that `fire` schedules again for a time already past
+    // cannot keep it going. Scheduling from `fire` does not arm the timer: it is armed
+    // once, below.
     const auto now = steady_clock::now();
+    firing_ = true;
     for (std::size_t budget = heap_.size(); budget > 0 && !heap_.empty(); --budget) {
         entry* e = heap_.front();
         if (e->when > now) break;
         remove_at(0);
         e->fire(*e, false);
     }
-    if (!heap_.empty() && heap_.front()->when < armed_) arm();
+    firing_ = false;
+    if (heap_.empty()) return;
+    try {
+        arm();
+    } catch (const std::exception& ex) {  // (no memory: the next schedule() arms it)
+        spdlog::error("deadline queue: cannot wait for the next deadline: {}", ex.what());
+    }
 }
 
 void deadline_queue::shutdown() {

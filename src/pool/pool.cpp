@@ -162,11 +162,16 @@ pool::parked_end::~parked_end() {
     if (w_) pool_->post_end_parked(std::move(w_));
 }
 
-void pool::parked_end::run() {
+void pool::parked_end::run() noexcept {
     // In the releasing handler: a posted handler would cost a type-erased post and a turn
-    // of the event loop per parked transaction.
+    // of the event loop per parked transaction. noexcept: what goes wrong here is the
+    // other session's (end_parked ends its wait with an error), never the caller's.
     auto w = std::move(w_);
-    if (w && !w->delivered) pool_->end_parked(w);
+    try {
+        if (w && !w->delivered) pool_->end_parked(w);
+    } catch (...) {
+        spdlog::error("a queued client's wait could not end");
+    }
 }
 
 asio::awaitable<acquire_result> pool::acquire(
@@ -340,8 +345,8 @@ std::optional<pool::park_outcome> pool::park(asio::any_io_executor ex, int worke
         w->ctx = std::move(ctx);
         w->snapshot = std::move(snapshot);
         w->notify_due = w->snapshot->query_wait_notify.count() > 0;
-        // (A grant that comes from now on posts end_parked to this executor: it runs after
-        // this handler, so after the timer is armed.)
+        // (A grant that comes from now on ends the wait on this executor after this
+        // handler (posted, or by a later handler's parked_end), so after it is queued.)
         try {
             arm_parked(w);
         } catch (const std::exception& e) {
@@ -381,8 +386,9 @@ void pool::hand_out(server_ptr& s, const asio::any_io_executor& ex, int worker,
 }
 
 void pool::arm_parked(const std::shared_ptr<waiter>& w) {
-    w->deadlines->schedule(*w, next_wake(*w->snapshot, w->since, w->notify_due));  // (or throws)
-    if (!w->keep) w->keep = w;
+    if (!w->keep) w->keep = w;  // (first: a queue that is shut down drops the entry at once)
+    // (If this throws, the caller's fail_parked takes the entry out and lets `keep` go.)
+    w->deadlines->schedule(*w, next_wake(*w->snapshot, w->since, w->notify_due));
 }
 
 void pool::on_parked_deadline(net::deadline_queue::entry& e, bool dropped) noexcept {

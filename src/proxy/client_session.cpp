@@ -773,7 +773,9 @@ void client_session::on_server_read(pool::server_ptr server, error_code ec, std:
         pool::pool::parked_end next;  // the request parked here that gets this server
         if (release_if_done(server, &next)) {
             server_loop_done();
-            next.run();  // (after server_loop_done: it may be this very session's)
+            // (Last: this session's own bookkeeping first. It is never this session's own
+            // request, which could not park while this server was linked.)
+            next.run();
             return;
         }
         await_server(std::move(server));

@@ -13,11 +13,14 @@
 // scheduling and cancelling an entry touch only the heap.
 //
 // Flow:  schedule(e, when) -> heap; the timer re-armed only if `when` is earlier than
-//        the deadline it waits for (or it waits for none)
+//        the deadline it waits for (or it waits for none); no memory for either: `e` out
+//        again, the error to the caller
 //        cancel(e)         -> out of the heap; the timer is left alone (it may fire for
 //                             nothing, which costs one handler run)
 //        timer fires       -> entries due are taken out and their `fire(e, false)` runs,
 //                             earliest first; then the timer waits for the new earliest
+//                             (no memory for that wait: logged, and the next schedule()
+//                             arms it)
 //        shutdown()        -> (the io_context is destroyed) every entry's
 //                             `fire(e, true)` runs: let go, nothing more comes
 // Invariants: one thread runs the io_context, and every call is made on it (the queue
@@ -46,15 +49,16 @@ public:
         bool queued() const { return index != npos; }
     };
 
-    // An Asio service: one per io_context, made by asio::use_service<deadline_queue>(ctx).
+    // An Asio service: one per io_context, made by asio::use_service<deadline_queue>(ioc).
     using key_type = deadline_queue;
     static inline asio::execution_context::id id;
-    explicit deadline_queue(asio::execution_context& ctx);
+    explicit deadline_queue(asio::io_context& ioc);
     deadline_queue(const deadline_queue&) = delete;
     deadline_queue& operator=(const deadline_queue&) = delete;
 
-    // Queues `e` for `when`, or moves it there if queued. Throws std::bad_alloc when the
-    // heap cannot grow (then `e` is as it was).
+    // Queues `e` for `when`, or moves it there if queued. If it throws (std::bad_alloc:
+    // the heap or the timer's wait could not get memory), `e` is not queued. After the
+    // io_context's shutdown, `e` is dropped at once (fire(e, true)).
     void schedule(entry& e, steady_clock::time_point when);
     void cancel(entry& e) noexcept;
     std::size_t size() const { return heap_.size(); }
@@ -75,6 +79,7 @@ private:
     std::vector<entry*> heap_;  // a min-heap on `when`
     // What the timer waits for; max: no wait is pending.
     steady_clock::time_point armed_ = steady_clock::time_point::max();
+    bool firing_ = false;  // in on_timer's loop: it arms the timer once, at the end
     bool shut_down_ = false;
 };
 

@@ -137,7 +137,7 @@ public:
     // is returned at once when there is no wait (an idle server, a free slot); otherwise
     // the client is queued (nullopt) and `wake(ctx, outcome)` runs later on `ex`: once with
     // `notify` while still queued when query_wait_notify passes, and once with the end of
-    // the wait. The queue, the grants, the timers and the reserve pool are acquire()'s.
+    // the wait. The queue, the grants, the deadlines and the reserve pool are acquire()'s.
     struct park_outcome {
         // checked out (moved to `ex`) by the very handler that delivers this outcome, so
         // its checkout's poll() (nothing to read) still holds there; or none:
@@ -172,15 +172,16 @@ public:
     void release_slot();
     // The end of a parked request's wait that a release left to its caller: the request
     // was parked on the caller's thread and got the server (or its slot). The caller
-    // run()s it before it returns to the event loop, after its own bookkeeping, as the
-    // posted handler would have run then; dropped without run(), it is posted after all.
+    // run()s it before it returns to the event loop, after its own bookkeeping: ahead of
+    // handlers already queued, where a posted end would run after them (the wait was
+    // already the longest in line). Dropped without run(), it is posted after all.
     class parked_end {
     public:
         parked_end() = default;
         parked_end(const parked_end&) = delete;
         parked_end& operator=(const parked_end&) = delete;
         ~parked_end();
-        void run();
+        void run() noexcept;
 
     private:
         friend class pool;
@@ -298,7 +299,7 @@ private:
         server_ptr server;         // granted: a server handed over
         bool may_connect = false;  // granted: a slot to open a new connection in
         bool done = false;
-        // Parked (pool::park): no coroutine waits on the timer; its handlers deliver the
+        // Parked (pool::park): no coroutine waits; the deadline entry's handlers deliver the
         // outcome to `wake` on `executor`.
         park_wake wake = nullptr;
         std::shared_ptr<void> ctx;
@@ -314,11 +315,11 @@ private:
     // query_wait_notify (if `notify`), and a periodic look.
     steady_clock::time_point next_wake(const settings& cfg, steady_clock::time_point start,
                                        bool notify) const;
-    // A waiter looks again (its timer fired): under mutex_. `s`: the server it got.
+    // A waiter looks again (its timer or deadline came): under mutex_. `s`: the server it got.
     enum class wait_step { server, connect, timed_out, wait };
     wait_step look_again_locked(waiter& w, const settings& cfg, steady_clock::time_point start,
                                 server_ptr& s);
-    // Parked waiters: arm the timer, its handler, the end of the wait (on w's executor).
+    // Parked waiters: queue the deadline, its handler, the end of the wait (on w's executor).
     void arm_parked(const std::shared_ptr<waiter>& w);
     static void on_parked_deadline(net::deadline_queue::entry& e, bool dropped) noexcept;
     void on_parked_timer(const std::shared_ptr<waiter>& w);

@@ -118,7 +118,7 @@ public:
     std::vector<net::deadline_queue*> deadlines;
     net::deadline_queue& deadlines_of(int worker, const asio::any_io_executor& ex) {
         if (worker >= 0 && std::size_t(worker) < deadlines.size()) return *deadlines[worker];
-        return asio::use_service<net::deadline_queue>(asio::query(ex, asio::execution::context));
+        return asio::use_service<net::deadline_queue>(to_io_executor(ex).context());
     }
     std::atomic<int> client_count{0};  // client sessions accepted and not yet ended
     // Set by net::server: a client session ended (any worker thread, once per session).

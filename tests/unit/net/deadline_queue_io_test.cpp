@@ -18,13 +18,15 @@ namespace {
 using namespace sluice;
 using namespace std::chrono_literals;
 
-// An entry that records its firings in a shared log.
+// An entry that records its firings in a shared log. It leaves its queue when destroyed,
+// so that a test that fails with entries still queued fails rather than crashes.
 struct probe : net::deadline_queue::entry {
     int name = 0;
     std::vector<int>* log = nullptr;
+    net::deadline_queue* queue = nullptr;
     int dropped = 0;
     std::function<void(probe&)> then;  // runs after a firing is logged
-    probe(int n, std::vector<int>& l) : name(n), log(&l) {
+    probe(int n, std::vector<int>& l, net::deadline_queue& q) : name(n), log(&l), queue(&q) {
         fire = [](net::deadline_queue::entry& e, bool was_dropped) noexcept {
             auto& p = static_cast<probe&>(e);
             if (was_dropped) {
@@ -35,6 +37,11 @@ struct probe : net::deadline_queue::entry {
             if (p.then) p.then(p);
         };
     }
+    ~probe() {
+        if (queued()) queue->cancel(*this);
+    }
+    probe(const probe&) = delete;
+    probe& operator=(const probe&) = delete;
 };
 
 struct deadline_queue_test : ::testing::Test {
@@ -51,7 +58,7 @@ struct deadline_queue_test : ::testing::Test {
 
 TEST_F(deadline_queue_test, fires_each_entry_once_earliest_first) {
     const auto now = steady_clock::now();
-    probe a(1, log), b(2, log), c(3, log), d(4, log);
+    probe a(1, log, q), b(2, log, q), c(3, log, q), d(4, log, q);
     // Out of order, and one already due.
     q.schedule(c, now + 30ms);
     q.schedule(a, now - 1ms);
@@ -68,7 +75,7 @@ TEST_F(deadline_queue_test, fires_each_entry_once_earliest_first) {
 
 TEST_F(deadline_queue_test, a_cancelled_entry_never_fires) {
     const auto now = steady_clock::now();
-    probe a(1, log), b(2, log), c(3, log);
+    probe a(1, log, q), b(2, log, q), c(3, log, q);
     q.schedule(a, now + 5ms);
     q.schedule(b, now + 10ms);
     q.schedule(c, now + 15ms);
@@ -82,7 +89,7 @@ TEST_F(deadline_queue_test, a_cancelled_entry_never_fires) {
 
 TEST_F(deadline_queue_test, scheduling_again_moves_the_entry) {
     const auto now = steady_clock::now();
-    probe a(1, log), b(2, log), c(3, log);
+    probe a(1, log, q), b(2, log, q), c(3, log, q);
     q.schedule(a, now + 10ms);
     q.schedule(b, now + 20ms);
     q.schedule(c, now + 1h);  // later than the timer's wait...
@@ -94,7 +101,7 @@ TEST_F(deadline_queue_test, scheduling_again_moves_the_entry) {
 }
 
 TEST_F(deadline_queue_test, an_entry_may_schedule_itself_from_fire) {
-    probe a(1, log);
+    probe a(1, log, q);
     int rounds = 0;
     a.then = [&](probe& p) {
         if (++rounds < 3) q.schedule(p, steady_clock::now() + 1ms);
@@ -108,7 +115,7 @@ TEST_F(deadline_queue_test, an_entry_may_schedule_itself_from_fire) {
 TEST_F(deadline_queue_test, an_entry_scheduled_in_the_past_from_fire_waits_for_the_next_run) {
     // fire() schedules its entry for a time already past: the firing loop must end (the
     // entry runs again from a later handler), not spin in one handler.
-    probe a(1, log);
+    probe a(1, log, q);
     int rounds = 0;
     a.then = [&](probe& p) {
         if (++rounds < 50) q.schedule(p, steady_clock::now() - 1s);
@@ -123,7 +130,7 @@ TEST_F(deadline_queue_test, many_entries_with_cancellations_keep_the_heap_in_ord
     // deadline order (the heap's order survives removals from its middle).
     const auto base = steady_clock::now() - 1s;  // all due at once
     std::vector<std::unique_ptr<probe>> ps;
-    for (int i = 0; i < 200; ++i) ps.push_back(std::make_unique<probe>(i, log));
+    for (int i = 0; i < 200; ++i) ps.push_back(std::make_unique<probe>(i, log, q));
     for (int i = 0; i < 200; ++i) {
         const int k = (i * 73) % 200;  // 73 is prime to 200: every k once
         q.schedule(*ps[k], base + std::chrono::microseconds(k));
@@ -140,13 +147,12 @@ TEST_F(deadline_queue_test, many_entries_with_cancellations_keep_the_heap_in_ord
 
 TEST(deadline_queue_shutdown, entries_still_queued_are_dropped_when_the_context_goes) {
     std::vector<int> log;
-    probe a(1, log), b(2, log);
-    {
-        asio::io_context ctx{1};
-        auto& q = asio::use_service<net::deadline_queue>(ctx);
-        q.schedule(a, steady_clock::now() + 1h);
-        q.schedule(b, steady_clock::now() + 2h);
-    }
+    auto ctx = std::make_unique<asio::io_context>(1);
+    auto& q = asio::use_service<net::deadline_queue>(*ctx);
+    probe a(1, log, q), b(2, log, q);
+    q.schedule(a, steady_clock::now() + 1h);
+    q.schedule(b, steady_clock::now() + 2h);
+    ctx.reset();  // (the probes outlive it: no longer queued, they do not touch it again)
     EXPECT_EQ(1, a.dropped);
     EXPECT_EQ(1, b.dropped);
     EXPECT_FALSE(a.queued());
