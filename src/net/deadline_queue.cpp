@@ -2,44 +2,57 @@
 
 #include <spdlog/spdlog.h>
 
-#include <utility>
-
 namespace sluice::net {
 
 deadline_queue::deadline_queue(asio::io_context& ioc)
-    : asio::execution_context::service(ioc), timer_(ioc.get_executor()) {}
+    : asio::execution_context::service(ioc), timer_(ioc.get_executor()) {
+    list_.prev = list_.next = &list_;
+}
+
+void deadline_queue::link(entry& list, entry& e) noexcept {
+    e.prev = list.prev;
+    e.next = &list;
+    list.prev->next = &e;
+    list.prev = &e;
+}
+
+void deadline_queue::unlink(entry& e) noexcept {
+    e.prev->next = e.next;
+    e.next->prev = e.prev;
+    e.prev = e.next = nullptr;
+}
 
 void deadline_queue::schedule(entry& e, steady_clock::time_point when) {
     if (shut_down_) {  // (the io_context is going away: nothing will fire)
         e.fire(e, true);
         return;
     }
-    if (e.queued()) {
-        const bool earlier = when < e.when;
-        e.when = when;
-        earlier ? sift_up(e.index) : sift_down(e.index);
-    } else {
-        heap_.push_back(&e);  // (the only step that can throw: nothing changed yet)
-        e.when = when;
-        place(heap_.size() - 1, &e);
-        sift_up(e.index);
+    e.when = when;
+    if (!e.queued()) {
+        link(list_, e);
+        ++size_;
     }
-    if (firing_ || !(heap_.front()->when < armed_)) return;
+    if (firing_) {
+        if (when < scheduled_while_firing_) scheduled_while_firing_ = when;
+        return;
+    }
+    if (!(when < armed_)) return;  // (the timer fires no later than `when`)
     try {
-        arm();
+        arm(when);
     } catch (...) {
-        remove_at(e.index);
+        cancel(e);
         throw;
     }
 }
 
 void deadline_queue::cancel(entry& e) noexcept {
-    if (e.queued()) remove_at(e.index);
-    // (The timer keeps its wait: when it fires early it re-arms for what is left.)
+    if (!e.queued()) return;
+    unlink(e);
+    --size_;
+    // (The timer keeps its wait: when it fires early it finds the earliest of the rest.)
 }
 
-void deadline_queue::arm() {
-    const auto when = heap_.front()->when;
+void deadline_queue::arm(steady_clock::time_point when) {
     armed_ = steady_clock::time_point::max();  // (until the new wait is in place)
     timer_.expires_at(when);  // (cancels a wait for a later deadline: it ends aborted)
     timer_.async_wait(
@@ -50,22 +63,44 @@ void deadline_queue::arm() {
 void deadline_queue::on_timer(error_code ec) {
     if (ec == asio::error::operation_aborted || shut_down_) return;  // re-armed, or gone
     armed_ = steady_clock::time_point::max();  // (no wait pending now)
-    // Entries due now, earliest first. The loop takes at most as many as the heap held
-    // when it began, so an entry that `fire` schedules again for a time already past
-    // cannot keep it going. Scheduling from `fire` does not arm the timer: it is armed
-    // once, below.
+    // One walk: what is due moves to a list of its own, and the earliest of the rest is
+    // found. Then the due entries fire; what they schedule meanwhile goes into the main
+    // list, not this walk.
     const auto now = steady_clock::now();
+    entry due;
+    due.prev = due.next = &due;
+    auto earliest = steady_clock::time_point::max();
+    for (entry* e = list_.next; e != &list_;) {
+        entry* next = e->next;
+        if (!(now < e->when)) {
+            unlink(*e);
+            link(due, *e);
+        } else if (e->when < earliest) {
+            earliest = e->when;
+        }
+        e = next;
+    }
     firing_ = true;
-    for (std::size_t budget = heap_.size(); budget > 0 && !heap_.empty(); --budget) {
-        entry* e = heap_.front();
-        if (e->when > now) break;
-        remove_at(0);
-        e->fire(*e, false);
+    scheduled_while_firing_ = steady_clock::time_point::max();
+    while (due.next != &due) {
+        entry* e = due.next;
+        unlink(*e);
+        if (now < e->when) {  // moved later by an earlier fire(): back in the queue
+            link(list_, *e);
+            if (e->when < scheduled_while_firing_) scheduled_while_firing_ = e->when;
+            continue;
+        }
+        --size_;  // (out of the queue before it fires: it may schedule itself again)
+        e->fire(*e, false);  // (may cancel others, in `due` or in the queue: unlink needs
+                             // no list head)
     }
     firing_ = false;
-    if (heap_.empty()) return;
+    // Entries that fire() cancelled may have been the earliest: the timer then fires
+    // early for nothing, which costs one walk.
+    if (scheduled_while_firing_ < earliest) earliest = scheduled_while_firing_;
+    if (size_ == 0 || earliest == steady_clock::time_point::max()) return;
     try {
-        arm();
+        arm(earliest);
     } catch (const std::exception& ex) {  // (no memory: the next schedule() arms it)
         spdlog::error("deadline queue: cannot wait for the next deadline: {}", ex.what());
     }
@@ -75,48 +110,12 @@ void deadline_queue::shutdown() {
     // The io_context is going away with entries still queued: their owners let them go.
     shut_down_ = true;
     timer_.cancel();
-    while (!heap_.empty()) {
-        entry* e = heap_.back();
-        heap_.pop_back();
-        e->index = entry::npos;
+    while (list_.next != &list_) {
+        entry* e = list_.next;
+        unlink(*e);
+        --size_;
         e->fire(*e, true);
     }
-}
-
-void deadline_queue::remove_at(std::size_t i) noexcept {
-    entry* gone = heap_[i];
-    entry* last = heap_.back();
-    heap_.pop_back();
-    gone->index = entry::npos;
-    if (last == gone) return;  // it was the last element
-    place(i, last);
-    if (i > 0 && last->when < heap_[(i - 1) / 2]->when) sift_up(i);
-    else sift_down(i);
-}
-
-void deadline_queue::sift_up(std::size_t i) noexcept {
-    entry* e = heap_[i];
-    while (i > 0) {
-        const std::size_t parent = (i - 1) / 2;
-        if (!(e->when < heap_[parent]->when)) break;
-        place(i, heap_[parent]);
-        i = parent;
-    }
-    place(i, e);
-}
-
-void deadline_queue::sift_down(std::size_t i) noexcept {
-    entry* e = heap_[i];
-    const std::size_t n = heap_.size();
-    for (;;) {
-        std::size_t child = 2 * i + 1;
-        if (child >= n) break;
-        if (child + 1 < n && heap_[child + 1]->when < heap_[child]->when) ++child;
-        if (!(heap_[child]->when < e->when)) break;
-        place(i, heap_[child]);
-        i = child;
-    }
-    place(i, e);
 }
 
 }  // namespace sluice::net
