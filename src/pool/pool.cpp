@@ -116,7 +116,7 @@ server_ptr pool::find_locked(server_id id) const {
 }
 
 // Performs what the core decided for a waiter: hands it a server, or lets it connect.
-void pool::grant_locked(const grant& g, parked_end* later) {
+void pool::grant_locked(const grant& g) {
     auto it = waiting_.find(g.waiter);
     if (it == waiting_.end()) return;
     auto w = it->second;
@@ -129,15 +129,12 @@ void pool::grant_locked(const grant& g, parked_end* later) {
     }
     w->done = true;
     if (w->wake) {  // parked: its end runs on its worker (never under this mutex)
-        if (later && !later->w_) {
-            auto* ioc = w->executor.target<asio::io_context::executor_type>();
-            if (ioc && ioc->running_in_this_thread()) {
-                later->pool_ = this;
-                later->w_ = std::move(w);
-                return;
-            }
+        try {
+            asio::post(w->executor, [this, w] {
+                if (!w->delivered) end_parked(w);  // (delivered: `this` may be gone)
+            });
+        } catch (...) {  // (no memory: its deadline finds `done` within a second)
         }
-        post_end_parked(std::move(w));
         return;
     }
     // The waiter's coroutine runs on its own worker; the timer is touched only there.
@@ -146,32 +143,6 @@ void pool::grant_locked(const grant& g, parked_end* later) {
     auto* ioc = w->executor.target<asio::io_context::executor_type>();
     if (ioc && ioc->running_in_this_thread()) w->timer->cancel();
     else asio::post(w->executor, [w] { w->timer->cancel(); });
-}
-
-void pool::post_end_parked(std::shared_ptr<waiter> w) {
-    try {
-        auto ex = w->executor;
-        asio::post(ex, [this, w = std::move(w)] {
-            if (!w->delivered) end_parked(w);  // (delivered: `this` may be gone)
-        });
-    } catch (...) {  // (no memory: its deadline finds `done` within a second)
-    }
-}
-
-pool::parked_end::~parked_end() {
-    if (w_) pool_->post_end_parked(std::move(w_));
-}
-
-void pool::parked_end::run() noexcept {
-    // In the releasing handler: a posted handler would cost a type-erased post and a turn
-    // of the event loop per parked transaction. noexcept: what goes wrong here is the
-    // other session's (end_parked ends its wait with an error), never the caller's.
-    auto w = std::move(w_);
-    try {
-        if (w && !w->delivered) pool_->end_parked(w);
-    } catch (...) {
-        spdlog::error("a queued client's wait could not end");
-    }
 }
 
 asio::awaitable<acquire_result> pool::acquire(
@@ -294,8 +265,6 @@ pool::wait_step pool::look_again_locked(waiter& w, const settings& cfg,
 //       server / slot / timed out -> wake(ctx, outcome); still waiting -> deadline again
 //       (query_wait_notify passed: wake(ctx, {notify}) first, still queued)
 //   a grant (release, a freed slot, RESUME) -> grant_locked posts end_parked -> wake
-//       (or, a release on the waiter's own thread that asks for it: leaves it to the
-//       releasing handler, which runs it before it returns: parked_end)
 //       (the deadline, should that post have failed, finds `done` and ends the wait too)
 // Invariants: the outcome of the wait reaches `wake` exactly once (`delivered`), on the
 // waiter's executor, never under mutex_; the deadline entry is touched only on that
@@ -345,8 +314,8 @@ std::optional<pool::park_outcome> pool::park(asio::any_io_executor ex, int worke
         w->ctx = std::move(ctx);
         w->snapshot = std::move(snapshot);
         w->notify_due = w->snapshot->query_wait_notify.count() > 0;
-        // (A grant that comes from now on ends the wait on this executor after this
-        // handler (posted, or by a later handler's parked_end), so after it is queued.)
+        // (A grant that comes from now on posts end_parked to this executor: it runs after
+        // this handler, so after the deadline is queued.)
         try {
             arm_parked(w);
         } catch (const std::exception& e) {
@@ -992,16 +961,11 @@ asio::awaitable<bool> pool::lags(server_connection& s, steady_clock::duration ma
     co_return seconds * 1e9 > double(std::chrono::nanoseconds(max_lag).count());
 }
 
-void pool::release(server_ptr s, parked_end* later) {
+void pool::release(server_ptr s) {
     auto now = stats::event_clock::now();
     s->last_used = now;
     s->link_client_id = 0;
     std::lock_guard lk(mutex_);
-    release_locked(s, now, later);
-}
-
-void pool::release_locked(const server_ptr& s, steady_clock::time_point now,
-                          parked_end* later) {
     // A server made under server TLS settings that have changed since (RELOAD, SET) is
     // not reused: the next connection uses the new ones.
     const std::uint64_t tls_generation =
@@ -1033,13 +997,12 @@ void pool::release_locked(const server_ptr& s, steady_clock::time_point now,
                             now - s->connect_time > settings_.server_lifetime);
     if (!reusable) {
         close_locked(s);
-        if (auto g = state_.slot_freed()) grant_locked(*g, later);
+        if (auto g = state_.slot_freed()) grant_locked(*g);
         return;
     }
     s->state = server_state::idle;
     sync_pause_locked();
-    if (auto g = state_.released(s->id, s->worker, s->connect_time, now, true))
-        grant_locked(*g, later);
+    if (auto g = state_.released(s->id, s->worker, s->connect_time, now, true)) grant_locked(*g);
 }
 
 // Takes `s` out of the pool and closes it (on its own executor). False if already gone.

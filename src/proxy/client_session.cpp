@@ -770,12 +770,8 @@ void client_session::on_server_read(pool::server_ptr server, error_code ec, std:
             pool_->stats.bytes_sent += batch.size();
         }
         sbuf.consume(r.consumed);
-        pool::pool::parked_end next;  // the request parked here that gets this server
-        if (release_if_done(server, &next)) {
+        if (release_if_done(server)) {
             server_loop_done();
-            // (Last: this session's own bookkeeping first. It is never this session's own
-            // request, which could not park while this server was linked.)
-            next.run();
             return;
         }
         await_server(std::move(server));
@@ -806,8 +802,7 @@ void client_session::continue_server_loop(pool::server_ptr server, error_code fa
                    });
 }
 
-bool client_session::release_if_done(const pool::server_ptr& server,
-                                     pool::pool::parked_end* later) {
+bool client_session::release_if_done(const pool::server_ptr& server) {
     // Back to the pool at the end of a transaction, once nothing the client sent is
     // still unanswered (asked after the write: the client may have sent more).
     auto& m = *relay_;
@@ -827,7 +822,7 @@ bool client_session::release_if_done(const pool::server_ptr& server,
         m.release_scratch();
         idle_since_ns.store(now_ns(), std::memory_order_relaxed);
     }
-    release_server(server, verdict == relay::machine::verdict::give_back, later);
+    release_server(server, verdict == relay::machine::verdict::give_back);
     return true;
 }
 

@@ -249,8 +249,7 @@ asio::awaitable<void> reset_and_release(pool::server_ptr s, std::string reset_qu
 
 }  // namespace
 
-void client_session::release_server(pool::server_ptr s, bool clean,
-                                    pool::pool::parked_end* later) {
+void client_session::release_server(pool::server_ptr s, bool clean) {
     if (!clean) {
         pool_->discard(std::move(s));
         return;
@@ -258,7 +257,7 @@ void client_session::release_server(pool::server_ptr s, bool clean,
     // The hot path (transaction mode, no cancel in flight) reads no configuration.
     if (mode_ != config::pool_mode::session && !reset_query_always_ &&
         s->cancels_in_flight.load() == 0) {
-        pool_->release(std::move(s), later);
+        pool_->release(std::move(s));
         return;
     }
     auto cfg = rt_.cfg();

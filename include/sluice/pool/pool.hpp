@@ -117,8 +117,6 @@ struct acquire_result {
 class pool_manager;
 
 class pool {
-    struct waiter;
-
 public:
     pool(pool_manager& manager, std::string database, std::string user);
 
@@ -170,27 +168,8 @@ public:
     // still held (release_slot() gives it back).
     asio::awaitable<bool> check_out_round_trips(server_ptr s);
     void release_slot();
-    // The end of a parked request's wait that a release left to its caller: the request
-    // was parked on the caller's thread and got the server (or its slot). The caller
-    // run()s it before it returns to the event loop, after its own bookkeeping: ahead of
-    // handlers already queued, where a posted end would run after them (the wait was
-    // already the longest in line). Dropped without run(), it is posted after all.
-    class parked_end {
-    public:
-        parked_end() = default;
-        parked_end(const parked_end&) = delete;
-        parked_end& operator=(const parked_end&) = delete;
-        ~parked_end();
-        void run() noexcept;
-
-    private:
-        friend class pool;
-        pool* pool_ = nullptr;
-        std::shared_ptr<waiter> w_;
-    };
-    // Gives back a server that is idle and clean. Any thread. `later`: see parked_end
-    // (without it, the end of the wait that gets the server is posted).
-    void release(server_ptr s, parked_end* later = nullptr);
+    // Gives back a server that is idle and clean. Any thread.
+    void release(server_ptr s);
     // Drops a server that must not be reused (dirty, broken, close_needed). Any thread.
     void discard(server_ptr s);
 
@@ -341,11 +320,7 @@ private:
     static pool_limits limits_of(const settings& s);
     void sync_pause_locked();
     server_ptr find_locked(server_id id) const;
-    // Hands a grant to its waiter. A parked waiter's end is posted to its executor; or,
-    // when `later` is given and the waiter runs on this thread, left in *later.
-    void grant_locked(const grant& g, parked_end* later = nullptr);
-    void post_end_parked(std::shared_ptr<waiter> w);
-    void release_locked(const server_ptr& s, steady_clock::time_point now, parked_end* later);
+    void grant_locked(const grant& g);
     bool close_locked(const server_ptr& s);
     // Closes `s`; its slot goes to the next waiter, or (free_slot false) stays with the
     // caller, which connects in it.

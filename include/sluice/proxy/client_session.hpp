@@ -220,9 +220,8 @@ private:
     asio::awaitable<void> server_loop(pool::server_ptr server, error_code failed = {},
                                       std::optional<relay::server_result> pending = std::nullopt,
                                       std::size_t sent = 0);
-    // At the end of a transaction: gives the server back. True if it did. `later`: see
-    // pool::parked_end (the caller runs it once done with its own bookkeeping).
-    bool release_if_done(const pool::server_ptr& server, pool::pool::parked_end* later = nullptr);
+    // At the end of a transaction: gives the server back. True if it did.
+    bool release_if_done(const pool::server_ptr& server);
     // What the relay put in to_server(): write_server_now() sends it with one sendmsg
     // when the socket takes all of it (`sent`: how much went), write_server() the rest.
     bool write_server_now(std::size_t& sent);
@@ -242,7 +241,7 @@ private:
     asio::awaitable<bool> refresh_untracked_parameters(pool::server_connection& s);
     void server_loop_done();
     asio::awaitable<void> finish_server();
-    void release_server(pool::server_ptr s, bool clean, pool::pool::parked_end* later = nullptr);
+    void release_server(pool::server_ptr s, bool clean);
     // admission.cpp
     asio::awaitable<bool> admit_login(const config::config& cfg, const config::database& db,
                                       const protocol::startup_message& startup_msg);
