@@ -724,7 +724,8 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
             if (h.total() > settings_.max_held) {
                 // Nothing the pooler reads is this large: the server misbehaves.
                 server_dirty_ = true;
-                return {server_event::close, pos, close_reason::make("08P01", "oversized message from server")};
+                return {server_event::close, pos,
+                        close_reason::make("08P01", "oversized message from server")};
             }
             break;
         }
@@ -780,7 +781,8 @@ server_result machine::scan_server(std::span<const std::uint8_t> in) {
                     out_client().skip(pos, h.total());
                     out_client().insert(pos + h.total(), std::move(err));
                     pos += h.total();
-                    return {server_event::close, pos, close_reason::make({}, "transaction block in statement mode")};
+                    return {server_event::close, pos,
+                            close_reason::make({}, "transaction block in statement mode")};
                 }
             } else if (t == proto::msg::parameter_status) {
                 if (auto ps = proto::decode_parameter_status(body))

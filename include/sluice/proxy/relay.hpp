@@ -90,9 +90,11 @@ enum class client_event {
 struct close_reason {
     std::string sqlstate, message;
     static std::unique_ptr<close_reason> make(std::string sqlstate, std::string message) {
-        return std::make_unique<close_reason>(close_reason{std::move(sqlstate), std::move(message)});
+        return std::make_unique<close_reason>(
+            close_reason{std::move(sqlstate), std::move(message)});
     }
 };
+// The empty string an accessor returns for details that are not there.
 inline const std::string& no_text() {
     static const std::string empty;
     return empty;
@@ -207,12 +209,10 @@ private:
             if (!more) more = std::make_unique<details>();
             return *more;
         }
-        const std::string& server_statement() const { return more ? more->server_statement : none(); }
-        const std::string& client_name() const { return more ? more->client_name : none(); }
-        static const std::string& none() {
-            static const std::string empty;
-            return empty;
+        const std::string& server_statement() const {
+            return more ? more->server_statement : no_text();
         }
+        const std::string& client_name() const { return more ? more->client_name : no_text(); }
     };
     static_assert(sizeof(reply) <= 16, "a forwarded request's reply stays small (see details)");
     enum class skip : std::uint8_t { none, rejected, failed };

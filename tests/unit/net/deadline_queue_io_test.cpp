@@ -2,9 +2,9 @@
 // entry once, after its deadline (and not one far ahead); never fire a cancelled one;
 // move an entry that is scheduled again (earlier or later) rather than queue it twice;
 // let an entry's `fire` schedule it again, or cancel or move another due entry; and,
-// when its io_context is destroyed, hand every entry still queued back with `dropped`. Deadlines here are in the
-// past or a few milliseconds ahead, and the tests wait for conditions with a generous
-// deadline, never on elapsed time.
+// when its io_context is destroyed, hand every entry still queued back with `dropped`.
+// Deadlines here are in the past, a few milliseconds ahead or hours ahead, and the tests
+// wait for conditions with a generous deadline, never on elapsed time.
 #include <gtest/gtest.h>
 
 #include <algorithm>
